@@ -1,0 +1,19 @@
+"""Errors the inspector raises. Each message says what went wrong and how to fix it."""
+
+from __future__ import annotations
+
+
+class InspectorError(Exception):
+    """Base class: an error a user can act on. The message is shown to the user as it is."""
+
+
+class ModelLoadError(InspectorError):
+    """A model or tokenizer could not be loaded, or is not of the kind its role needs."""
+
+
+class InputError(InspectorError):
+    """Prompts or settings that cannot produce a rollout."""
+
+
+class LimitError(InputError):
+    """A request over one of the configured limits (the message names the limit and its value)."""

@@ -1,0 +1,120 @@
+"""Model passes over a finished generation: TRL's `get_reward`, the training-time logprob recompute,
+per-token values and the scalar scores.
+
+Two attention conventions, chosen per rollout:
+- "trl" (default): `attention_mask = ids != pad_token_id`, pad ids replaced by 0, position ids as an
+  exclusive cumsum of the mask, exactly as TRL's `forward`, `generate` and `get_reward` build them;
+- "tokenizer": the true mask (the tokenizer's mask of the query, and the response up to and including
+  its stop token), so that EOS tokens that equal the pad token stay visible.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .tensors import first_true_indices, token_logprobs
+
+
+def trl_attention_mask(ids: torch.Tensor, pad_token_id: int) -> torch.Tensor:
+    """TRL's mask: every token equal to the pad token is hidden, wherever it stands. (B, T) bool."""
+    return ids != pad_token_id
+
+
+def _model_inputs(ids: torch.Tensor, attention_mask: torch.Tensor) -> dict:
+    attention_mask = attention_mask.bool()
+    return {
+        "input_ids": torch.masked_fill(ids, ~attention_mask, 0),
+        "attention_mask": attention_mask.long(),
+        "position_ids": attention_mask.long().cumsum(1) - attention_mask.long(),  # exclusive cumsum
+    }
+
+
+@torch.no_grad()
+def get_reward(
+    model: torch.nn.Module,
+    query_responses: torch.Tensor,
+    pad_token_id: int,
+    context_length: int,
+    attention_mask: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Run a sequence-classification model's backbone and score head over every position, as TRL does.
+
+    query_responses: (B, T). Returns `(reward_logits (B, T, 1), scores (B,), sequence_lengths (B,))`, the score
+    read at `sequence_lengths = first_true_indices(query_responses[:, context_length:] == pad) - 1 + context_length`.
+    With an explicit `attention_mask` (B, T) the model sees that mask instead, and the score is read at the
+    last position the mask keeps in the response part.
+    """
+    if attention_mask is None:
+        attention_mask = trl_attention_mask(query_responses, pad_token_id)
+        sequence_lengths = first_true_indices(query_responses[:, context_length:] == pad_token_id) - 1 + context_length
+    else:
+        attention_mask = attention_mask.bool()
+        sequence_lengths = first_true_indices(~attention_mask[:, context_length:]) - 1 + context_length
+    backbone = getattr(model, model.base_model_prefix)
+    output = backbone(**_model_inputs(query_responses, attention_mask), return_dict=True, use_cache=False)
+    reward_logits = model.score(output.last_hidden_state)  # (B, T, 1)
+    scores = reward_logits[torch.arange(reward_logits.size(0), device=reward_logits.device), sequence_lengths]
+    return reward_logits, scores.squeeze(-1), sequence_lengths
+
+
+@torch.no_grad()
+def forward_logits(
+    model: torch.nn.Module,
+    query_responses: torch.Tensor,
+    pad_token_id: int,
+    context_length: int,
+    attention_mask: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """The causal LM's logits that predict each response token: `logits[:, context_length - 1 : -1]`, (B, G, V).
+
+    Position t of the result is the distribution over `query_responses[:, context_length + t]`.
+    """
+    if attention_mask is None:
+        attention_mask = trl_attention_mask(query_responses, pad_token_id)
+    output = model(**_model_inputs(query_responses, attention_mask), return_dict=True, use_cache=False)
+    return output.logits[:, context_length - 1 : -1]
+
+
+def forward_logprobs(
+    model: torch.nn.Module,
+    query_responses: torch.Tensor,
+    pad_token_id: int,
+    context_length: int,
+    temperature: float = 1.0,
+    attention_mask: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """The training-time logprobs of the response tokens: a forward pass over `query_responses`, the logits
+    divided by `temperature + 1e-7` as TRL's PPO step does, then `token_logprobs`. Returns (B, G) float32."""
+    logits = forward_logits(model, query_responses, pad_token_id, context_length, attention_mask)
+    logits = logits / (temperature + 1e-7)
+    return token_logprobs(logits, query_responses[:, context_length:])
+
+
+def model_inputs(ids: torch.Tensor, attention_mask: torch.Tensor) -> dict:
+    """input_ids (masked positions set to 0), attention_mask and position_ids, as TRL feeds a model."""
+    return _model_inputs(ids, attention_mask)
+
+
+@torch.no_grad()
+def backbone_states(backbone: torch.nn.Module, ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """The last hidden state (B, T, H) of a transformer backbone under `attention_mask`."""
+    return backbone(**_model_inputs(ids, attention_mask), return_dict=True, use_cache=False).last_hidden_state
+
+
+@torch.no_grad()
+def head_logprobs(
+    lm_head: torch.nn.Module,
+    hidden: torch.Tensor,
+    responses: torch.Tensor,
+    context_length: int,
+    temperature: float = 1.0,
+    chunk: int = 4,
+) -> torch.Tensor:
+    """Response-token logprobs from a causal LM's hidden states (B, T, H): the head is applied only to the
+    positions that predict the response, `chunk` rows at a time, so the (B, G, V) logits never exist whole.
+    Same numbers as `forward_logprobs`. Returns (B, G)."""
+    out = []
+    for start in range(0, hidden.shape[0], chunk):
+        logits = lm_head(hidden[start : start + chunk, context_length - 1 : -1]) / (temperature + 1e-7)
+        out.append(token_logprobs(logits, responses[start : start + chunk]))
+    return torch.cat(out, dim=0)
