@@ -1,0 +1,49 @@
+"""Rollout Inspector: see exactly what a PPO trainer would train on, token by token.
+
+The public API: tensor functions identical to TRL's, model loading with offline defaults, and
+`run_rollout`, which returns one `Rollout` record of every quantity of a PPO rollout.
+"""
+
+from .errors import InputError, InspectorError, LimitError, ModelLoadError
+from .generation import SamplingSettings, encode_prompts, generate
+from .models import DEFAULT_POLICY, DEFAULT_REWARD, Models, load_models
+from .rollout import EOS, Rollout, run_rollout
+from .scoring import forward_logits, forward_logprobs, get_reward
+from .tensors import (
+    INVALID_LOGPROB,
+    entropy_from_logits,
+    first_true_indices,
+    masked_mean,
+    masked_var,
+    masked_whiten,
+    token_logprobs,
+    truncate_response,
+)
+
+__all__ = [
+    "DEFAULT_POLICY",
+    "DEFAULT_REWARD",
+    "EOS",
+    "INVALID_LOGPROB",
+    "InputError",
+    "InspectorError",
+    "LimitError",
+    "ModelLoadError",
+    "Models",
+    "Rollout",
+    "SamplingSettings",
+    "encode_prompts",
+    "entropy_from_logits",
+    "first_true_indices",
+    "forward_logits",
+    "forward_logprobs",
+    "generate",
+    "get_reward",
+    "load_models",
+    "masked_mean",
+    "masked_var",
+    "masked_whiten",
+    "run_rollout",
+    "token_logprobs",
+    "truncate_response",
+]

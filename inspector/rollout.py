@@ -1,0 +1,372 @@
+"""The Rollout record and `run_rollout`, which runs generation and then every scoring pass.
+
+Names follow TRL's PPO trainer: queries, responses, query_responses, postprocessed_responses,
+postprocessed_query_responses, context_length, sequence_lengths, logprobs, ref_logprobs, values, scores.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+from .errors import InputError, ModelLoadError
+from .generation import SamplingSettings, encode_prompts, generate
+from .limits import Limits
+from .models import Models, same_tokenizer
+from .scoring import backbone_states, forward_logprobs, get_reward, head_logprobs, trl_attention_mask
+from .tensors import first_true_indices, truncate_response
+
+EOS = "eos"
+"""`stop_token_id=EOS` (the default) truncates after the tokenizer's EOS token; None truncates nothing."""
+
+ATTENTION_MODES = ("trl", "tokenizer")
+
+_run_lock = threading.Lock()  # one rollout at a time per process: the seed is global RNG state
+
+
+@dataclass
+class Rollout:
+    """One rollout: detached CPU tensors named as in TRL, the decoded texts, and what produced them.
+
+    Shapes: B samples, Q = context_length, G generated width, k top alternatives.
+    `sequence_lengths` is TRL's, relative to the response: `first_true_indices(postprocessed_responses ==
+    pad) - 1`. `score_positions` is the absolute index in `reward_query_responses` where the score was read.
+    """
+
+    prompts: list[str]                      # one per sample (a prompt repeats for several samples)
+    prompt_index: list[int]                 # which input prompt each sample answers
+    query_texts: list[str]                  # the strings tokenized, chat template included
+    queries: torch.Tensor                   # (B, Q) left-padded with pad_token_id
+    query_attention_mask: torch.Tensor      # (B, Q) the tokenizer's own mask
+    sequences: torch.Tensor                 # (B, Q + G) the raw output.sequences
+    responses: torch.Tensor                 # (B, G) sequences[:, Q:]
+    query_responses: torch.Tensor           # (B, Q + G) cat(queries, responses): the value model's input
+    postprocessed_responses: torch.Tensor   # (B, G) truncated after the stop token
+    postprocessed_query_responses: torch.Tensor  # (B, Q + G) the reward model's input
+    context_length: int
+    sequence_lengths: torch.Tensor          # (B,)
+    contain_eos_token: torch.Tensor         # (B,) bool
+    gen_logprobs: torch.Tensor              # (B, G) sampled token under the processed (sampled-from) scores
+    raw_logprobs: torch.Tensor              # (B, G) sampled token under the raw logits (output.logits)
+    logprobs: torch.Tensor                  # (B, G) training-time recompute, logits / (temperature + 1e-7)
+    ref_logprobs: torch.Tensor              # (B, G) the same recompute with the reference model
+    ranks: torch.Tensor                     # (B, G) 0 = the most likely token of the sampled-from distribution
+    entropy: torch.Tensor                   # (B, G) nats, of the sampled-from distribution
+    topk_ids: torch.Tensor                  # (B, G, k)
+    topk_logprobs: torch.Tensor             # (B, G, k)
+    values: torch.Tensor                    # (B, G) value model on query_responses, [:, Q - 1 : -1]
+    scores: torch.Tensor                    # (B,) reward model on postprocessed_query_responses
+    reward_query_responses: torch.Tensor    # (B, T') the ids the reward model saw
+    reward_context_length: int
+    score_positions: torch.Tensor           # (B,) absolute index in reward_query_responses
+    pad_token_id: int
+    eos_token_id: int | None
+    stop_token_id: int | None
+    attention: str
+    chat_template_applied: bool
+    settings: dict
+    model_names: dict
+    reward_tokenizer_is_policy: bool
+    pad_equals_eos: bool
+    tokens: dict[int, str]                  # id -> token string (policy tokenizer), for every id in the record
+    reward_tokens: dict[int, str]           # the same for reward_query_responses (the reward tokenizer's)
+    special_ids: list[int]
+    response_texts: list[str]               # decoded without special tokens
+    response_texts_raw: list[str]           # decoded with special tokens
+    postprocessed_response_texts: list[str]
+    notes: list[str] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def batch_size(self) -> int:
+        return self.responses.shape[0]
+
+    @property
+    def response_width(self) -> int:
+        return self.responses.shape[1]
+
+    @property
+    def padding_mask(self) -> torch.Tensor:
+        """TRL's padding_mask (B, G): True after `sequence_lengths`, where logprobs become INVALID_LOGPROB."""
+        return torch.arange(self.response_width).unsqueeze(0) > self.sequence_lengths.unsqueeze(1)
+
+    def token(self, token_id: int) -> str:
+        return self.tokens.get(int(token_id), f"<{int(token_id)}>")
+
+
+def _response_mask(responses: torch.Tensor, stop_ids: list[int]) -> torch.Tensor:
+    """True for response tokens up to and including the first of `stop_ids` (the true, tokenizer-style mask)."""
+    if not stop_ids:
+        return torch.ones_like(responses, dtype=torch.bool)
+    hits = torch.zeros_like(responses, dtype=torch.bool)
+    for sid in stop_ids:
+        hits |= responses == sid
+    first = first_true_indices(hits)
+    return torch.arange(responses.shape[1]).unsqueeze(0) <= first.unsqueeze(1)
+
+
+def _resolve_stop(tokenizer, stop_token_id) -> int | None:
+    if stop_token_id == EOS:
+        return tokenizer.eos_token_id
+    if stop_token_id is None:
+        return None
+    if not isinstance(stop_token_id, int) or not 0 <= stop_token_id < len(tokenizer):
+        raise InputError(f"stop_token_id {stop_token_id!r} is not a token id of the policy's tokenizer (0..{len(tokenizer) - 1}).")
+    return stop_token_id
+
+
+def stop_token_from_text(tokenizer, text: str) -> int:
+    """The id of a stop token typed as text: it must be exactly one token of the tokenizer (a special token
+    such as `<|im_end|>`, or text that encodes to a single token). Raises InputError otherwise."""
+    if not isinstance(text, str) or text == "":
+        raise InputError("The stop token is empty: type one token, e.g. '.' or the EOS token.")
+    vocab = tokenizer.get_vocab()
+    if text in vocab:
+        return vocab[text]
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    if len(ids) != 1:
+        pieces = tokenizer.convert_ids_to_tokens(ids)
+        raise InputError(f"The stop token {text!r} is {len(ids)} tokens for this tokenizer ({pieces}); a stop token must be one token.")
+    return ids[0]
+
+
+def _reencode_for(tokenizer, prompts: list[str], response_texts: list[str], stopped: torch.Tensor):
+    """The reward model's own ids when its tokenizer differs from the policy's: the prompt as its chat
+    template writes it (if it has one), then the decoded response, then its EOS where the response stopped.
+    Returns (ids (B, T'), context_length, true mask (B, T')): left-padded queries, right-padded responses."""
+    if getattr(tokenizer, "chat_template", None):
+        query_ids = [
+            tokenizer.apply_chat_template([{"role": "user", "content": p}], tokenize=True, add_generation_prompt=True)
+            for p in prompts
+        ]
+        query_ids = [list(q["input_ids"]) if isinstance(q, dict) or hasattr(q, "keys") else list(q) for q in query_ids]
+    else:
+        query_ids = [tokenizer(p)["input_ids"] for p in prompts]
+    resp_ids = [tokenizer(r, add_special_tokens=False)["input_ids"] for r in response_texts]
+    resp_ids = [r + ([tokenizer.eos_token_id] if s and tokenizer.eos_token_id is not None else []) for r, s in zip(resp_ids, stopped.tolist())]
+    q_width, r_width = max(map(len, query_ids)), max(1, max(map(len, resp_ids)))
+    pad = tokenizer.pad_token_id
+    ids = torch.full((len(prompts), q_width + r_width), pad, dtype=torch.long)
+    mask = torch.zeros_like(ids, dtype=torch.bool)
+    for i, (q, r) in enumerate(zip(query_ids, resp_ids)):
+        ids[i, q_width - len(q) : q_width] = torch.tensor(q, dtype=torch.long)
+        ids[i, q_width : q_width + len(r)] = torch.tensor(r, dtype=torch.long)
+        mask[i, q_width - len(q) : q_width + len(r)] = True
+    return ids, q_width, mask
+
+
+@torch.no_grad()
+def run_rollout(
+    models: Models,
+    prompts: list[str],
+    *,
+    max_new_tokens: int = 64,
+    temperature: float = 1.0,
+    top_k: int = 0,
+    top_p: float = 1.0,
+    do_sample: bool = True,
+    seed: int = 0,
+    stop_token_id: int | str | None = EOS,
+    use_chat_template: bool = True,
+    attention: str = "trl",
+    samples_per_prompt: int = 1,
+    top_logprobs: int = 5,
+    max_prompt_tokens: int | None = None,
+    max_time: float | None = None,
+    limits: Limits | None = None,
+    progress=None,
+) -> Rollout:
+    """Generate responses to `prompts` with the policy and compute every quantity TRL's PPO rollout computes.
+
+    `stop_token_id`: EOS (the tokenizer's EOS, default), None (no truncation) or a token id.
+    `attention`: "trl" (`ids != pad_token_id` everywhere, as TRL) or "tokenizer" (the true mask).
+    `limits` (default: `Limits.from_env()`) bounds the request; `max_prompt_tokens` and `max_time` default to
+    its values. `progress(fraction, message)` is called between steps. The same seed gives the same rollout.
+    Raises InputError (LimitError over a limit) for unusable prompts or settings.
+    """
+    limits = limits or Limits.from_env()
+    if attention not in ATTENTION_MODES:
+        raise InputError(f"attention must be one of {ATTENTION_MODES}, not {attention!r}.")
+    if not isinstance(prompts, (list, tuple)):
+        raise InputError("prompts must be a list of strings.")
+    if not isinstance(samples_per_prompt, int) or samples_per_prompt < 1:
+        raise InputError(f"samples_per_prompt must be at least 1 (got {samples_per_prompt!r}).")
+    settings = SamplingSettings(
+        max_new_tokens=max_new_tokens, do_sample=bool(do_sample), temperature=float(temperature),
+        top_k=int(top_k), top_p=float(top_p), seed=int(seed),
+    )
+    settings.validate()
+    limits.check_request(len(prompts), samples_per_prompt, settings.max_new_tokens)
+    max_prompt_tokens = limits.max_prompt_tokens if max_prompt_tokens is None else max_prompt_tokens
+    max_time = limits.max_time if max_time is None else max_time
+    tok = models.tokenizer
+    pad, eos = tok.pad_token_id, tok.eos_token_id
+    stop = _resolve_stop(tok, stop_token_id)
+    if not same_tokenizer(models.value_tokenizer, tok):
+        raise ModelLoadError(
+            "The value model's tokenizer differs from the policy's: PPO's per-token values are computed on the "
+            "policy's tokens, so the value model must share the policy's vocabulary."
+        )
+
+    def say(fraction, message):
+        if progress:
+            progress(fraction, message)
+
+    timings: dict[str, float] = {}
+    clock = time.perf_counter()
+    expanded = [p for p in prompts for _ in range(samples_per_prompt)]
+    prompt_index = [i for i in range(len(prompts)) for _ in range(samples_per_prompt)]
+    enc = encode_prompts(tok, expanded, use_chat_template, max_prompt_tokens)
+    Q = enc.queries.shape[1]
+    limits.check_batch(len(expanded), Q, settings.max_new_tokens)
+    trl_mode = attention == "trl"
+
+    with _run_lock:
+        say(0.05, f"Generating {len(expanded)} x {max_new_tokens} tokens")
+        gen = generate(
+            models.policy, enc.queries, pad, eos, settings,
+            attention_mask=None if trl_mode else enc.attention_mask,
+            top_logprobs=top_logprobs, max_time=max_time,
+        )
+        timings["generate"] = time.perf_counter() - clock
+
+        sequences = gen.sequences
+        responses = sequences[:, Q:]
+        query_responses = torch.cat((enc.queries, responses), dim=1)
+        postprocessed = truncate_response(stop, pad, responses) if stop is not None else responses.clone()
+        postprocessed_qr = torch.cat((enc.queries, postprocessed), dim=1)
+        sequence_lengths = first_true_indices(postprocessed == pad) - 1
+        contain_eos = torch.any(postprocessed == eos, dim=-1) if eos is not None else torch.zeros(len(expanded), dtype=torch.bool)
+
+        if trl_mode:
+            qr_mask = trl_attention_mask(query_responses, pad)
+            pqr_mask = None
+        else:
+            generated = _response_mask(responses, [eos] if eos is not None else [])
+            qr_mask = torch.cat((enc.attention_mask.bool(), generated), dim=1)
+            kept = generated & _response_mask(responses, [stop] if stop is not None else [])
+            pqr_mask = torch.cat((enc.attention_mask.bool(), kept), dim=1)
+
+        device = next(models.policy.parameters()).device
+        t0 = time.perf_counter()
+        say(0.55, "Recomputing logprobs (training-time forward pass)")
+        policy_backbone = getattr(models.policy, models.policy.base_model_prefix)
+        hidden = backbone_states(policy_backbone, query_responses.to(device), qr_mask.to(device))
+        logprobs = head_logprobs(
+            models.policy.get_output_embeddings(), hidden, responses.to(device), Q, settings.effective_temperature
+        ).cpu()
+        if models.reference_is_policy:
+            ref_logprobs = logprobs.clone()
+        else:
+            say(0.65, "Reference model pass")
+            ref_logprobs = forward_logprobs(
+                models.reference, query_responses.to(device), pad, Q, settings.effective_temperature,
+                attention_mask=qr_mask.to(device),
+            ).cpu()
+        timings["logprobs"] = time.perf_counter() - t0
+
+        t0 = time.perf_counter()
+        say(0.75, "Value model pass")
+        value_backbone = getattr(models.value, models.value.base_model_prefix)
+        if value_backbone is policy_backbone:
+            full_value = models.value.score(hidden)  # the same backbone over the same ids and mask: reuse it
+        else:
+            full_value, _, _ = get_reward(models.value, query_responses.to(device), pad, Q, attention_mask=qr_mask.to(device))
+        values = full_value[:, Q - 1 : -1].squeeze(-1).float().cpu()
+        del hidden
+
+        say(0.85, "Reward model pass")
+        reward_same_tok = same_tokenizer(models.reward_tokenizer, tok)
+        stopped = (postprocessed == stop).any(-1) if stop is not None else torch.zeros(len(expanded), dtype=torch.bool)
+        response_texts = tok.batch_decode(postprocessed, skip_special_tokens=True)
+        if reward_same_tok:
+            reward_ids, reward_cl, reward_pad, reward_mask = postprocessed_qr, Q, pad, pqr_mask
+        else:
+            rtok = models.reward_tokenizer
+            reward_ids, reward_cl, true_mask = _reencode_for(rtok, expanded, response_texts, stopped)
+            reward_pad, reward_mask = rtok.pad_token_id, None if trl_mode else true_mask
+        if reward_same_tok and models.value_is_reward:
+            # Causal attention: the score logit at position p sees only positions <= p, and up to the score
+            # position postprocessed_query_responses equals query_responses, ids and mask alike (the
+            # truncation starts after the stop token). So the value pass already holds the score.
+            if trl_mode:
+                score_positions = first_true_indices(postprocessed_qr[:, Q:] == pad) - 1 + Q
+            else:
+                score_positions = first_true_indices(~pqr_mask[:, Q:]) - 1 + Q
+            rows = torch.arange(len(expanded), device=full_value.device)
+            scores = full_value[rows, score_positions.to(full_value.device)].squeeze(-1).float().cpu()
+        else:
+            _, scores, score_positions = get_reward(
+                models.reward, reward_ids.to(device), reward_pad, reward_cl,
+                attention_mask=None if reward_mask is None else reward_mask.to(device),
+            )
+            scores = scores.float().cpu()
+        score_positions = score_positions.cpu()
+        timings["value_reward"] = time.perf_counter() - t0
+
+    say(0.95, "Decoding")
+    ids_seen = torch.cat([sequences.flatten(), query_responses.flatten(), gen.topk_ids.flatten()]).unique().tolist()
+    tokens = {i: tok.convert_ids_to_tokens(i) for i in ids_seen}
+    if reward_same_tok:
+        reward_tokens = {i: tokens[i] for i in reward_ids.unique().tolist()}
+    else:
+        rtok = models.reward_tokenizer
+        reward_tokens = {i: rtok.convert_ids_to_tokens(i) for i in reward_ids.unique().tolist()}
+    notes = list(models.notes)
+    unfinished = ~(responses == eos).any(-1) if eos is not None else torch.ones(len(expanded), dtype=torch.bool)
+    if responses.shape[1] < settings.max_new_tokens and unfinished.any():
+        notes.append(
+            f"Generation stopped at the time limit ({max_time:.0f} s) after {responses.shape[1]} of "
+            f"{settings.max_new_tokens} tokens; the responses are cut there."
+        )
+    if not enc.chat_template_applied and use_chat_template:
+        notes.append("The policy tokenizer has no chat template: prompts were tokenized as plain text.")
+    timings["total"] = time.perf_counter() - clock
+    return Rollout(
+        prompts=expanded,
+        prompt_index=prompt_index,
+        query_texts=enc.texts,
+        queries=enc.queries,
+        query_attention_mask=enc.attention_mask,
+        sequences=sequences,
+        responses=responses,
+        query_responses=query_responses,
+        postprocessed_responses=postprocessed,
+        postprocessed_query_responses=postprocessed_qr,
+        context_length=Q,
+        sequence_lengths=sequence_lengths,
+        contain_eos_token=contain_eos,
+        gen_logprobs=gen.gen_logprobs,
+        raw_logprobs=gen.raw_logprobs,
+        logprobs=logprobs,
+        ref_logprobs=ref_logprobs,
+        ranks=gen.ranks,
+        entropy=gen.entropy,
+        topk_ids=gen.topk_ids,
+        topk_logprobs=gen.topk_logprobs,
+        values=values,
+        scores=scores,
+        reward_query_responses=reward_ids,
+        reward_context_length=reward_cl,
+        score_positions=score_positions,
+        pad_token_id=pad,
+        eos_token_id=eos,
+        stop_token_id=stop,
+        attention=attention,
+        chat_template_applied=enc.chat_template_applied,
+        settings=settings.to_dict() | {"samples_per_prompt": samples_per_prompt, "use_chat_template": use_chat_template, "top_logprobs": top_logprobs},
+        model_names=dict(models.names),
+        reward_tokenizer_is_policy=reward_same_tok,
+        pad_equals_eos=pad == eos,
+        tokens=tokens,
+        reward_tokens=reward_tokens,
+        special_ids=sorted(set(tok.all_special_ids)),
+        response_texts=tok.batch_decode(responses, skip_special_tokens=True),
+        response_texts_raw=tok.batch_decode(responses, skip_special_tokens=False),
+        postprocessed_response_texts=response_texts,
+        notes=notes,
+        timings=timings,
+    )
