@@ -1,0 +1,396 @@
+"""The Gradio app: every part of a rollout side by side. The only module that imports gradio.
+
+Callbacks are thin: they read widget values, call one core function and return views. Models load through
+the process-wide cache in `inspector.models` (shared by every session); each session keeps its own
+rollout in a `gr.State`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from pathlib import Path
+
+import gradio as gr
+import pandas as pd
+
+from . import models as model_registry
+from .errors import InspectorError
+from .export import rollout_to_dict, rollout_to_json
+from .models import DEFAULT_POLICY, DEFAULT_REWARD, load_models
+from .rollout import EOS, Rollout, run_rollout, stop_token_from_text
+from .diagnostics import diagnose
+from .ppo import PPOConfig, rollout_ppo_step
+from .views import (
+    BATCH_COLUMNS,
+    PPO_CSS,
+    diagnostics_html,
+    logprob_agreement_markdown,
+    logprob_gap_figure,
+    ppo_metrics_table,
+    ppo_rows_html,
+    STOP_COLUMNS,
+    TOKEN_CSS,
+    batch_table,
+    column_datatypes,
+    entropy_heatmap,
+    logprob_heatmap,
+    sequences_html,
+    split_html,
+    stops_table,
+    value_reward_html,
+    values_figure,
+)
+
+log = logging.getLogger("inspector.ui")
+
+try:  # ZeroGPU on Spaces: run the model work inside a GPU allocation; a plain call everywhere else
+    import spaces
+
+    gpu = spaces.GPU(duration=120)
+except ImportError:  # pragma: no cover - depends on the host
+    def gpu(fn):
+        return fn
+
+EXAMPLES = {
+    "Sentiment contrast": [
+        "Write one sentence about a wonderful day at the beach with friends.",
+        "Write one sentence about a terrible day stuck in traffic in the rain.",
+        "Describe your favourite meal with enthusiasm, in one sentence.",
+        "Complain about a broken phone in one sentence.",
+    ],
+    "Short answers (pad == EOS)": [
+        "What is 2 + 2? Answer with one number.",
+        "Reply with exactly one word: yes or no. Is the sky blue?",
+        "Name one colour.",
+    ],
+    "Cut by max_new_tokens (no EOS)": [
+        "Tell me a long story about a dragon who learns to bake bread.",
+        "List twenty animals, one per line.",
+    ],
+}
+
+CSS = TOKEN_CSS + PPO_CSS + """
+.panel-note { color: #4b5563; font-size: 0.9em; }
+#status-line { min-height: 1.5em; }
+"""
+
+STOP_CHOICES = ["EOS token", "No truncation", "Custom token"]
+
+
+# ---------------------------------------------------------------------------------------------- core calls
+
+def _friendly(exc: Exception) -> gr.Error:
+    if isinstance(exc, InspectorError):
+        return gr.Error(str(exc), print_exception=False)
+    log.exception("unexpected error")
+    return gr.Error(f"Something went wrong ({type(exc).__name__}). The app is still running; please try again.",
+                    print_exception=False)
+
+
+def _names(policy: str, reward: str, value: str, reference: str) -> dict:
+    return {"policy": policy.strip() or None, "reward": reward.strip() or None,
+            "value": value.strip() or None, "reference": reference.strip() or None}
+
+
+def models_markdown(m: model_registry.Models) -> str:
+    """A summary of the loaded models: size, dtype and device, the special ids, and the traps they set."""
+    tok = m.tokenizer
+
+    def params(module):
+        return f"{sum(p.numel() for p in module.parameters()) / 1e6:.1f} M"
+
+    def row(role, module, name, shared=""):
+        return f"| {role} | `{name}` | {params(module)} | {next(module.parameters()).dtype} | {m.device} | {shared} |"
+
+    rows = [
+        "| role | model | parameters | dtype | device | note |",
+        "|---|---|---|---|---|---|",
+        row("policy", m.policy, m.names["policy"]),
+        row("reference", m.reference, m.names["reference"], "the policy itself" if m.reference_is_policy else ""),
+        row("reward", m.reward, m.names["reward"],
+            "backbone shared with the policy" if getattr(m.reward, m.reward.base_model_prefix) is getattr(m.policy, m.policy.base_model_prefix) else ""),
+        row("value", m.value, m.names["value"], "the reward model itself" if m.value_is_reward else ""),
+    ]
+    pad, eos = tok.pad_token_id, tok.eos_token_id
+    same = model_registry.same_tokenizer(m.reward_tokenizer, tok)
+    facts = [
+        f"**pad** {pad} `{tok.pad_token}` · **eos** {eos} `{tok.eos_token}` · **default stop** {eos} `{tok.eos_token}`",
+        f"**reward tokenizer is the policy's:** {'yes' if same else 'no (responses are re-encoded for it)'}",
+        f"**pad token == EOS token:** {'**yes** (TRL masks every EOS as padding; the reward is read before the EOS)' if pad == eos else 'no'}",
+        f"loaded in {m.load_seconds:.1f} s",
+    ] + [f"note: {n}" for n in m.notes]
+    return "\n".join(rows) + "\n\n" + "  \n".join(facts)
+
+
+def load_callback(policy, reward, value, reference, progress=gr.Progress()):
+    """Load (or fetch from the shared cache) the four models; returns their summary."""
+    try:
+        progress(0.1, desc="Loading models")
+        m = load_models(**_names(policy, reward, value, reference), progress=lambda msg: progress(0.5, desc=msg))
+    except Exception as exc:
+        raise _friendly(exc) from exc
+    return models_markdown(m)
+
+
+def parse_prompts(text: str) -> list[str]:
+    """One prompt per non-empty line."""
+    return [line.strip() for line in (text or "").splitlines() if line.strip()]
+
+
+@gpu
+def _rollout(names: dict, prompts: list[str], settings: dict, progress=None) -> tuple[model_registry.Models, Rollout]:
+    m = load_models(**names, progress=(lambda msg: progress(0.02, msg)) if progress else None)
+    stop = settings.pop("stop")
+    if isinstance(stop, str) and stop != EOS:
+        stop = stop_token_from_text(m.tokenizer, stop)
+    return m, run_rollout(m, prompts, stop_token_id=stop, progress=progress, **settings)
+
+
+def _stop_value(choice: str, custom: str):
+    if choice == "No truncation":
+        return None
+    if choice == "Custom token":
+        if not (custom or "").strip() and custom != " ":
+            raise InspectorError("Type the custom stop token (one token of the policy's tokenizer), or pick EOS.")
+        return custom
+    return EOS
+
+
+def _sample_choices(r: Rollout) -> list[tuple[str, int]]:
+    out = []
+    for i in range(r.batch_size):
+        prompt = r.prompts[i].replace("\n", " ")
+        out.append((f"{i}: {prompt[:60]}{'…' if len(prompt) > 60 else ''}  (score {float(r.scores[i]):+.3f})", i))
+    return out
+
+
+def sample_views(r: Rollout | None, sample: int | None):
+    """The views of one sample: the split, the value-versus-reward inputs and the values figure."""
+    if r is None:
+        return "", "", None
+    i = int(sample or 0)
+    if not 0 <= i < r.batch_size:
+        i = 0
+    return split_html(r, i), value_reward_html(r, i), values_figure(r, i)
+
+
+def ppo_views(r: Rollout | None, sample, kl_coef, kl_estimator, gamma, lam, whiten_rewards, penalty_on, penalty):
+    """The PPO step of the picked sample under the settings in the page (pure math: no model pass)."""
+    if r is None:
+        return "", None
+    try:
+        config = PPOConfig(kl_coef=float(kl_coef), kl_estimator=str(kl_estimator), gamma=float(gamma), lam=float(lam),
+                           whiten_rewards=bool(whiten_rewards),
+                           missing_eos_penalty=float(penalty) if penalty_on else None)
+        step = rollout_ppo_step(r, config)
+    except Exception as exc:
+        raise _friendly(exc) from exc
+    i = int(sample or 0) if 0 <= int(sample or 0) < r.batch_size else 0
+    return ppo_rows_html(r, step, i), ppo_metrics_table(step)
+
+
+def _downloads(r: Rollout) -> tuple[str, str]:
+    folder = Path(tempfile.mkdtemp(prefix="rollout-"))
+    table = folder / "rollout_batch.csv"
+    batch_table(r).to_csv(table, index=False)
+    record = folder / "rollout.json"
+    record.write_text(rollout_to_json(r), encoding="utf-8")
+    return str(table), str(record)
+
+
+def batch_views(r: Rollout):
+    """Every batch-level view of a rollout, in the order of the page's outputs."""
+    table_csv, record_json = _downloads(r)
+    return (
+        _status(r),
+        diagnostics_html(diagnose(r)),
+        sequences_html(r),
+        logprob_heatmap(r),
+        entropy_heatmap(r),
+        stops_table(r),
+        batch_table(r),
+        table_csv,
+        record_json,
+        logprob_gap_figure(r),
+        logprob_agreement_markdown(r),
+    )
+
+
+def _status(r: Rollout) -> str:
+    t = r.timings
+    return (f"**{r.batch_size} samples × {r.response_width} tokens** · context_length {r.context_length} · "
+            f"attention `{r.attention}` · generate {t.get('generate', 0):.1f} s · passes "
+            f"{t.get('logprobs', 0) + t.get('value_reward', 0):.1f} s · total {t.get('total', 0):.1f} s")
+
+
+def run_callback(policy, reward, value, reference, prompts_text, use_chat, max_new_tokens, do_sample, temperature, top_k, top_p, seed,
+                 samples, stop_choice, stop_custom, attention, progress=gr.Progress()):
+    """Run one rollout for this session and return every view of it."""
+    try:
+        settings = dict(
+            max_new_tokens=int(max_new_tokens), do_sample=bool(do_sample), temperature=float(temperature),
+            top_k=int(top_k), top_p=float(top_p), seed=int(seed), samples_per_prompt=int(samples),
+            use_chat_template=bool(use_chat), attention=str(attention),
+            stop=_stop_value(stop_choice, stop_custom),
+        )
+        m, r = _rollout(_names(policy, reward, value, reference), parse_prompts(prompts_text), settings,
+                        progress=lambda f, msg: progress(f, desc=msg))
+    except Exception as exc:
+        raise _friendly(exc) from exc
+    return (r, models_markdown(m), gr.update(choices=_sample_choices(r), value=0), *batch_views(r),
+            *sample_views(r, 0))
+
+
+def rollout_api(
+    prompts: list[str],
+    max_new_tokens: int = 48,
+    do_sample: bool = True,
+    temperature: float = 0.7,
+    top_k: int = 0,
+    top_p: float = 1.0,
+    seed: int = 0,
+    samples_per_prompt: int = 1,
+    stop_token: str = "eos",
+    use_chat_template: bool = True,
+    attention: str = "trl",
+    policy: str = "",
+    reward: str = "",
+    value: str = "",
+    reference: str = "",
+) -> dict:
+    """Run a rollout and return the whole record as JSON: every tensor as nested lists, with texts and settings.
+
+    stop_token: "eos", "none", or one token of the policy's tokenizer.
+    """
+    if isinstance(prompts, str):
+        prompts = parse_prompts(prompts)
+    stop = {"eos": EOS, "none": None}.get(str(stop_token).lower(), stop_token)
+    try:
+        _, r = _rollout(
+            _names(policy, reward, value, reference), list(prompts),
+            dict(max_new_tokens=max_new_tokens, do_sample=do_sample, temperature=temperature, top_k=top_k,
+                 top_p=top_p, seed=seed, samples_per_prompt=samples_per_prompt,
+                 use_chat_template=use_chat_template, attention=attention, stop=stop),
+        )
+    except Exception as exc:
+        raise _friendly(exc) from exc
+    return rollout_to_dict(r)
+
+
+# ---------------------------------------------------------------------------------------------- the page
+
+def _df(spec, label, elem_id):
+    return gr.Dataframe(elem_id=elem_id,
+        headers=[c.name for c in spec] if hasattr(spec[0], "name") else [c[0] for c in spec],
+        datatype=column_datatypes(spec), label=label, interactive=False, wrap=True, max_height=420,
+    )
+
+
+def build_app() -> gr.Blocks:
+    """The Blocks of the app. Nothing loads at build time; models load on the first click."""
+    with gr.Blocks(title="Rollout Inspector", fill_width=True) as demo:
+        gr.Markdown(
+            "# Rollout Inspector\nSee exactly what a PPO trainer trains on: the raw `output.sequences`, the split "
+            "at `context_length`, per-token logprobs, where the stop and the pads are, and what the value and "
+            "reward models each see."
+        )
+        session_rollout = gr.State(None, time_to_live=6 * 3600)
+        with gr.Row(equal_height=False):
+            with gr.Column(scale=1, min_width=340):
+                with gr.Accordion("Models", open=False):
+                    policy = gr.Textbox(DEFAULT_POLICY, label="Policy (Hub id or local folder)")
+                    reward = gr.Textbox(DEFAULT_REWARD, label="Reward model")
+                    value = gr.Textbox("", label="Value model", placeholder="blank = the reward model")
+                    reference = gr.Textbox("", label="Reference model", placeholder="blank = the policy")
+                    load_btn = gr.Button("Load models")
+                    models_md = gr.Markdown("Models load on the first run (the defaults work offline).")
+                prompts = gr.Textbox(
+                    "\n".join(EXAMPLES["Sentiment contrast"]), lines=5, max_lines=14,
+                    label="Prompts (one per line)", elem_id="prompts",
+                )
+                example_set = gr.Dropdown(list(EXAMPLES), value=None, label="Example prompt sets")
+                use_chat = gr.Checkbox(True, label="Apply the chat template")
+                with gr.Accordion("Generation", open=True):
+                    max_new_tokens = gr.Slider(1, 512, value=48, step=1, label="max_new_tokens")
+                    do_sample = gr.Checkbox(True, label="do_sample (off = greedy)")
+                    temperature = gr.Slider(0.05, 2.0, value=0.7, step=0.05, label="temperature")
+                    top_k = gr.Slider(0, 200, value=0, step=1, label="top_k (0 = off)")
+                    top_p = gr.Slider(0.05, 1.0, value=1.0, step=0.01, label="top_p (1 = off)")
+                    seed = gr.Number(0, precision=0, label="seed")
+                    samples = gr.Slider(1, 8, value=1, step=1, label="samples per prompt")
+                    stop_choice = gr.Radio(STOP_CHOICES, value=STOP_CHOICES[0], label="Stop token (truncation)")
+                    stop_custom = gr.Textbox("", label="Custom stop token", placeholder="e.g. .", visible=False,
+                                             elem_id="stop-custom")
+                    attention = gr.Radio(
+                        [("TRL mask (ids != pad)", "trl"), ("Tokenizer's true mask", "tokenizer")], value="trl",
+                        label="Attention mask",
+                    )
+                run_btn = gr.Button("Run rollout", variant="primary", elem_id="run")
+            with gr.Column(scale=3, min_width=600):
+                status = gr.Markdown("Press **Run rollout**.", elem_id="status-line")
+                diagnostics = gr.HTML(elem_id="panel-diagnostics")
+                sample = gr.Dropdown(choices=[], value=None, label="Sample", elem_id="sample-picker")
+                gr.Markdown("### 1 · Raw `output.sequences`")
+                seq_html = gr.HTML(elem_id="panel-sequences")
+                gr.Markdown("### 2 · The manual split at `context_length`")
+                split_view = gr.HTML(elem_id="panel-split")
+                gr.Markdown("### 3 · Per-token logprobs and entropy")
+                with gr.Row():
+                    heatmap = gr.Plot(elem_id="panel-logprobs", show_label=False)
+                    entropy = gr.Plot(elem_id="panel-entropy", show_label=False)
+                gr.Markdown("### 4 · Stop and pad")
+                stops = _df(STOP_COLUMNS, "Stop and pad positions", "panel-stops")
+                gr.Markdown("### 5 · Value model input versus reward model input")
+                vr_html = gr.HTML(elem_id="panel-value-reward")
+                values_plot = gr.Plot(elem_id="panel-values", show_label=False)
+                gr.Markdown("### 6 · Batch")
+                table = _df(BATCH_COLUMNS, "Batch", "panel-batch")
+                with gr.Row():
+                    table_file = gr.File(label="Batch table (CSV)", elem_id="download-table")
+                    record_file = gr.File(label="Whole rollout (JSON)", elem_id="download-record")
+                gr.Markdown("### 7 · The PPO step, token by token (TRL's semantics)")
+                with gr.Row():
+                    kl_coef = gr.Number(0.05, label="kl_coef", minimum=0)
+                    kl_estimator = gr.Radio(["k1", "k3"], value="k1", label="kl_estimator")
+                    gamma = gr.Number(1.0, label="gamma", minimum=0, maximum=1)
+                    lam = gr.Number(0.95, label="lam", minimum=0, maximum=1)
+                    whiten_rewards = gr.Checkbox(False, label="whiten_rewards")
+                    penalty_on = gr.Checkbox(False, label="missing_eos_penalty")
+                    penalty = gr.Number(1.0, label="penalty", minimum=0)
+                ppo_html = gr.HTML(elem_id="panel-ppo")
+                ppo_metrics = gr.Dataframe(headers=["metric", "value"], datatype=["str", "str"], interactive=False,
+                                           label="What TRL logs for this batch", elem_id="panel-ppo-metrics")
+                gr.Markdown("### 8 · Logprob agreement: sampling time versus the training forward pass")
+                gap_md = gr.Markdown(elem_id="panel-agreement")
+                gap_plot = gr.Plot(elem_id="panel-gap", show_label=False)
+
+        ppo_inputs = [kl_coef, kl_estimator, gamma, lam, whiten_rewards, penalty_on, penalty]
+        example_set.change(lambda k: "\n".join(EXAMPLES[k]) if k else gr.update(), example_set, prompts,
+                           api_visibility="private")
+        stop_choice.change(lambda c: gr.update(visible=c == "Custom token"), stop_choice, stop_custom,
+                           api_visibility="private")
+        load_btn.click(load_callback, [policy, reward, value, reference], [models_md],
+                       api_visibility="private")
+        run_btn.click(
+            run_callback,
+            [policy, reward, value, reference, prompts, use_chat, max_new_tokens, do_sample, temperature, top_k, top_p, seed, samples,
+             stop_choice, stop_custom, attention],
+            [session_rollout, models_md, sample, status, diagnostics, seq_html, heatmap, entropy, stops, table,
+             table_file, record_file, gap_plot, gap_md, split_view, vr_html, values_plot],
+            api_visibility="private",
+        ).then(ppo_views, [session_rollout, sample, *ppo_inputs], [ppo_html, ppo_metrics], api_visibility="private")
+        sample.change(sample_views, [session_rollout, sample], [split_view, vr_html, values_plot],
+                      api_visibility="private")
+        for control in (sample, *ppo_inputs):
+            control.change(ppo_views, [session_rollout, sample, *ppo_inputs], [ppo_html, ppo_metrics],
+                           api_visibility="private")
+        gr.api(rollout_api, api_name="rollout")
+    demo.queue(max_size=int(os.environ.get("INSPECTOR_QUEUE_SIZE", "16")), default_concurrency_limit=1)
+    return demo
+
+
+def launch_kwargs() -> dict:
+    """What `launch()` takes in Gradio 6 besides the server settings: the page's CSS and theme."""
+    return {"css": CSS, "theme": gr.themes.Soft()}

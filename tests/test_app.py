@@ -1,0 +1,134 @@
+"""The app's callbacks and its public API, on real rollouts from the default models."""
+
+from __future__ import annotations
+
+import json
+
+import gradio as gr
+import pandas as pd
+import plotly.graph_objects as go
+import pytest
+import torch
+
+from inspector import ui
+from inspector.export import rollout_from_dict
+
+pytestmark = pytest.mark.integration
+
+DEFAULT_MODELS = ("", "", "", "")
+
+
+def run(prompts, **overrides):
+    settings = dict(use_chat=True, max_new_tokens=16, do_sample=True, temperature=0.7, top_k=0, top_p=1.0, seed=3,
+                    samples=1, stop_choice="EOS token", stop_custom="", attention="trl")
+    settings.update(overrides)
+    return ui.run_callback(*DEFAULT_MODELS, "\n".join(prompts), *settings.values())
+
+
+@pytest.fixture(scope="module")
+def outputs(models):
+    return run(["Write a happy sentence.", "Name a fruit."])
+
+
+def test_parse_prompts():
+    assert ui.parse_prompts(" a \n\n  b\n   \n") == ["a", "b"]
+    assert ui.parse_prompts("") == []
+
+
+def test_run_callback_returns_every_view(outputs):
+    (r, models_md, sample_update, status, diagnostics, seq_html, heatmap, entropy, stops, table, table_csv,
+     record_json, gap_plot, gap_md, split, vr_html, values) = outputs
+    assert 'data-code="pad_equals_eos"' in diagnostics.replace("'", '"')
+    assert isinstance(gap_plot, go.Figure) and "importance ratio" in gap_md
+    assert r.batch_size == 2
+    assert "pad token == EOS token" in models_md and "SmolLM2" in models_md
+    assert [c[1] for c in sample_update["choices"]] == [0, 1]
+    assert "2 samples" in status
+    assert seq_html.count('data-sample="') >= 2
+    assert isinstance(heatmap, go.Figure) and isinstance(entropy, go.Figure) and isinstance(values, go.Figure)
+    assert isinstance(stops, pd.DataFrame) and len(stops) == 2
+    assert isinstance(table, pd.DataFrame) and len(table) == 2
+    assert pd.read_csv(table_csv).shape[0] == 2
+    with open(record_json, encoding="utf-8") as fh:
+        again = rollout_from_dict(json.load(fh))
+    assert torch.equal(again.sequences, r.sequences)
+    assert torch.allclose(again.scores, r.scores)
+    assert split and vr_html
+
+
+def test_sample_views_follow_the_pick(outputs):
+    r = outputs[0]
+    split0, _, _ = ui.sample_views(r, 0)
+    split1, _, fig1 = ui.sample_views(r, 1)
+    assert split0 != split1
+    assert ui.sample_views(None, 0) == ("", "", None)
+    assert ui.sample_views(r, 99)[0] == split0  # out of range falls back to the first sample
+
+
+def test_ppo_views_follow_the_settings(outputs):
+    r = outputs[0]
+    html_k1, metrics_k1 = ui.ppo_views(r, 0, 0.05, "k1", 1.0, 0.95, False, False, 1.0)
+    assert "data-row='advantages'" in html_k1 and "data-row='rewards'" in html_k1
+    assert set(metrics_k1["metric"]) >= {"objective/kl", "objective/rlhf_reward", "val/num_eos_tokens"}
+    kl = float(metrics_k1.set_index("metric").loc["objective/kl", "value"])
+    assert kl == 0.0  # the reference is the policy: zero KL, as it must be
+    _, penalised = ui.ppo_views(r, 1, 0.05, "k3", 0.9, 0.8, True, True, 5.0)
+    assert "config/missing_eos_penalty" in set(penalised["metric"])
+    with pytest.raises(gr.Error, match="kl_estimator"):
+        ui.ppo_views(r, 0, 0.05, "k9", 1.0, 0.95, False, False, 1.0)
+
+
+def test_load_callback_summarises_the_models(models):
+    md = ui.load_callback(*DEFAULT_MODELS)
+    assert "| policy |" in md and "| value |" in md and "the reward model itself" in md
+
+
+@pytest.mark.parametrize(
+    "prompts, overrides, message",
+    [
+        ([], {}, "no prompts"),
+        (["hi"], {"stop_choice": "Custom token", "stop_custom": "hello there friend"}, "must be one token"),
+        (["hi"], {"do_sample": True, "temperature": 0.0}, "temperature"),
+    ],
+)
+def test_bad_input_shows_a_message_and_the_next_run_works(models, prompts, overrides, message):
+    with pytest.raises(gr.Error, match=message):
+        run(prompts, **overrides)
+    assert run(["Say hi."], max_new_tokens=4)[0].batch_size == 1
+
+
+def test_bad_model_id_keeps_the_loaded_models(models):
+    with pytest.raises(gr.Error, match="Could not load the policy model"):
+        ui.run_callback("no-such-org/no-such-model", "", "", "", "hi", True, 4, True, 0.7, 0, 1.0, 0, 1,
+                        "EOS token", "", "trl")
+    assert run(["Say hi."], max_new_tokens=4)[0].batch_size == 1
+
+
+def test_custom_stop_token_truncates(models):
+    r = run(["Write three short sentences about dogs."], stop_choice="Custom token", stop_custom=".",
+            max_new_tokens=40, do_sample=False)[0]
+    period = models.tokenizer.convert_tokens_to_ids(".")
+    assert r.stop_token_id == period
+
+
+def test_rollout_api_function(models):
+    record = ui.rollout_api(["Say hi."], max_new_tokens=6, seed=1)
+    assert record["format"] == "rollout-inspector/1"
+    assert len(record["scores"]) == 1 and len(record["responses"][0]) <= 6
+
+
+def test_gradio_client_against_the_launched_app(app_url):
+    from gradio_client import Client
+
+    client = Client(app_url, verbose=False)
+    record = client.predict(
+        prompts=["Write a happy sentence.", "Say hi."], max_new_tokens=8, do_sample=False, seed=0,
+        api_name="/rollout",
+    )
+    assert record["format"] == "rollout-inspector/1"
+    assert len(record["scores"]) == 2
+    assert record["context_length"] == len(record["queries"][0])
+    r = rollout_from_dict(record)
+    assert torch.equal(r.responses, r.sequences[:, r.context_length:])
+    with pytest.raises(Exception, match="no prompts"):
+        client.predict(prompts=[], api_name="/rollout")

@@ -1,0 +1,93 @@
+"""The real app in headless Chromium (Debian's /usr/bin/chromium), as a person uses it."""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import pytest
+
+pytestmark = [pytest.mark.browser, pytest.mark.integration]
+
+CHROMIUM = "/usr/bin/chromium"
+ARTIFACTS = Path(__file__).resolve().parent.parent / "artifacts"
+CHROMIUM_ARGS = [
+    "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+    "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage",
+]
+
+
+@pytest.fixture(scope="module")
+def page(app_url):
+    if not os.path.exists(CHROMIUM):
+        pytest.fail(f"{CHROMIUM} is missing: install Debian's chromium (scripts/setup.sh --dev does).")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1440, "height": 900})
+        page.goto(app_url)
+        page.wait_for_selector("#run", timeout=60_000)
+        yield page
+        browser.close()
+
+
+def run_and_wait(page, previous_status: str = "") -> str:
+    page.click("#run button, button#run")
+    page.wait_for_function(
+        """prev => { const s = document.querySelector('#status-line'); return s && /samples ×/.test(s.innerText)
+                     && s.innerText !== prev; }""",
+        arg=previous_status, timeout=300_000,
+    )
+    for panel in ("#panel-logprobs", "#panel-entropy", "#panel-values"):
+        page.wait_for_function(
+            "sel => { const e = document.querySelector(sel + ' .js-plotly-plot'); return e && e.data && e.data.length; }",
+            arg=panel, timeout=60_000,
+        )
+    return page.inner_text("#status-line")
+
+
+def test_default_rollout_renders_every_panel(page):
+    status = run_and_wait(page)
+    batch, width = map(int, re.search(r"(\d+) samples × (\d+) tokens", status).groups())
+    assert batch == 4  # the default prompt set
+
+    # the heatmap: one row per sample, one column per response position
+    z_shape = page.evaluate(
+        "() => { const z = document.querySelector('#panel-logprobs .js-plotly-plot').data[0].z;"
+        " return [z.length, z[0].length]; }"
+    )
+    assert z_shape == [batch, width]
+    assert page.locator("#panel-logprobs .ytick").count() == batch
+
+    # raw sequences: one row per sample, the context_length boundary and the stop / reward marks
+    seq = page.locator("#panel-sequences")
+    assert seq.locator("[data-sample]").count() == batch
+    assert seq.locator(".ctx-boundary").count() == batch
+    assert seq.locator('[data-role~="reward"]').count() == batch
+    assert seq.locator('[data-role~="stop"]').count() >= 1
+
+    # the scores are displayed: one per sample in the batch table, and the picked one beside the reward input
+    batch_text = page.inner_text("#panel-batch")
+    assert "score" in batch_text
+    assert len(re.findall(r"-?\d+\.\d{2,}", batch_text)) >= batch
+    assert re.search(r"score\s*[+-]?\d+\.\d+", page.inner_text("#panel-value-reward"))
+    assert page.locator('#panel-value-reward [data-role~="reward"]').count() >= 1
+    # every panel has content
+    for panel in ("#panel-sequences", "#panel-split", "#panel-value-reward", "#panel-stops", "#panel-batch"):
+        assert page.inner_text(panel).strip(), panel
+
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "screenshot.png"), full_page=True)
+
+
+def test_truncation_shows_where_value_and_reward_inputs_differ(page):
+    previous = page.inner_text("#status-line")
+    page.fill("#prompts textarea", "Write three short sentences about dogs.\nWrite two short sentences about rain.")
+    page.get_by_label("Custom token").check()
+    page.fill("#stop-custom textarea, #stop-custom input", ".")
+    run_and_wait(page, previous)
+    truncated = page.locator("#panel-value-reward .tok-truncated")
+    assert truncated.count() >= 1
+    page.screenshot(path=str(ARTIFACTS / "screenshot-truncation.png"), full_page=True)
