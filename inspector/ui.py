@@ -34,6 +34,7 @@ from .views import (
     TOKEN_CSS,
     batch_table,
     column_datatypes,
+    column_widths,
     entropy_heatmap,
     logprob_heatmap,
     sequences_html,
@@ -282,9 +283,9 @@ def rollout_api(
 # ---------------------------------------------------------------------------------------------- the page
 
 def _df(spec, label, elem_id):
-    return gr.Dataframe(elem_id=elem_id,
-        headers=[c.name for c in spec] if hasattr(spec[0], "name") else [c[0] for c in spec],
-        datatype=column_datatypes(spec), label=label, interactive=False, wrap=True, max_height=420,
+    return gr.Dataframe(
+        elem_id=elem_id, headers=[c.name for c in spec], datatype=column_datatypes(spec),
+        column_widths=column_widths(spec), label=label, interactive=False, wrap=True, max_height=640,
     )
 
 
@@ -352,13 +353,14 @@ def build_app() -> gr.Blocks:
                     record_file = gr.File(label="Whole rollout (JSON)", elem_id="download-record")
                 gr.Markdown("### 7 · The PPO step, token by token (TRL's semantics)")
                 with gr.Row():
-                    kl_coef = gr.Number(0.05, label="kl_coef", minimum=0)
-                    kl_estimator = gr.Radio(["k1", "k3"], value="k1", label="kl_estimator")
-                    gamma = gr.Number(1.0, label="gamma", minimum=0, maximum=1)
-                    lam = gr.Number(0.95, label="lam", minimum=0, maximum=1)
-                    whiten_rewards = gr.Checkbox(False, label="whiten_rewards")
-                    penalty_on = gr.Checkbox(False, label="missing_eos_penalty")
-                    penalty = gr.Number(1.0, label="penalty", minimum=0)
+                    kl_coef = gr.Number(0.05, label="kl_coef", minimum=0, min_width=90)
+                    kl_estimator = gr.Radio(["k1", "k3"], value="k1", label="kl_estimator", min_width=120)
+                    gamma = gr.Number(1.0, label="gamma", minimum=0, maximum=1, min_width=90)
+                    lam = gr.Number(0.95, label="lam", minimum=0, maximum=1, min_width=90)
+                    with gr.Column(min_width=200):
+                        whiten_rewards = gr.Checkbox(False, label="whiten_rewards")
+                        penalty_on = gr.Checkbox(False, label="apply missing_eos_penalty")
+                    penalty = gr.Number(1.0, label="missing_eos_penalty", minimum=0, min_width=140)
                 ppo_html = gr.HTML(elem_id="panel-ppo")
                 ppo_metrics = gr.Dataframe(headers=["metric", "value"], datatype=["str", "str"], interactive=False,
                                            label="What TRL logs for this batch", elem_id="panel-ppo-metrics")

@@ -54,8 +54,8 @@ def test_default_rollout_renders_every_panel(page):
     assert batch == 4  # the default prompt set
 
     # the heatmap: one row per sample, one column per response position
-    z_shape = page.evaluate(
-        "() => { const z = document.querySelector('#panel-logprobs .js-plotly-plot').data[0].z;"
+    z_shape = page.evaluate(  # _fullData holds the decoded arrays (data keeps plotly's base64 typed arrays)
+        "() => { const z = document.querySelector('#panel-logprobs .js-plotly-plot')._fullData[0].z;"
         " return [z.length, z[0].length]; }"
     )
     assert z_shape == [batch, width]

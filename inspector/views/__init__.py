@@ -1,7 +1,7 @@
 """Pure views of a Rollout: plotly figures, pandas tables and token HTML. No gradio, no model calls."""
 
 from .figures import LOGPROB_KINDS, entropy_heatmap, logprob_heatmap, values_figure
-from .tables import BATCH_COLUMNS, STOP_COLUMNS, Column, batch_table, column_datatypes, stops_table
+from .tables import BATCH_COLUMNS, STOP_COLUMNS, Column, batch_table, column_datatypes, column_widths, stops_table
 from .ppo import (
     PPO_CSS,
     diagnostics_html,
@@ -21,6 +21,7 @@ __all__ = [
     "Column",
     "batch_table",
     "column_datatypes",
+    "column_widths",
     "diagnostics_html",
     "logprob_agreement_markdown",
     "logprob_gap_figure",

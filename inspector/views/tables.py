@@ -16,6 +16,7 @@ class Column(NamedTuple):
     name: str
     dtype: str  # "int", "float", "str", "bool", or "int?" (an int or None)
     description: str
+    width: str = "9%"  # the gr.Dataframe column's width: wide for text, narrow for numbers
 
 
 _PANDAS = {"int": "int64", "float": "float64", "str": "object", "bool": "bool", "int?": "object"}
@@ -23,18 +24,18 @@ _GRADIO = {"int": "number", "float": "number", "str": "str", "bool": "bool", "in
 FLOAT_DECIMALS = 4
 
 BATCH_COLUMNS = [
-    Column("sample", "int", "Row of the rollout."),
-    Column("prompt", "str", "The plain prompt (before the chat template)."),
-    Column("response", "str", "The generated response, decoded without special tokens."),
-    Column("response length", "int", "sequence_lengths + 1: the tokens TRL trains on."),
-    Column("contains EOS", "bool", "contain_eos_token: the postprocessed response holds the EOS token."),
-    Column("score", "float", "The reward model's score, read at sequence_lengths."),
-    Column("mean logprob", "float", "Mean of logprobs (training-time recompute) up to sequence_lengths; NaN if empty."),
-    Column("mean entropy", "float", "Mean entropy (nats) of the sampled-from distribution over the same tokens."),
+    Column("sample", "int", "Row of the rollout.", "6%"),
+    Column("prompt", "str", "The plain prompt (before the chat template).", "20%"),
+    Column("response", "str", "The generated response, decoded without special tokens.", "30%"),
+    Column("response length", "int", "sequence_lengths + 1: the tokens TRL trains on.", "8%"),
+    Column("contains EOS", "bool", "contain_eos_token: the postprocessed response holds the EOS token.", "8%"),
+    Column("score", "float", "The reward model's score, read at sequence_lengths.", "8%"),
+    Column("mean logprob", "float", "Mean of logprobs (training-time recompute) up to sequence_lengths; NaN if empty.", "8%"),
+    Column("mean entropy", "float", "Mean entropy (nats) of the sampled-from distribution over the same tokens.", "7%"),
 ]
 
 STOP_COLUMNS = [
-    Column("sample", "int", "Row of the rollout."),
+    Column("sample", "int", "Row of the rollout.", "6%"),
     Column("first stop index", "int?", "Response index of the first stop_token_id (empty: none)."),
     Column("first pad index", "int?",
            "Response index of the first pad in postprocessed_responses; sequence_lengths is one less (empty: none)."),
@@ -43,9 +44,14 @@ STOP_COLUMNS = [
     Column("contain_eos_token", "bool", "Whether the postprocessed response holds the EOS token."),
     Column("score position", "int", "Absolute index in the reward model's input where the score was read."),
     Column("score response index", "int", "The same position in the response (-1: the last query token)."),
-    Column("score token", "str", "The token the score was read at."),
+    Column("score token", "str", "The token the score was read at.", "22%"),
     Column("score token is special", "bool", "Whether that token is a special token (EOS, pad, chat markers)."),
 ]
+
+
+def column_widths(spec: list[Column]) -> list[str]:
+    """The `gr.Dataframe` column widths of `spec`."""
+    return [c.width for c in spec]
 
 
 def column_datatypes(spec: list[Column]) -> list[str]:
