@@ -42,6 +42,8 @@ class SamplingSettings:
 
     def validate(self) -> None:
         """Raise InputError for settings that cannot sample."""
+        if not 0 <= self.seed < 2**63:
+            raise InputError(f"seed must be a whole number from 0 to 2**63 - 1 (got {self.seed}).")
         if not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 1:
             raise InputError(f"max_new_tokens must be a whole number of at least 1, not {self.max_new_tokens!r}.")
         if self.do_sample:
@@ -77,8 +79,20 @@ def encode_prompts(tokenizer, prompts: list[str], use_chat_template: bool = True
     if not prompts:
         raise InputError("There are no prompts: give at least one non-empty prompt (one per line in the app).")
     for i, prompt in enumerate(prompts):
-        if not isinstance(prompt, str) or not prompt.strip():
+        if not isinstance(prompt, str):
+            raise InputError(f"Prompt {i + 1} is not text ({type(prompt).__name__}): prompts are strings.")
+        if not prompt.strip():
             raise InputError(f"Prompt {i + 1} is empty: remove it or write something.")
+        if max_prompt_tokens is not None and len(prompt) > 8 * max_prompt_tokens:
+            # no tokenizer packs more than a few characters per token: refuse before tokenizing megabytes
+            raise InputError(
+                f"Prompt {i + 1} is {len(prompt):,} characters long, far over the limit of {max_prompt_tokens} prompt "
+                "tokens. Shorten it."
+            )
+        try:
+            prompt.encode("utf-8")
+        except UnicodeEncodeError:
+            raise InputError(f"Prompt {i + 1} is not valid Unicode text (it holds a lone surrogate).") from None
     has_template = bool(getattr(tokenizer, "chat_template", None))
     applied = use_chat_template and has_template
     if applied:

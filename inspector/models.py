@@ -98,8 +98,48 @@ def _offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
 
 
+def _hosted() -> bool:
+    return bool(os.environ.get("SPACE_ID")) or os.environ.get("INSPECTOR_HOSTED", "0") == "1"
+
+
+def check_allowed(name: str) -> None:
+    """Refuse a model a hosted deployment does not allow, before anything is read or downloaded.
+
+    INSPECTOR_ALLOWED_MODELS (comma-separated ids) restricts the models to a list (the defaults stay allowed);
+    on a hosted deployment (SPACE_ID or INSPECTOR_HOSTED=1) local folders are refused unless
+    INSPECTOR_ALLOW_LOCAL_PATHS=1; INSPECTOR_MAX_MODEL_PARAMS (default 2e9) refuses, where the Hub states a
+    model's size, a model too large for the machine.
+    """
+    if name in (DEFAULT_POLICY, DEFAULT_REWARD):
+        return
+    allowed = [m.strip() for m in os.environ.get("INSPECTOR_ALLOWED_MODELS", "").split(",") if m.strip()]
+    if allowed and name not in allowed:
+        raise ModelLoadError(
+            f"Model {name!r} is not on this deployment's allow-list (INSPECTOR_ALLOWED_MODELS): "
+            f"{', '.join(allowed)}."
+        )
+    local = name.startswith((".", "/", "~")) or os.path.isdir(os.path.expanduser(name))
+    if local and _hosted() and os.environ.get("INSPECTOR_ALLOW_LOCAL_PATHS", "0") != "1":
+        raise ModelLoadError("Local model folders are refused on a hosted deployment; give a Hub id.")
+    if not local and not _offline():
+        limit = float(os.environ.get("INSPECTOR_MAX_MODEL_PARAMS", "2e9"))
+        try:
+            from huggingface_hub import model_info
+
+            info = model_info(name, timeout=10)
+            total = info.safetensors.total if info.safetensors else None
+        except Exception:  # the Hub says nothing about it: the load itself will tell
+            total = None
+        if total and total > limit:
+            raise ModelLoadError(
+                f"Model {name!r} has {total / 1e9:.1f} B parameters, over this deployment's limit of "
+                f"{limit / 1e9:.1f} B (INSPECTOR_MAX_MODEL_PARAMS)."
+            )
+
+
 def resolve_source(name: str, progress=None) -> str:
     """Where a model name is read from: a local folder, the converted default policy, or the Hub id itself."""
+    check_allowed(name)
     if name in (DEFAULT_POLICY, DEFAULT_REWARD):
         local = converted_default_policy(progress)
         if local is not None:
@@ -145,19 +185,26 @@ def _prepare_tokenizer(tokenizer) -> bool:
     return True
 
 
-def _load_causal_lm(name: str, device: str, dtype: torch.dtype, trust_remote_code: bool, progress=None):
+def _load_causal_lm(name: str, device: str, dtype: torch.dtype, trust_remote_code: bool, progress=None,
+                    role: str = "policy"):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     source = resolve_source(name, progress)
     try:
         tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
-        model = AutoModelForCausalLM.from_pretrained(
-            source, dtype=dtype, trust_remote_code=trust_remote_code, use_safetensors=True
+        model, info = AutoModelForCausalLM.from_pretrained(
+            source, dtype=dtype, trust_remote_code=trust_remote_code, use_safetensors=True, output_loading_info=True
         )
     except ModelLoadError:
         raise
-    except (OSError, ValueError, KeyError) as exc:
-        raise _load_error("policy", name, exc) from exc
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise _load_error(role, name, exc) from exc
+    missing = info.get("missing_keys", [])
+    if missing and any("embed" in k or "lm_head" in k or "layers.0." in k for k in missing):
+        raise ModelLoadError(
+            f"The {role} model {name!r} is not a trained causal language model (its checkpoint lacks "
+            f"{', '.join(sorted(missing)[:3])}); is it a classifier or a reward model?"
+        )
     return model.to(device).eval(), tokenizer
 
 
@@ -194,7 +241,7 @@ def _load_classifier(role: str, name: str, device: str, dtype: torch.dtype, trus
         model, info = AutoModelForSequenceClassification.from_pretrained(
             source, dtype=dtype, trust_remote_code=trust_remote_code, use_safetensors=True, output_loading_info=True
         )
-    except (OSError, ValueError, KeyError) as exc:
+    except (OSError, ValueError, KeyError, TypeError) as exc:
         raise _load_error(role, name, exc) from exc
     if model.config.num_labels != 1:
         raise ModelLoadError(
@@ -277,7 +324,7 @@ def load_models(
         if progress:
             progress(f"Loading the {role} model {name}")
         model, tok = _cached(("causal", name, device, dtype, trust_remote_code),
-                             lambda: _load_causal_lm(name, device, dtype, trust_remote_code, progress))
+                             lambda: _load_causal_lm(name, device, dtype, trust_remote_code, progress, role))
         return model, tok
 
     def classifier(role, name):

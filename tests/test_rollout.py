@@ -153,7 +153,11 @@ def test_samples_per_prompt(models):
         (["hi"], {"top_p": 0.0}, "top_p"),
         (["hi"], {"max_new_tokens": 0}, "max_new_tokens"),
         (["hi"], {"attention": "sideways"}, "attention"),
-        (["word " * 50], {"max_prompt_tokens": 20}, "limit is 20"),
+        (["word " * 50], {"max_prompt_tokens": 20}, "limit of 20"),
+        (["word " * 15], {"max_prompt_tokens": 20}, "limit is 20"),
+        (["hi"], {"seed": -1}, "seed"),
+        (["hi\ud800"], {}, "surrogate"),
+        (["hi", 3], {}, "not text"),
         (["hi"], {"stop_token_id": 10**9}, "stop_token_id"),
     ],
 )
