@@ -132,3 +132,42 @@ def test_gradio_client_against_the_launched_app(app_url):
     assert torch.equal(r.responses, r.sequences[:, r.context_length:])
     with pytest.raises(Exception, match="no prompts"):
         client.predict(prompts=[], api_name="/rollout")
+
+
+@pytest.fixture(scope="module")
+def client(app_url):
+    from gradio_client import Client
+
+    return Client(app_url, verbose=False)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"prompts": []}, "no prompts"),
+        ({"prompts": ["   ", "\t"]}, "empty"),
+        ({"prompts": ["x" * 100_000]}, "characters long"),
+        ({"prompts": ["hi"], "temperature": 0.0}, "temperature"),
+        ({"prompts": ["hi"], "top_p": 0.0}, "top_p"),
+        ({"prompts": ["hi"], "max_new_tokens": -5}, "max_new_tokens"),
+        ({"prompts": ["hi"], "max_new_tokens": 10**9}, "INSPECTOR_MAX_NEW_TOKENS"),
+        ({"prompts": ["hi"], "samples_per_prompt": 10**6}, "INSPECTOR_MAX_SAMPLES_PER_PROMPT"),
+        ({"prompts": ["hi"] * 500}, "INSPECTOR_MAX_PROMPTS"),
+        ({"prompts": ["hi"], "top_k": -3}, "top_k"),
+        ({"prompts": ["hi"], "seed": -1}, "seed"),
+        ({"prompts": ["hi"], "stop_token": "two tokens here"}, "one token"),
+        ({"prompts": ["hi"], "attention": "everything"}, "attention"),
+        ({"prompts": ["hi"], "policy": "no-such-org/no-such-model"}, "Could not load"),
+    ],
+)
+def test_bad_input_through_the_api(client, kwargs, message):
+    with pytest.raises(Exception, match=message):
+        client.predict(api_name="/rollout", **kwargs)
+    record = client.predict(prompts=["Say hi."], max_new_tokens=3, api_name="/rollout")
+    assert len(record["scores"]) == 1
+
+
+def test_odd_text_is_handled(client):
+    prompts = ["مرحبا، كيف حالك؟", "Emoji 🎉🔥 and control \x07 chars"]
+    record = client.predict(prompts=prompts, max_new_tokens=4, api_name="/rollout")
+    assert record["prompts"] == prompts
