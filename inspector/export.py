@@ -78,3 +78,42 @@ def rollout_from_dict(data: dict) -> Rollout:
     except (TypeError, ValueError, AttributeError) as exc:
         raise InputError(f"The rollout record is malformed: {exc}") from exc
     return Rollout(**kwargs)
+
+
+def rollout_rows(rollout: Rollout) -> list[dict]:
+    """One row per sample, with datasets-compatible columns: `prompt`, `completion`, `reward` (as TRL's
+    completion tables name them) and the per-token lists of the response."""
+    r = rollout
+    rows = []
+    for i in range(r.batch_size):
+        n = max(int(r.sequence_lengths[i]) + 1, 0)
+        rows.append({
+            "prompt": r.prompts[i],
+            "completion": r.postprocessed_response_texts[i],
+            "reward": float(r.scores[i]),
+            "query_text": r.query_texts[i],
+            "response_token_ids": r.responses[i].tolist(),
+            "sequence_length": int(r.sequence_lengths[i]),
+            "contain_eos_token": bool(r.contain_eos_token[i]),
+            "gen_logprobs": [_finite(float(v)) for v in r.gen_logprobs[i, :n]],
+            "logprobs": [_finite(float(v)) for v in r.logprobs[i, :n]],
+            "ref_logprobs": [_finite(float(v)) for v in r.ref_logprobs[i, :n]],
+            "values": [float(v) for v in r.values[i, :n]],
+            "policy": r.model_names.get("policy"),
+            "reward_model": r.model_names.get("reward"),
+        })
+    return rows
+
+
+def rollout_to_jsonl(rollout: Rollout) -> str:
+    return "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rollout_rows(rollout))
+
+
+def rollout_to_parquet(rollout: Rollout, path: str) -> None:
+    """Write `rollout_rows` as a Parquet file (needs pyarrow)."""
+    try:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise InputError("Writing Parquet needs pyarrow: pip install pyarrow.") from None
+    pq.write_table(pa.Table.from_pylist(rollout_rows(rollout)), path)

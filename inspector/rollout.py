@@ -13,10 +13,17 @@ from dataclasses import dataclass, field
 import torch
 
 from .errors import InputError, ModelLoadError
-from .generation import SamplingSettings, encode_prompts, generate
+from .generation import Generation, SamplingSettings, encode_prompts, generate
 from .limits import Limits
 from .models import Models, same_tokenizer
-from .scoring import backbone_states, forward_logprobs, get_reward, head_logprobs, trl_attention_mask
+from .scoring import (
+    backbone_states,
+    forward_logprobs,
+    get_reward,
+    head_logprobs,
+    head_token_details,
+    trl_attention_mask,
+)
 from .tensors import first_true_indices, truncate_response
 
 EOS = "eos"
@@ -232,80 +239,106 @@ def run_rollout(
             top_logprobs=top_logprobs, max_time=max_time,
         )
         timings["generate"] = time.perf_counter() - clock
+        rollout = _score_rollout(
+            models, expanded, prompt_index, enc, gen, stop=stop, attention=attention,
+            temperature=settings.effective_temperature, say=say, timings=timings,
+            settings=settings.to_dict() | {"samples_per_prompt": samples_per_prompt,
+                                           "use_chat_template": use_chat_template, "top_logprobs": top_logprobs},
+        )
+    unfinished = ~(rollout.responses == eos).any(-1) if eos is not None else torch.ones(rollout.batch_size, dtype=torch.bool)
+    if rollout.response_width < settings.max_new_tokens and unfinished.any():
+        rollout.notes.append(
+            f"Generation stopped at the time limit ({max_time:.0f} s) after {rollout.response_width} of "
+            f"{settings.max_new_tokens} tokens; the responses are cut there."
+        )
+    if not enc.chat_template_applied and use_chat_template:
+        rollout.notes.append("The policy tokenizer has no chat template: prompts were tokenized as plain text.")
+    rollout.timings["total"] = time.perf_counter() - clock
+    return rollout
 
-        sequences = gen.sequences
-        responses = sequences[:, Q:]
-        query_responses = torch.cat((enc.queries, responses), dim=1)
-        postprocessed = truncate_response(stop, pad, responses) if stop is not None else responses.clone()
-        postprocessed_qr = torch.cat((enc.queries, postprocessed), dim=1)
-        sequence_lengths = first_true_indices(postprocessed == pad) - 1
-        contain_eos = torch.any(postprocessed == eos, dim=-1) if eos is not None else torch.zeros(len(expanded), dtype=torch.bool)
 
-        if trl_mode:
-            qr_mask = trl_attention_mask(query_responses, pad)
-            pqr_mask = None
-        else:
-            generated = _response_mask(responses, [eos] if eos is not None else [])
-            qr_mask = torch.cat((enc.attention_mask.bool(), generated), dim=1)
-            kept = generated & _response_mask(responses, [stop] if stop is not None else [])
-            pqr_mask = torch.cat((enc.attention_mask.bool(), kept), dim=1)
+@torch.no_grad()
+def _score_rollout(models: Models, expanded: list[str], prompt_index: list[int], enc, gen, *, stop, attention: str,
+                   temperature: float, say, timings: dict, settings: dict) -> Rollout:
+    """Everything after generation: the split, truncation, masks, the recompute, value and reward passes,
+    and the record. `gen` holds the sequences and the per-token capture (a `Generation`)."""
+    tok = models.tokenizer
+    pad, eos = tok.pad_token_id, tok.eos_token_id
+    Q = enc.queries.shape[1]
+    trl_mode = attention == "trl"
+    sequences = gen.sequences
+    responses = sequences[:, Q:]
+    query_responses = torch.cat((enc.queries, responses), dim=1)
+    postprocessed = truncate_response(stop, pad, responses) if stop is not None else responses.clone()
+    postprocessed_qr = torch.cat((enc.queries, postprocessed), dim=1)
+    sequence_lengths = first_true_indices(postprocessed == pad) - 1
+    contain_eos = torch.any(postprocessed == eos, dim=-1) if eos is not None else torch.zeros(len(expanded), dtype=torch.bool)
 
-        device = next(models.policy.parameters()).device
-        t0 = time.perf_counter()
-        say(0.55, "Recomputing logprobs (training-time forward pass)")
-        policy_backbone = getattr(models.policy, models.policy.base_model_prefix)
-        hidden = backbone_states(policy_backbone, query_responses.to(device), qr_mask.to(device))
-        logprobs = head_logprobs(
-            models.policy.get_output_embeddings(), hidden, responses.to(device), Q, settings.effective_temperature
+    if trl_mode:
+        qr_mask = trl_attention_mask(query_responses, pad)
+        pqr_mask = None
+    else:
+        generated = _response_mask(responses, [eos] if eos is not None else [])
+        qr_mask = torch.cat((enc.attention_mask.bool(), generated), dim=1)
+        kept = generated & _response_mask(responses, [stop] if stop is not None else [])
+        pqr_mask = torch.cat((enc.attention_mask.bool(), kept), dim=1)
+
+    device = next(models.policy.parameters()).device
+    t0 = time.perf_counter()
+    say(0.55, "Recomputing logprobs (training-time forward pass)")
+    policy_backbone = getattr(models.policy, models.policy.base_model_prefix)
+    hidden = backbone_states(policy_backbone, query_responses.to(device), qr_mask.to(device))
+    logprobs = head_logprobs(
+        models.policy.get_output_embeddings(), hidden, responses.to(device), Q, temperature
+    ).cpu()
+    if models.reference_is_policy:
+        ref_logprobs = logprobs.clone()
+    else:
+        say(0.65, "Reference model pass")
+        ref_logprobs = forward_logprobs(
+            models.reference, query_responses.to(device), pad, Q, temperature,
+            attention_mask=qr_mask.to(device),
         ).cpu()
-        if models.reference_is_policy:
-            ref_logprobs = logprobs.clone()
-        else:
-            say(0.65, "Reference model pass")
-            ref_logprobs = forward_logprobs(
-                models.reference, query_responses.to(device), pad, Q, settings.effective_temperature,
-                attention_mask=qr_mask.to(device),
-            ).cpu()
-        timings["logprobs"] = time.perf_counter() - t0
+    timings["logprobs"] = time.perf_counter() - t0
 
-        t0 = time.perf_counter()
-        say(0.75, "Value model pass")
-        value_backbone = getattr(models.value, models.value.base_model_prefix)
-        if value_backbone is policy_backbone:
-            full_value = models.value.score(hidden)  # the same backbone over the same ids and mask: reuse it
-        else:
-            full_value, _, _ = get_reward(models.value, query_responses.to(device), pad, Q, attention_mask=qr_mask.to(device))
-        values = full_value[:, Q - 1 : -1].squeeze(-1).float().cpu()
-        del hidden
+    t0 = time.perf_counter()
+    say(0.75, "Value model pass")
+    value_backbone = getattr(models.value, models.value.base_model_prefix)
+    if value_backbone is policy_backbone:
+        full_value = models.value.score(hidden)  # the same backbone over the same ids and mask: reuse it
+    else:
+        full_value, _, _ = get_reward(models.value, query_responses.to(device), pad, Q, attention_mask=qr_mask.to(device))
+    values = full_value[:, Q - 1 : -1].squeeze(-1).float().cpu()
+    del hidden
 
-        say(0.85, "Reward model pass")
-        reward_same_tok = same_tokenizer(models.reward_tokenizer, tok)
-        stopped = (postprocessed == stop).any(-1) if stop is not None else torch.zeros(len(expanded), dtype=torch.bool)
-        response_texts = tok.batch_decode(postprocessed, skip_special_tokens=True)
-        if reward_same_tok:
-            reward_ids, reward_cl, reward_pad, reward_mask = postprocessed_qr, Q, pad, pqr_mask
+    say(0.85, "Reward model pass")
+    reward_same_tok = same_tokenizer(models.reward_tokenizer, tok)
+    stopped = (postprocessed == stop).any(-1) if stop is not None else torch.zeros(len(expanded), dtype=torch.bool)
+    response_texts = tok.batch_decode(postprocessed, skip_special_tokens=True)
+    if reward_same_tok:
+        reward_ids, reward_cl, reward_pad, reward_mask = postprocessed_qr, Q, pad, pqr_mask
+    else:
+        rtok = models.reward_tokenizer
+        reward_ids, reward_cl, true_mask = _reencode_for(rtok, expanded, response_texts, stopped)
+        reward_pad, reward_mask = rtok.pad_token_id, None if trl_mode else true_mask
+    if reward_same_tok and models.value_is_reward:
+        # Causal attention: the score logit at position p sees only positions <= p, and up to the score
+        # position postprocessed_query_responses equals query_responses, ids and mask alike (the
+        # truncation starts after the stop token). So the value pass already holds the score.
+        if trl_mode:
+            score_positions = first_true_indices(postprocessed_qr[:, Q:] == pad) - 1 + Q
         else:
-            rtok = models.reward_tokenizer
-            reward_ids, reward_cl, true_mask = _reencode_for(rtok, expanded, response_texts, stopped)
-            reward_pad, reward_mask = rtok.pad_token_id, None if trl_mode else true_mask
-        if reward_same_tok and models.value_is_reward:
-            # Causal attention: the score logit at position p sees only positions <= p, and up to the score
-            # position postprocessed_query_responses equals query_responses, ids and mask alike (the
-            # truncation starts after the stop token). So the value pass already holds the score.
-            if trl_mode:
-                score_positions = first_true_indices(postprocessed_qr[:, Q:] == pad) - 1 + Q
-            else:
-                score_positions = first_true_indices(~pqr_mask[:, Q:]) - 1 + Q
-            rows = torch.arange(len(expanded), device=full_value.device)
-            scores = full_value[rows, score_positions.to(full_value.device)].squeeze(-1).float().cpu()
-        else:
-            _, scores, score_positions = get_reward(
-                models.reward, reward_ids.to(device), reward_pad, reward_cl,
-                attention_mask=None if reward_mask is None else reward_mask.to(device),
-            )
-            scores = scores.float().cpu()
-        score_positions = score_positions.cpu()
-        timings["value_reward"] = time.perf_counter() - t0
+            score_positions = first_true_indices(~pqr_mask[:, Q:]) - 1 + Q
+        rows = torch.arange(len(expanded), device=full_value.device)
+        scores = full_value[rows, score_positions.to(full_value.device)].squeeze(-1).float().cpu()
+    else:
+        _, scores, score_positions = get_reward(
+            models.reward, reward_ids.to(device), reward_pad, reward_cl,
+            attention_mask=None if reward_mask is None else reward_mask.to(device),
+        )
+        scores = scores.float().cpu()
+    score_positions = score_positions.cpu()
+    timings["value_reward"] = time.perf_counter() - t0
 
     say(0.95, "Decoding")
     ids_seen = torch.cat([sequences.flatten(), query_responses.flatten(), gen.topk_ids.flatten()]).unique().tolist()
@@ -316,15 +349,6 @@ def run_rollout(
         rtok = models.reward_tokenizer
         reward_tokens = {i: rtok.convert_ids_to_tokens(i) for i in reward_ids.unique().tolist()}
     notes = list(models.notes)
-    unfinished = ~(responses == eos).any(-1) if eos is not None else torch.ones(len(expanded), dtype=torch.bool)
-    if responses.shape[1] < settings.max_new_tokens and unfinished.any():
-        notes.append(
-            f"Generation stopped at the time limit ({max_time:.0f} s) after {responses.shape[1]} of "
-            f"{settings.max_new_tokens} tokens; the responses are cut there."
-        )
-    if not enc.chat_template_applied and use_chat_template:
-        notes.append("The policy tokenizer has no chat template: prompts were tokenized as plain text.")
-    timings["total"] = time.perf_counter() - clock
     return Rollout(
         prompts=expanded,
         prompt_index=prompt_index,
@@ -357,7 +381,7 @@ def run_rollout(
         stop_token_id=stop,
         attention=attention,
         chat_template_applied=enc.chat_template_applied,
-        settings=settings.to_dict() | {"samples_per_prompt": samples_per_prompt, "use_chat_template": use_chat_template, "top_logprobs": top_logprobs},
+        settings=settings,
         model_names=dict(models.names),
         reward_tokenizer_is_policy=reward_same_tok,
         pad_equals_eos=pad == eos,
@@ -370,3 +394,81 @@ def run_rollout(
         notes=notes,
         timings=timings,
     )
+
+
+@torch.no_grad()
+def score_completions(
+    models: Models,
+    prompts: list[str],
+    completions: list[str],
+    *,
+    ended: list[bool] | None = None,
+    stop_token_id: int | str | None = EOS,
+    use_chat_template: bool = True,
+    attention: str = "trl",
+    top_logprobs: int = 5,
+    limits: Limits | None = None,
+    source: str = "imported",
+    progress=None,
+) -> Rollout:
+    """A Rollout for completions produced elsewhere (a TRL completions table, a verl dump): the prompts are
+    encoded as `run_rollout` encodes them, each completion is tokenized and followed by the EOS token where
+    `ended` says it finished (default: all), and every pass runs on the loaded models. There was no sampling
+    here, so `gen_logprobs` and `raw_logprobs` are the policy's logprobs at temperature 1.
+    Raises InputError for mismatched or empty inputs and LimitError over a limit.
+    """
+    limits = limits or Limits.from_env()
+    if attention not in ATTENTION_MODES:
+        raise InputError(f"attention must be one of {ATTENTION_MODES}, not {attention!r}.")
+    if len(prompts) != len(completions):
+        raise InputError(f"{len(prompts)} prompts but {len(completions)} completions: they must pair up.")
+    if not all(isinstance(c, str) for c in completions):
+        raise InputError("Every completion must be text.")
+    ended = [True] * len(prompts) if ended is None else list(ended)
+    if len(ended) != len(prompts):
+        raise InputError("`ended` must give one flag per completion.")
+    limits.check_request(len(prompts), 1, 1)
+    tok = models.tokenizer
+    pad, eos = tok.pad_token_id, tok.eos_token_id
+    stop = _resolve_stop(tok, stop_token_id)
+    enc = encode_prompts(tok, list(prompts), use_chat_template, limits.max_prompt_tokens)
+    ids = [tok(c, add_special_tokens=False)["input_ids"] + ([eos] if e and eos is not None else [])
+           for c, e in zip(completions, ended)]
+    width = max(1, max(map(len, ids)))
+    if width > limits.max_new_tokens:
+        raise limits._over("max_new_tokens", width, "The longest completion, in tokens,")
+    limits.check_batch(len(prompts), enc.queries.shape[1], width)
+    responses = torch.full((len(ids), width), pad, dtype=torch.long)
+    for i, row in enumerate(ids):
+        responses[i, : len(row)] = torch.tensor(row, dtype=torch.long)
+    sequences = torch.cat((enc.queries, responses), dim=1)
+    Q = enc.queries.shape[1]
+    timings: dict[str, float] = {}
+    clock = time.perf_counter()
+    say = (lambda f, m: progress(f, m)) if progress else (lambda f, m: None)
+    with _run_lock:
+        device = next(models.policy.parameters()).device
+        mask = trl_attention_mask(sequences, pad) if attention == "trl" else torch.cat(
+            (enc.attention_mask.bool(), _response_mask(responses, [eos] if eos is not None else [])), dim=1)
+        say(0.1, "Policy pass over the imported completions")
+        backbone = getattr(models.policy, models.policy.base_model_prefix)
+        hidden = backbone_states(backbone, sequences.to(device), mask.to(device))
+        details = head_token_details(models.policy.get_output_embeddings(), hidden, responses.to(device), Q,
+                                     top_k=top_logprobs)
+        del hidden
+        gen = Generation(sequences=sequences, gen_logprobs=details["logprobs"], raw_logprobs=details["logprobs"],
+                         ranks=details["ranks"], entropy=details["entropy"], topk_ids=details["topk_ids"],
+                         topk_logprobs=details["topk_logprobs"])
+        rollout = _score_rollout(
+            models, list(prompts), list(range(len(prompts))), enc, gen, stop=stop, attention=attention,
+            temperature=1.0, say=say, timings=timings,
+            settings={"source": source, "do_sample": False, "temperature": 1.0, "effective_temperature": 1.0,
+                      "top_k": 0, "top_p": 1.0, "max_new_tokens": width, "samples_per_prompt": 1,
+                      "use_chat_template": use_chat_template, "top_logprobs": top_logprobs},
+        )
+    rollout.notes.append(
+        f"Imported completions ({source}): nothing was sampled here, so the sampling-time logprobs are the "
+        "policy's logprobs at temperature 1, and the scores come from the loaded reward model."
+    )
+    rollout.timings["total"] = time.perf_counter() - clock
+    return rollout

@@ -118,3 +118,29 @@ def head_logprobs(
         logits = lm_head(hidden[start : start + chunk, context_length - 1 : -1]) / (temperature + 1e-7)
         out.append(token_logprobs(logits, responses[start : start + chunk]))
     return torch.cat(out, dim=0)
+
+
+@torch.no_grad()
+def head_token_details(
+    lm_head: torch.nn.Module,
+    hidden: torch.Tensor,
+    responses: torch.Tensor,
+    context_length: int,
+    top_k: int = 5,
+    chunk: int = 4,
+) -> dict[str, torch.Tensor]:
+    """For responses that were not sampled here (imported completions): from the forward pass's hidden states,
+    each response token's logprob, rank and the entropy and top-k alternatives of its distribution.
+    Returns (B, G) tensors `logprobs`, `ranks`, `entropy` and (B, G, k) `topk_ids`, `topk_logprobs`, on CPU."""
+    out: dict[str, list] = {"logprobs": [], "ranks": [], "entropy": [], "topk_ids": [], "topk_logprobs": []}
+    for start in range(0, hidden.shape[0], chunk):
+        logp = torch.log_softmax(lm_head(hidden[start : start + chunk, context_length - 1 : -1]).float(), dim=-1)
+        ids = responses[start : start + chunk].unsqueeze(-1)
+        chosen = logp.gather(-1, ids)
+        out["logprobs"].append(chosen.squeeze(-1).cpu())
+        out["ranks"].append((logp > chosen).sum(-1).cpu())
+        out["entropy"].append(-torch.special.xlogy(logp.exp(), logp.exp()).sum(-1).cpu())
+        values, top = logp.topk(top_k, dim=-1)
+        out["topk_ids"].append(top.cpu())
+        out["topk_logprobs"].append(values.cpu())
+    return {k: torch.cat(v, dim=0) for k, v in out.items()}

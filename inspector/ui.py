@@ -17,9 +17,10 @@ import pandas as pd
 
 from . import models as model_registry
 from .errors import InspectorError
-from .export import rollout_to_dict, rollout_to_json
+from .export import rollout_from_dict, rollout_to_dict, rollout_to_json, rollout_to_jsonl, rollout_to_parquet
+from .importing import read_upload
 from .models import DEFAULT_POLICY, DEFAULT_REWARD, load_models
-from .rollout import EOS, Rollout, run_rollout, stop_token_from_text
+from .rollout import EOS, Rollout, run_rollout, score_completions, stop_token_from_text
 from .diagnostics import diagnose
 from .ppo import PPOConfig, rollout_ppo_step
 from .views import (
@@ -192,13 +193,17 @@ def ppo_views(r: Rollout | None, sample, kl_coef, kl_estimator, gamma, lam, whit
     return ppo_rows_html(r, step, i), ppo_metrics_table(step)
 
 
-def _downloads(r: Rollout) -> tuple[str, str]:
+def _downloads(r: Rollout) -> tuple[str, list[str]]:
     folder = Path(tempfile.mkdtemp(prefix="rollout-"))
     table = folder / "rollout_batch.csv"
     batch_table(r).to_csv(table, index=False)
     record = folder / "rollout.json"
     record.write_text(rollout_to_json(r), encoding="utf-8")
-    return str(table), str(record)
+    rows = folder / "rollout.jsonl"
+    rows.write_text(rollout_to_jsonl(r), encoding="utf-8")
+    parquet = folder / "rollout.parquet"
+    rollout_to_parquet(r, str(parquet))
+    return str(table), [str(record), str(rows), str(parquet)]
 
 
 def batch_views(r: Rollout):
@@ -242,6 +247,37 @@ def run_callback(policy, reward, value, reference, prompts_text, use_chat, max_n
         raise _friendly(exc) from exc
     return (r, models_markdown(m), gr.update(choices=_sample_choices(r), value=0), *batch_views(r),
             *sample_views(r, 0))
+
+
+def import_callback(upload, policy, reward, value, reference, use_chat, stop_choice, stop_custom, attention,
+                    progress=gr.Progress()):
+    """Open a file: a rollout record is shown as it is (no model needed); a table of completions (TRL's
+    prompt / completion / reward, verl's input / output / score) is re-scored with the loaded models."""
+    try:
+        if upload is None:
+            raise InspectorError("Choose a file first: a rollout .json, or a .jsonl / .csv / .parquet of completions.")
+        path = Path(upload if isinstance(upload, str) else upload.name)
+        data = path.read_bytes()
+        parsed = read_upload(data, path.name)
+        if isinstance(parsed, dict):
+            r = rollout_from_dict(parsed)
+            m = None
+        else:
+            names = _names(policy, reward, value, reference)
+            m = load_models(**names, progress=lambda msg: progress(0.05, desc=msg))
+            stop = _stop_value(stop_choice, stop_custom)
+            if isinstance(stop, str) and stop != EOS:
+                stop = stop_token_from_text(m.tokenizer, stop)
+            r = score_completions(m, parsed.prompts, parsed.completions, stop_token_id=stop,
+                                  use_chat_template=bool(use_chat), attention=str(attention), source=parsed.source,
+                                  progress=lambda f, msg: progress(f, desc=msg))
+            if parsed.rewards is not None:
+                r.notes.append("The file's own rewards, by sample: "
+                               + ", ".join(f"{i}: {v:+.3f}" for i, v in enumerate(parsed.rewards[:50])))
+    except Exception as exc:
+        raise _friendly(exc) from exc
+    summary = models_markdown(m) if m is not None else "Opened a saved rollout: no model was needed."
+    return (r, summary, gr.update(choices=_sample_choices(r), value=0), *batch_views(r), *sample_views(r, 0))
 
 
 def rollout_api(
@@ -329,6 +365,12 @@ def build_app() -> gr.Blocks:
                         label="Attention mask",
                     )
                 run_btn = gr.Button("Run rollout", variant="primary", elem_id="run")
+                with gr.Accordion("Open a file", open=False):
+                    upload = gr.File(label="A rollout .json, or completions (.jsonl / .csv / .parquet)",
+                                     file_types=[".json", ".jsonl", ".csv", ".parquet"], elem_id="upload")
+                    gr.Markdown("TRL completion tables (`prompt`, `completion`, `reward`) and verl dumps (`input`, "
+                                "`output`, `score`) are re-scored with the models above.", elem_classes="panel-note")
+                    import_btn = gr.Button("Open and inspect", elem_id="import")
             with gr.Column(scale=3, min_width=600):
                 status = gr.Markdown("Press **Run rollout**.", elem_id="status-line")
                 diagnostics = gr.HTML(elem_id="panel-diagnostics")
@@ -350,7 +392,8 @@ def build_app() -> gr.Blocks:
                 table = _df(BATCH_COLUMNS, "Batch", "panel-batch")
                 with gr.Row():
                     table_file = gr.File(label="Batch table (CSV)", elem_id="download-table")
-                    record_file = gr.File(label="Whole rollout (JSON)", elem_id="download-record")
+                    record_file = gr.File(label="Whole rollout (JSON record; JSONL and Parquet rows)",
+                                          file_count="multiple", elem_id="download-record")
                 gr.Markdown("### 7 · The PPO step, token by token (TRL's semantics)")
                 with gr.Row():
                     kl_coef = gr.Number(0.05, label="kl_coef", minimum=0, min_width=90)
@@ -379,6 +422,13 @@ def build_app() -> gr.Blocks:
             run_callback,
             [policy, reward, value, reference, prompts, use_chat, max_new_tokens, do_sample, temperature, top_k, top_p, seed, samples,
              stop_choice, stop_custom, attention],
+            [session_rollout, models_md, sample, status, diagnostics, seq_html, heatmap, entropy, stops, table,
+             table_file, record_file, gap_plot, gap_md, split_view, vr_html, values_plot],
+            api_visibility="private",
+        ).then(ppo_views, [session_rollout, sample, *ppo_inputs], [ppo_html, ppo_metrics], api_visibility="private")
+        import_btn.click(
+            import_callback,
+            [upload, policy, reward, value, reference, use_chat, stop_choice, stop_custom, attention],
             [session_rollout, models_md, sample, status, diagnostics, seq_html, heatmap, entropy, stops, table,
              table_file, record_file, gap_plot, gap_md, split_view, vr_html, values_plot],
             api_visibility="private",

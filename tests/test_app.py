@@ -49,8 +49,11 @@ def test_run_callback_returns_every_view(outputs):
     assert isinstance(stops, pd.DataFrame) and len(stops) == 2
     assert isinstance(table, pd.DataFrame) and len(table) == 2
     assert pd.read_csv(table_csv).shape[0] == 2
-    with open(record_json, encoding="utf-8") as fh:
+    record_path, jsonl_path, parquet_path = record_json
+    with open(record_path, encoding="utf-8") as fh:
         again = rollout_from_dict(json.load(fh))
+    assert pd.read_json(jsonl_path, lines=True)["prompt"].tolist() == r.prompts
+    assert pd.read_parquet(parquet_path)["reward"].tolist() == pytest.approx(r.scores.tolist(), abs=1e-5)
     assert torch.equal(again.sequences, r.sequences)
     assert torch.allclose(again.scores, r.scores)
     assert split and vr_html

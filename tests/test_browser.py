@@ -40,7 +40,7 @@ def run_and_wait(page, previous_status: str = "") -> str:
                      && s.innerText !== prev; }""",
         arg=previous_status, timeout=300_000,
     )
-    for panel in ("#panel-logprobs", "#panel-entropy", "#panel-values"):
+    for panel in ("#panel-logprobs", "#panel-entropy", "#panel-values", "#panel-gap"):
         page.wait_for_function(
             "sel => { const e = document.querySelector(sel + ' .js-plotly-plot'); return e && e.data && e.data.length; }",
             arg=panel, timeout=60_000,
@@ -78,6 +78,13 @@ def test_default_rollout_renders_every_panel(page):
     for panel in ("#panel-sequences", "#panel-split", "#panel-value-reward", "#panel-stops", "#panel-batch"):
         assert page.inner_text(panel).strip(), panel
 
+    # the diagnostics name the pad == eos trap of the default models; the PPO rows sit under the tokens
+    assert page.locator('#panel-diagnostics [data-code="pad_equals_eos"]').count() == 1
+    page.wait_for_selector("#panel-ppo tr[data-row='advantages']", timeout=60_000)
+    assert page.locator("#panel-ppo tr.tokrow td").count() == width
+    assert "objective/kl" in page.inner_text("#panel-ppo-metrics")
+    assert "importance ratio" in page.inner_text("#panel-agreement")
+
     ARTIFACTS.mkdir(exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / "screenshot.png"), full_page=True)
 
@@ -91,3 +98,20 @@ def test_truncation_shows_where_value_and_reward_inputs_differ(page):
     truncated = page.locator("#panel-value-reward .tok-truncated")
     assert truncated.count() >= 1
     page.screenshot(path=str(ARTIFACTS / "screenshot-truncation.png"), full_page=True)
+
+
+def test_a_trl_completion_table_opens_in_the_same_panels(page, tmp_path):
+    previous = page.inner_text("#status-line")
+    table = tmp_path / "completions.csv"
+    table.write_text("prompt,completion,reward\nHow was your day?,It was wonderful!,0.9\n"
+                     "How was your day?,It was awful.,-0.7\n", encoding="utf-8")
+    if page.locator("#upload input[type=file]").count() == 0:
+        page.get_by_text("Open a file", exact=True).click()  # the accordion starts closed
+    page.set_input_files("#upload input[type=file]", str(table))
+    page.click("#import")
+    page.wait_for_function(
+        "prev => { const s = document.querySelector('#status-line'); return s && /2 samples ×/.test(s.innerText)"
+        " && s.innerText !== prev; }", arg=previous, timeout=300_000,
+    )
+    assert page.locator("#panel-sequences [data-sample]").count() == 2
+    assert "It was wonderful" in page.inner_text("#panel-batch")

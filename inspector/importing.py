@@ -1,0 +1,165 @@
+"""Read rollouts from files: this inspector's own JSON record, and completions produced elsewhere.
+
+Accepted: a rollout record (`.json`, written by the app's download or `--json`), TRL-style completion
+tables (`prompt` / `completion` / `reward` columns, as CSV, Parquet or JSONL) and verl rollout dumps
+(JSONL with `input` / `output` / `score`). Nothing from a file is ever unpickled or executed: JSON, CSV and
+Parquet are parsed as data, and a file that looks like a pickle, a zip or an executable is refused.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import InputError
+from .limits import Limits
+
+PROMPT_KEYS = ("prompt", "input", "query")
+COMPLETION_KEYS = ("completion", "output", "response")
+REWARD_KEYS = ("reward", "score", "rewards", "scores")
+
+# magic bytes of formats that can carry code: pickle (protocol 2+), zip (torch.save, .npz), ELF, PE, gzip
+_REFUSED = {b"\x80\x02": "a pickle", b"\x80\x03": "a pickle", b"\x80\x04": "a pickle", b"\x80\x05": "a pickle",
+            b"PK": "a zip archive (e.g. torch.save)", b"\x7fE": "an executable", b"MZ": "an executable",
+            b"\x1f\x8b": "a gzip archive"}
+
+
+@dataclass
+class Completions:
+    """Prompt / completion pairs read from a file, with the rewards the file held, if any."""
+
+    prompts: list[str]
+    completions: list[str]
+    rewards: list[float] | None
+    source: str
+
+
+def _check_bytes(data: bytes, name: str, limits: Limits) -> None:
+    if len(data) > limits.max_upload_bytes:
+        raise InputError(f"{name} is {len(data):,} bytes, over the upload limit of {limits.max_upload_bytes:,} "
+                         "(max_upload_bytes, set by INSPECTOR_MAX_UPLOAD_BYTES).")
+    if not data.strip():
+        raise InputError(f"{name} is empty.")
+    for magic, what in _REFUSED.items():
+        if data.startswith(magic):
+            raise InputError(f"{name} is {what}, not JSON, JSONL, CSV or Parquet; such files are never opened here.")
+
+
+def _text(data: bytes, name: str) -> str:
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise InputError(f"{name} is not UTF-8 text (byte {exc.start}); save it as UTF-8.") from None
+
+
+def _rows_from(data: bytes, name: str, limits: Limits) -> list[dict] | dict:
+    suffix = Path(name).suffix.lower()
+    if data.startswith(b"PAR1") or suffix == ".parquet":
+        if not data.startswith(b"PAR1"):
+            raise InputError(f"{name} is not a Parquet file (no PAR1 header).")
+        try:
+            import pyarrow.parquet as pq
+
+            table = pq.read_table(io.BytesIO(data))
+        except ImportError:
+            raise InputError("Reading Parquet needs pyarrow: pip install pyarrow.") from None
+        except Exception as exc:  # noqa: BLE001 - pyarrow raises many types for malformed files
+            raise InputError(f"{name} is not a readable Parquet file: {exc}") from None
+        if table.num_rows > limits.max_upload_rows:
+            raise _too_many(name, table.num_rows, limits)
+        return table.to_pylist()
+    text = _text(data, name)
+    if suffix == ".csv":
+        try:
+            rows = list(csv.DictReader(io.StringIO(text)))
+        except csv.Error as exc:
+            raise InputError(f"{name} is not a readable CSV file: {exc}") from None
+        if len(rows) > limits.max_upload_rows:
+            raise _too_many(name, len(rows), limits)
+        return rows
+    stripped = text.lstrip()
+    if suffix == ".jsonl" or (stripped.startswith("{") and "\n{" in stripped):
+        rows = []
+        for n, line in enumerate(text.splitlines(), 1):
+            if not line.strip():
+                continue
+            if len(rows) >= limits.max_upload_rows:
+                raise _too_many(name, f"more than {limits.max_upload_rows}", limits)
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise InputError(f"{name}, line {n}, is not JSON: {exc.msg}.") from None
+            if not isinstance(row, dict):
+                raise InputError(f"{name}, line {n}, is not a JSON object.")
+            rows.append(row)
+        return rows
+    try:
+        data_obj = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise InputError(f"{name} is not JSON (line {exc.lineno}: {exc.msg}).") from None
+    if isinstance(data_obj, list) and len(data_obj) > limits.max_upload_rows:
+        raise _too_many(name, len(data_obj), limits)
+    return data_obj
+
+
+def _too_many(name, count, limits: Limits) -> InputError:
+    return InputError(f"{name} has {count} rows, over the limit of {limits.max_upload_rows} "
+                      "(max_upload_rows, set by INSPECTOR_MAX_UPLOAD_ROWS).")
+
+
+def _pick(row: dict, keys: tuple[str, ...]):
+    for key in keys:
+        if key in row:
+            return key
+    return None
+
+
+def _as_text(value) -> str:
+    """A prompt or completion cell: text, or a chat-format list of messages (the last message's content)."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, list) and value and isinstance(value[-1], dict) and "content" in value[-1]:
+        return str(value[-1]["content"])
+    raise InputError(f"Expected text or a list of chat messages, got {type(value).__name__}.")
+
+
+def read_upload(data: bytes, name: str, limits: Limits | None = None) -> dict | Completions:
+    """Parse an uploaded file. Returns a rollout record (a dict, for `rollout_from_dict`) or `Completions`.
+
+    Raises InputError with what is wrong and what is accepted.
+    """
+    limits = limits or Limits.from_env()
+    _check_bytes(data, name, limits)
+    parsed = _rows_from(data, name, limits)
+    if isinstance(parsed, dict):
+        if parsed.get("format", "").startswith("rollout-inspector/"):
+            return parsed
+        raise InputError(f"{name} is a JSON object but not a rollout record; a table of completions is a list of rows.")
+    if not isinstance(parsed, list) or not parsed:
+        raise InputError(f"{name} holds no rows.")
+    if not all(isinstance(r, dict) for r in parsed):
+        raise InputError(f"{name}: every row must be an object with prompt and completion fields.")
+    first = parsed[0]
+    p_key, c_key, r_key = _pick(first, PROMPT_KEYS), _pick(first, COMPLETION_KEYS), _pick(first, REWARD_KEYS)
+    if p_key is None or c_key is None:
+        raise InputError(
+            f"{name} has columns {sorted(first)[:12]}; expected a prompt column ({' / '.join(PROMPT_KEYS)}) and a "
+            f"completion column ({' / '.join(COMPLETION_KEYS)}), as TRL's completion tables and verl's dumps have."
+        )
+    prompts, completions, rewards = [], [], []
+    for n, row in enumerate(parsed, 1):
+        try:
+            prompts.append(_as_text(row.get(p_key)))
+            completions.append(_as_text(row.get(c_key)))
+        except InputError as exc:
+            raise InputError(f"{name}, row {n}: {exc}") from None
+        if r_key is not None:
+            try:
+                rewards.append(float(row.get(r_key)))
+            except (TypeError, ValueError):
+                rewards.append(float("nan"))
+    source = "verl" if p_key == "input" else "trl" if p_key == "prompt" else "table"
+    return Completions(prompts, completions, rewards if r_key is not None else None, f"{source}: {Path(name).name}")

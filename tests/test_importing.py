@@ -1,0 +1,114 @@
+"""Import: files shaped like TRL's completion tables and verl's dumps, our own records, and hostile files."""
+
+from __future__ import annotations
+
+import io
+import json
+import pickle
+
+import pandas as pd
+import pytest
+import torch
+
+from inspector import InputError
+from inspector.export import rollout_from_dict, rollout_to_dict, rollout_to_jsonl
+from inspector.importing import Completions, read_upload
+from inspector.limits import Limits
+from inspector.rollout import score_completions
+
+TRL_ROWS = [
+    {"prompt": "Write a happy sentence.", "completion": "What a lovely, sunny day it is!", "reward": 0.8},
+    {"prompt": "Write a sad sentence.", "completion": "I lost my keys and missed the last train home.", "reward": -0.5},
+]
+
+
+def test_trl_csv():
+    data = pd.DataFrame(TRL_ROWS).to_csv(index=False).encode()
+    got = read_upload(data, "completions.csv")
+    assert isinstance(got, Completions)
+    assert got.prompts == [r["prompt"] for r in TRL_ROWS] and got.rewards == [0.8, -0.5]
+    assert got.source.startswith("trl")
+
+
+def test_trl_parquet():
+    buf = io.BytesIO()
+    pd.DataFrame(TRL_ROWS).to_parquet(buf)
+    got = read_upload(buf.getvalue(), "completions.parquet")
+    assert got.completions == [r["completion"] for r in TRL_ROWS]
+
+
+def test_trl_chat_format_cells():
+    rows = [{"prompt": [{"role": "user", "content": "Hi"}], "completion": [{"role": "assistant", "content": "Hello!"}]}]
+    got = read_upload(json.dumps(rows).encode(), "chat.json")
+    assert got.prompts == ["Hi"] and got.completions == ["Hello!"] and got.rewards is None
+
+
+def test_verl_jsonl():
+    lines = "\n".join(json.dumps({"input": f"Q{i}", "output": f"A{i}", "score": i / 2, "step": 3}) for i in range(3))
+    got = read_upload(lines.encode(), "rollouts.jsonl")
+    assert got.prompts == ["Q0", "Q1", "Q2"] and got.rewards == [0.0, 0.5, 1.0]
+    assert got.source.startswith("verl")
+
+
+@pytest.mark.parametrize(
+    "data, name, message",
+    [
+        (pickle.dumps({"prompt": "x"}), "rollout.json", "pickle"),
+        (b"PK\x03\x04 fake zip", "model.csv", "zip"),
+        (b"", "empty.json", "empty"),
+        (b"{not json", "broken.json", "not JSON"),
+        (b'{"prompt": "a"}\n{oops', "broken.jsonl", "line 2"),
+        (b"\xff\xfe\x00garbage", "bad.csv", "UTF-8"),
+        (b"not parquet at all", "x.parquet", "PAR1"),
+        (json.dumps([{"question": "a", "answer": "b"}]).encode(), "odd.json", "expected a prompt column"),
+        (json.dumps({"hello": 1}).encode(), "obj.json", "not a rollout record"),
+        (json.dumps([{"prompt": 3, "completion": "b"}]).encode(), "types.json", "row 1"),
+    ],
+)
+def test_bad_files_are_refused_clearly(data, name, message):
+    with pytest.raises(InputError, match=message):
+        read_upload(data, name)
+
+
+def test_size_and_row_limits():
+    small = Limits(max_upload_bytes=100, max_upload_rows=2)
+    with pytest.raises(InputError, match="INSPECTOR_MAX_UPLOAD_BYTES"):
+        read_upload(b"x" * 101, "big.csv", small)
+    rows = "\n".join(json.dumps({"prompt": "p", "completion": "c"}) for _ in range(3)).encode()
+    with pytest.raises(InputError, match="INSPECTOR_MAX_UPLOAD_ROWS"):
+        read_upload(rows, "many.jsonl", Limits(max_upload_rows=2))
+
+
+@pytest.mark.integration
+def test_our_record_round_trips_without_models(sampled_rollout):
+    data = json.dumps(rollout_to_dict(sampled_rollout)).encode()
+    record = read_upload(data, "rollout.json")
+    again = rollout_from_dict(record)
+    for name in ("sequences", "responses", "sequence_lengths", "scores", "values", "gen_logprobs", "topk_ids"):
+        assert torch.equal(getattr(again, name), getattr(sampled_rollout, name)), name
+
+
+@pytest.mark.integration
+def test_completions_are_rescored(models, sampled_rollout):
+    # our own JSONL export is a TRL-shaped table: re-scoring it gives back the same scores
+    got = read_upload(rollout_to_jsonl(sampled_rollout).encode(), "export.jsonl")
+    ended = sampled_rollout.contain_eos_token.tolist()
+    r = score_completions(models, got.prompts, got.completions, ended=ended, source=got.source)
+    assert r.batch_size == sampled_rollout.batch_size
+    assert torch.allclose(r.scores, sampled_rollout.scores, atol=1e-3)
+    assert any("Imported completions" in n for n in r.notes)
+
+
+@pytest.mark.integration
+def test_rescoring_orders_sentiment(models):
+    r = score_completions(
+        models, ["How was your day?"] * 2,
+        ["It was wonderful, I loved every minute of it!", "It was awful, everything went wrong and I hate it."],
+    )
+    assert r.scores[0] > r.scores[1]
+
+
+@pytest.mark.integration
+def test_rescoring_refuses_mismatched_inputs(models):
+    with pytest.raises(InputError, match="pair up"):
+        score_completions(models, ["a", "b"], ["c"])
