@@ -178,10 +178,11 @@ def _prepare_tokenizer(tokenizer) -> bool:
     """
     tokenizer.padding_side = "left"
     if tokenizer.pad_token_id is not None:
-        return False
+        return getattr(tokenizer, "_inspector_pad_added", False)  # cached tokenizers remember it
     if tokenizer.eos_token is None:
         raise ModelLoadError("The tokenizer has neither a pad token nor an EOS token to pad with.")
     tokenizer.pad_token = tokenizer.eos_token
+    tokenizer._inspector_pad_added = True
     return True
 
 
@@ -233,9 +234,24 @@ def _builtin_reward(device: str, dtype: torch.dtype, progress=None):
 def _load_classifier(role: str, name: str, device: str, dtype: torch.dtype, trust_remote_code: bool, progress=None):
     if name == DEFAULT_REWARD:
         return _builtin_reward(device, dtype, progress)
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
     source = resolve_source(name, progress)
+    try:
+        config = AutoConfig.from_pretrained(source, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise _load_error(role, name, exc) from exc
+    architectures = getattr(config, "architectures", None) or []
+    if architectures and not any("SequenceClassification" in a for a in architectures):
+        raise ModelLoadError(
+            f"The {role} model {name!r} is a {architectures[0]}, with no trained score head; a {role} model is a "
+            "sequence-classification model with one label (e.g. a reward model trained with TRL's RewardTrainer)."
+        )
+    if getattr(config, "num_labels", 1) != 1:
+        raise ModelLoadError(
+            f"The {role} model {name!r} has {config.num_labels} labels; a {role} model needs exactly one "
+            "(a scalar score head)."
+        )
     try:
         tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
         model, info = AutoModelForSequenceClassification.from_pretrained(
@@ -318,6 +334,8 @@ def load_models(
     value = (value or "").strip() or reward
     reference = (reference or "").strip() or policy
     device = device or default_device()
+    for name in {policy, reward, value, reference}:
+        check_allowed(name)  # before the cache: a model loaded earlier is still subject to the rules in force
     started = time.perf_counter()
 
     def causal(role, name):

@@ -108,7 +108,7 @@ def head_logprobs(
     responses: torch.Tensor,
     context_length: int,
     temperature: float = 1.0,
-    chunk: int = 4,
+    chunk: int = 2,
 ) -> torch.Tensor:
     """Response-token logprobs from a causal LM's hidden states (B, T, H): the head is applied only to the
     positions that predict the response, `chunk` rows at a time, so the (B, G, V) logits never exist whole.

@@ -1,0 +1,82 @@
+"""Model loading: user models of the wrong kind, tokenizers without a pad token, and hosted-deployment rules.
+
+The models here are tiny, randomly initialised, built in a temporary folder with the default policy's
+tokenizer: nothing is downloaded.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM, LlamaForSequenceClassification
+
+from inspector import ModelLoadError, load_models, run_rollout
+from inspector.models import DEFAULT_POLICY, resolve_source
+
+pytestmark = pytest.mark.integration
+
+
+def _config(tok, **extra) -> LlamaConfig:
+    return LlamaConfig(vocab_size=len(tok), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                       num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=512,
+                       eos_token_id=tok.eos_token_id, **extra)
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """A causal LM whose tokenizer has no pad token, and a one-label classifier, both tiny."""
+    root = tmp_path_factory.mktemp("tiny")
+    tok = AutoTokenizer.from_pretrained(resolve_source(DEFAULT_POLICY))
+    torch.manual_seed(0)
+    causal = root / "causal-no-pad"
+    tok_nopad = AutoTokenizer.from_pretrained(resolve_source(DEFAULT_POLICY))
+    tok_nopad.pad_token = None
+    LlamaForCausalLM(_config(tok)).save_pretrained(causal)
+    tok_nopad.save_pretrained(causal)
+    classifier = root / "classifier"
+    LlamaForSequenceClassification(_config(tok, num_labels=1, pad_token_id=tok.pad_token_id)).save_pretrained(classifier)
+    tok.save_pretrained(classifier)
+    return {"causal": str(causal), "classifier": str(classifier)}
+
+
+def test_a_tokenizer_without_pad_token_gets_one_and_the_record_says_so(tiny):
+    models = load_models(policy=tiny["causal"], reward=tiny["classifier"])
+    assert models.pad_token_added
+    assert models.tokenizer.pad_token == models.tokenizer.eos_token
+    r = run_rollout(models, ["Hi"], max_new_tokens=3, seed=0)
+    assert any("no pad token" in note for note in r.notes)
+    assert models.value is models.reward and models.reference is models.policy
+
+
+def test_a_causal_lm_given_as_the_reward_model_is_refused(tiny):
+    with pytest.raises(ModelLoadError, match="LlamaForCausalLM, with no trained score head"):
+        load_models(policy=tiny["causal"], reward=tiny["causal"])
+
+
+def test_a_classifier_given_as_the_policy_is_refused(tiny):
+    with pytest.raises(ModelLoadError, match="not a trained causal language model"):
+        load_models(policy=tiny["classifier"])
+
+
+def test_a_missing_folder_is_named(tmp_path):
+    with pytest.raises(ModelLoadError, match="does not exist"):
+        load_models(policy=str(tmp_path / "nothing-here"))
+
+
+def test_hosted_deployments_refuse_local_folders_and_models_off_the_list(tiny, monkeypatch):
+    monkeypatch.setenv("INSPECTOR_HOSTED", "1")
+    with pytest.raises(ModelLoadError, match="hosted deployment"):
+        load_models(policy=tiny["causal"])
+    monkeypatch.setenv("INSPECTOR_ALLOW_LOCAL_PATHS", "1")
+    monkeypatch.setenv("INSPECTOR_ALLOWED_MODELS", "org/only-this-one")
+    with pytest.raises(ModelLoadError, match="allow-list"):
+        load_models(policy=tiny["causal"])
+    assert load_models().names["policy"] == DEFAULT_POLICY  # the defaults stay allowed
+
+
+def test_the_value_model_must_share_the_policy_tokenizer(models, tiny):
+    # same vocabulary here, so it is accepted: a separate value model gives its own per-token values
+    m = load_models(value=tiny["classifier"])
+    assert not m.value_is_reward
+    r = run_rollout(m, ["Hi"], max_new_tokens=3, seed=0)
+    assert r.values.shape == r.responses.shape
