@@ -36,6 +36,7 @@ from .views import (
     batch_table,
     column_datatypes,
     column_widths,
+    compare_html,
     entropy_heatmap,
     logprob_heatmap,
     sequences_html,
@@ -178,6 +179,16 @@ def sample_views(r: Rollout | None, sample: int | None):
     return split_html(r, i), value_reward_html(r, i), values_figure(r, i)
 
 
+def compare_view(r: Rollout | None, a, b) -> str:
+    """Two picked samples side by side."""
+    if r is None or a is None or b is None:
+        return ""
+    a, b = int(a), int(b)
+    if not (0 <= a < r.batch_size and 0 <= b < r.batch_size):
+        return ""
+    return compare_html(r, a, b)
+
+
 def ppo_views(r: Rollout | None, sample, kl_coef, kl_estimator, gamma, lam, whiten_rewards, penalty_on, penalty):
     """The PPO step of the picked sample under the settings in the page (pure math: no model pass)."""
     if r is None:
@@ -247,6 +258,14 @@ def run_callback(policy, reward, value, reference, prompts_text, use_chat, max_n
         raise _friendly(exc) from exc
     return (r, models_markdown(m), gr.update(choices=_sample_choices(r), value=0), *batch_views(r),
             *sample_views(r, 0))
+
+
+def compare_choices(r: Rollout | None):
+    """Both compare pickers, reset to the first two samples of a new rollout."""
+    if r is None:
+        return gr.update(), gr.update()
+    choices = _sample_choices(r)
+    return gr.update(choices=choices, value=0), gr.update(choices=choices, value=min(1, r.batch_size - 1))
 
 
 def import_callback(upload, policy, reward, value, reference, use_chat, stop_choice, stop_custom, attention,
@@ -322,6 +341,7 @@ def _df(spec, label, elem_id):
     return gr.Dataframe(
         elem_id=elem_id, headers=[c.name for c in spec], datatype=column_datatypes(spec),
         column_widths=column_widths(spec), label=label, interactive=False, wrap=True, max_height=640,
+        show_search="filter",
     )
 
 
@@ -394,6 +414,11 @@ def build_app() -> gr.Blocks:
                     table_file = gr.File(label="Batch table (CSV)", elem_id="download-table")
                     record_file = gr.File(label="Whole rollout (JSON record; JSONL and Parquet rows)",
                                           file_count="multiple", elem_id="download-record")
+                gr.Markdown("### Compare two samples")
+                with gr.Row():
+                    compare_a = gr.Dropdown(choices=[], value=None, label="Left", elem_id="compare-a")
+                    compare_b = gr.Dropdown(choices=[], value=None, label="Right", elem_id="compare-b")
+                compare_out = gr.HTML(elem_id="panel-compare")
                 gr.Markdown("### 7 · The PPO step, token by token (TRL's semantics)")
                 with gr.Row():
                     kl_coef = gr.Number(0.05, label="kl_coef", minimum=0, min_width=90)
@@ -433,6 +458,9 @@ def build_app() -> gr.Blocks:
              table_file, record_file, gap_plot, gap_md, split_view, vr_html, values_plot],
             api_visibility="private",
         ).then(ppo_views, [session_rollout, sample, *ppo_inputs], [ppo_html, ppo_metrics], api_visibility="private")
+        session_rollout.change(compare_choices, session_rollout, [compare_a, compare_b], api_visibility="private")
+        for picker in (compare_a, compare_b):
+            picker.change(compare_view, [session_rollout, compare_a, compare_b], compare_out, api_visibility="private")
         sample.change(sample_views, [session_rollout, sample], [split_view, vr_html, values_plot],
                       api_visibility="private")
         for control in (sample, *ppo_inputs):

@@ -174,3 +174,20 @@ def test_odd_text_is_handled(client):
     prompts = ["مرحبا، كيف حالك؟", "Emoji 🎉🔥 and control \x07 chars"]
     record = client.predict(prompts=prompts, max_new_tokens=4, api_name="/rollout")
     assert record["prompts"] == prompts
+
+
+def test_compare_two_samples(outputs):
+    r = outputs[0]
+    html = ui.compare_view(r, 0, 1)
+    assert "data-compare='0'" in html and "data-compare='1'" in html
+    assert f"{float(r.scores[1]):+.4f}" in html
+    assert ui.compare_view(r, 0, 7) == "" and ui.compare_view(None, 0, 1) == ""
+    left, right = ui.compare_choices(r)
+    assert left["value"] == 0 and right["value"] == 1
+
+
+def test_batch_table_sorts_by_kl_and_gap(outputs):
+    table = outputs[9]
+    assert {"KL", "max logprob gap", "score", "response length"} <= set(table.columns)
+    assert (table["KL"].abs() < 1e-6).all()  # the reference is the policy
+    assert table.sort_values("score")["score"].is_monotonic_increasing

@@ -33,13 +33,23 @@ def page(app_url):
         browser.close()
 
 
+DONE = """prev => { const s = document.querySelector('#status-line'); if (!s) return false;
+                const t = s.innerText;  // while running, gradio overlays its progress (a % and 'processing')
+                return /samples ×/.test(t) && !/%|processing|queue/i.test(t) && t !== prev; }"""
+
+
+IDLE = "() => !Array.from(document.querySelectorAll('.progress-text')).some(e => e.offsetParent !== null)"
+
+
+def wait_done(page, previous_status: str) -> None:
+    """Until the status shows a new finished rollout and no panel shows progress any more."""
+    page.wait_for_function(DONE, arg=previous_status, timeout=300_000)
+    page.wait_for_function(IDLE, timeout=60_000)
+
+
 def run_and_wait(page, previous_status: str = "") -> str:
     page.click("#run button, button#run")
-    page.wait_for_function(
-        """prev => { const s = document.querySelector('#status-line'); return s && /samples ×/.test(s.innerText)
-                     && s.innerText !== prev; }""",
-        arg=previous_status, timeout=300_000,
-    )
+    wait_done(page, previous_status)
     for panel in ("#panel-logprobs", "#panel-entropy", "#panel-values", "#panel-gap"):
         page.wait_for_function(
             "sel => { const e = document.querySelector(sel + ' .js-plotly-plot'); return e && e.data && e.data.length; }",
@@ -84,6 +94,8 @@ def test_default_rollout_renders_every_panel(page):
     assert page.locator("#panel-ppo tr.tokrow td").count() == width
     assert "objective/kl" in page.inner_text("#panel-ppo-metrics")
     assert "importance ratio" in page.inner_text("#panel-agreement")
+    page.wait_for_selector("#panel-compare [data-compare]", timeout=60_000)
+    assert page.locator("#panel-compare [data-compare]").count() == 2
 
     ARTIFACTS.mkdir(exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / "screenshot.png"), full_page=True)
@@ -108,10 +120,11 @@ def test_a_trl_completion_table_opens_in_the_same_panels(page, tmp_path):
     if page.locator("#upload input[type=file]").count() == 0:
         page.get_by_text("Open a file", exact=True).click()  # the accordion starts closed
     page.set_input_files("#upload input[type=file]", str(table))
+    # the file travels to the server first: click only once the component shows it
+    page.wait_for_function("() => document.querySelector('#upload').innerText.includes('completions.csv')",
+                           timeout=60_000)
     page.click("#import")
-    page.wait_for_function(
-        "prev => { const s = document.querySelector('#status-line'); return s && /2 samples ×/.test(s.innerText)"
-        " && s.innerText !== prev; }", arg=previous, timeout=300_000,
-    )
+    wait_done(page, previous)
+    assert "2 samples ×" in page.inner_text("#status-line")
     assert page.locator("#panel-sequences [data-sample]").count() == 2
     assert "It was wonderful" in page.inner_text("#panel-batch")

@@ -2,6 +2,7 @@
 
 from .figures import LOGPROB_KINDS, entropy_heatmap, logprob_heatmap, values_figure
 from .tables import BATCH_COLUMNS, STOP_COLUMNS, Column, batch_table, column_datatypes, column_widths, stops_table
+from .compare import compare_html
 from .ppo import (
     PPO_CSS,
     diagnostics_html,
@@ -21,6 +22,7 @@ __all__ = [
     "Column",
     "batch_table",
     "column_datatypes",
+    "compare_html",
     "column_widths",
     "diagnostics_html",
     "logprob_agreement_markdown",

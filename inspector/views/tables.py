@@ -25,13 +25,15 @@ FLOAT_DECIMALS = 4
 
 BATCH_COLUMNS = [
     Column("sample", "int", "Row of the rollout.", "6%"),
-    Column("prompt", "str", "The plain prompt (before the chat template).", "20%"),
-    Column("response", "str", "The generated response, decoded without special tokens.", "30%"),
+    Column("prompt", "str", "The plain prompt (before the chat template).", "17%"),
+    Column("response", "str", "The generated response, decoded without special tokens.", "27%"),
     Column("response length", "int", "sequence_lengths + 1: the tokens TRL trains on.", "8%"),
     Column("contains EOS", "bool", "contain_eos_token: the postprocessed response holds the EOS token.", "8%"),
     Column("score", "float", "The reward model's score, read at sequence_lengths.", "8%"),
     Column("mean logprob", "float", "Mean of logprobs (training-time recompute) up to sequence_lengths; NaN if empty.", "8%"),
     Column("mean entropy", "float", "Mean entropy (nats) of the sampled-from distribution over the same tokens.", "7%"),
+    Column("KL", "float", "Sum over the response of logprobs - ref_logprobs (TRL's k1 estimator, before kl_coef).", "7%"),
+    Column("max logprob gap", "float", "Largest |gen_logprobs - logprobs| over the response: sampling vs recompute.", "7%"),
 ]
 
 STOP_COLUMNS = [
@@ -94,7 +96,18 @@ def batch_table(r: Rollout) -> pd.DataFrame:
         "score": r.scores.float().tolist(),
         "mean logprob": _row_means(r.logprobs, valid),
         "mean entropy": _row_means(r.entropy, valid),
+        "KL": _row_sums(r.logprobs - r.ref_logprobs, valid),
+        "max logprob gap": _row_max_abs(r.gen_logprobs - r.logprobs, valid),
     })
+
+
+def _row_sums(values: torch.Tensor, mask: torch.Tensor) -> list[float]:
+    return (values.float().nan_to_num(0.0, neginf=0.0, posinf=0.0) * mask).sum(-1).tolist()
+
+
+def _row_max_abs(values: torch.Tensor, mask: torch.Tensor) -> list[float]:
+    gaps = values.float().abs().nan_to_num(0.0, posinf=0.0) * mask
+    return gaps.max(-1).values.tolist() if values.shape[-1] else [0.0] * values.shape[0]
 
 
 def stops_table(r: Rollout) -> pd.DataFrame:
