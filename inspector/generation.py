@@ -19,6 +19,7 @@ import torch
 
 from .errors import InputError
 from .scoring import trl_attention_mask
+from .tensors import entropy_from_logprobs
 
 
 @dataclass(frozen=True)
@@ -151,7 +152,7 @@ class _Capture:
         logp = torch.log_softmax(scores.float(), dim=-1)
         self._prev = logp
         if self.detail:
-            self.entropy.append(-torch.special.xlogy(logp.exp(), logp.exp()).sum(-1).cpu())
+            self.entropy.append(entropy_from_logprobs(logp).cpu())
             if self.top_k:
                 values, ids = logp.topk(self.top_k, dim=-1)
                 self.topk_logprobs.append(values.cpu())

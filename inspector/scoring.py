@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 
-from .tensors import first_true_indices, token_logprobs
+from .tensors import entropy_from_logprobs, first_true_indices, token_logprobs
 
 
 def trl_attention_mask(ids: torch.Tensor, pad_token_id: int) -> torch.Tensor:
@@ -139,7 +139,7 @@ def head_token_details(
         chosen = logp.gather(-1, ids)
         out["logprobs"].append(chosen.squeeze(-1).cpu())
         out["ranks"].append((logp > chosen).sum(-1).cpu())
-        out["entropy"].append(-torch.special.xlogy(logp.exp(), logp.exp()).sum(-1).cpu())
+        out["entropy"].append(entropy_from_logprobs(logp).cpu())
         values, top = logp.topk(top_k, dim=-1)
         out["topk_ids"].append(top.cpu())
         out["topk_logprobs"].append(values.cpu())

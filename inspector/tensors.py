@@ -51,10 +51,15 @@ def token_logprobs(logits: torch.Tensor, ids: torch.Tensor, chunk: int = 8) -> t
     return torch.cat(out, dim=0)
 
 
+def entropy_from_logprobs(logp: torch.Tensor) -> torch.Tensor:
+    """Entropy in nats of a log-probability tensor along the last dimension; -inf counts as probability 0."""
+    p = logp.exp()
+    return -torch.special.xlogy(p, p).sum(-1)
+
+
 def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
     """Entropy in nats of softmax(logits) along the last dimension; -inf logits count as probability 0."""
-    logp = torch.log_softmax(logits.float(), dim=-1)
-    return -torch.special.xlogy(logp.exp(), logp.exp()).sum(-1)
+    return entropy_from_logprobs(torch.log_softmax(logits.float(), dim=-1))
 
 
 def response_padding_mask(sequence_lengths: torch.Tensor, width: int) -> torch.Tensor:

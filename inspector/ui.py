@@ -370,12 +370,12 @@ def build_app() -> gr.Blocks:
                 example_set = gr.Dropdown(list(EXAMPLES), value=None, label="Example prompt sets")
                 use_chat = gr.Checkbox(True, label="Apply the chat template")
                 with gr.Accordion("Generation", open=True):
-                    max_new_tokens = gr.Slider(1, 512, value=48, step=1, label="max_new_tokens")
+                    max_new_tokens = gr.Slider(1, 512, value=48, step=1, label="max_new_tokens", elem_id="max-new-tokens")
                     do_sample = gr.Checkbox(True, label="do_sample (off = greedy)")
                     temperature = gr.Slider(0.05, 2.0, value=0.7, step=0.05, label="temperature")
                     top_k = gr.Slider(0, 200, value=0, step=1, label="top_k (0 = off)")
                     top_p = gr.Slider(0.05, 1.0, value=1.0, step=0.01, label="top_p (1 = off)")
-                    seed = gr.Number(0, precision=0, label="seed")
+                    seed = gr.Number(0, precision=0, label="seed", elem_id="seed")
                     samples = gr.Slider(1, 8, value=1, step=1, label="samples per prompt")
                     stop_choice = gr.Radio(STOP_CHOICES, value=STOP_CHOICES[0], label="Stop token (truncation)")
                     stop_custom = gr.Textbox("", label="Custom stop token", placeholder="e.g. .", visible=False,

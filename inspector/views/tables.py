@@ -26,7 +26,7 @@ FLOAT_DECIMALS = 4
 BATCH_COLUMNS = [
     Column("sample", "int", "Row of the rollout.", "6%"),
     Column("prompt", "str", "The plain prompt (before the chat template).", "17%"),
-    Column("response", "str", "The generated response, decoded without special tokens.", "27%"),
+    Column("response", "str", "The generated response, decoded without special tokens.", "24%"),
     Column("response length", "int", "sequence_lengths + 1: the tokens TRL trains on.", "8%"),
     Column("contains EOS", "bool", "contain_eos_token: the postprocessed response holds the EOS token.", "8%"),
     Column("score", "float", "The reward model's score, read at sequence_lengths.", "8%"),
