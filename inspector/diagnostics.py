@@ -59,6 +59,26 @@ def _pad_equals_eos(r: Rollout) -> Finding | None:
     )
 
 
+def _mask_changes_reward(r: Rollout) -> Finding | None:
+    if r.scores_true_mask is None:
+        return None
+    diff = r.scores - r.scores_true_mask
+    per_sample = ", ".join(f"{i}: {float(r.scores[i]):+.3f} vs {float(r.scores_true_mask[i]):+.3f}"
+                           for i in range(min(r.batch_size, 12)))
+    worst = float(diff.abs().max())
+    return Finding(
+        code="mask_changes_reward", title="TRL's mask changes the reward", severity="warning" if worst > 0.05 else "info",
+        detail=f"Scored under TRL's mask (ids != pad) and under the true attention mask, the same responses get "
+               f"different rewards (largest difference {worst:.3f}). Per sample, TRL's mask vs the true mask: "
+               f"{per_sample}{' …' if r.batch_size > 12 else ''}.",
+        why="The reward model was trained with some mask; if that was the tokenizer's, PPO optimises a reward the "
+            "model never gave during its training.",
+        fix="Use a pad token distinct from EOS so that both masks agree, or score with the mask the reward model "
+            "was trained with.",
+        samples=[i for i in range(r.batch_size) if abs(float(diff[i])) > 1e-4],
+    )
+
+
 def _right_padding(r: Rollout) -> Finding | None:
     mask = r.query_attention_mask.bool()
     # a row is right-padded when a real token is followed by padding
@@ -184,7 +204,7 @@ def _tokenizer_differs(r: Rollout) -> Finding | None:
     )
 
 
-CHECKS = (_pad_equals_eos, _right_padding, _no_stop, _empty, _reward_on_special, _chat_template, _logprob_gap,
+CHECKS = (_pad_equals_eos, _mask_changes_reward, _right_padding, _no_stop, _empty, _reward_on_special, _chat_template, _logprob_gap,
           _tokenizer_differs)
 
 

@@ -69,7 +69,7 @@ def rollout_from_dict(data: dict) -> Rollout:
                     continue
                 raise InputError(f"The rollout record has no field {f.name!r}.")
             value = data[f.name]
-            if f.name in dtypes:
+            if f.name in dtypes and value is not None:
                 dtype = getattr(torch, dtypes[f.name])
                 value = torch.tensor(_none_to_neg_inf(value) if dtype.is_floating_point else value, dtype=dtype)
             elif f.name in ("tokens", "reward_tokens"):

@@ -86,6 +86,7 @@ class Rollout:
     postprocessed_response_texts: list[str]
     notes: list[str] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
+    scores_true_mask: torch.Tensor | None = None  # (B,) the reward under the true mask, where TRL's hides tokens
 
     @property
     def batch_size(self) -> int:
@@ -338,6 +339,18 @@ def _score_rollout(models: Models, expanded: list[str], prompt_index: list[int],
         )
         scores = scores.float().cpu()
     score_positions = score_positions.cpu()
+    scores_true_mask = None
+    hidden_by_trl = (enc.queries == pad) & enc.attention_mask.bool()
+    if trl_mode and reward_same_tok and pad == eos and (hidden_by_trl.any() or contain_eos.any()):
+        # TRL's mask hides real tokens here (EOS == pad): score the same ids once more under the true mask,
+        # so that the diagnostics can say what the mask changes
+        say(0.9, "Reward under the true attention mask")
+        stops = [stop] if stop is not None else []
+        kept = _response_mask(responses, [eos]) & _response_mask(responses, stops)
+        true_mask = torch.cat((enc.attention_mask.bool(), kept), dim=1)
+        _, true_scores, _ = get_reward(models.reward, postprocessed_qr.to(device), pad, Q,
+                                       attention_mask=true_mask.to(device))
+        scores_true_mask = true_scores.float().cpu()
     timings["value_reward"] = time.perf_counter() - t0
 
     say(0.95, "Decoding")
@@ -373,6 +386,7 @@ def _score_rollout(models: Models, expanded: list[str], prompt_index: list[int],
         topk_logprobs=gen.topk_logprobs,
         values=values,
         scores=scores,
+        scores_true_mask=scores_true_mask,
         reward_query_responses=reward_ids,
         reward_context_length=reward_cl,
         score_positions=score_positions,

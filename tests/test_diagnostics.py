@@ -100,3 +100,15 @@ def test_warnings_come_first(greedy_rollout):
     severities = [f.severity for f in diagnose(dataclasses.replace(greedy_rollout, chat_template_applied=False))]
     assert severities == sorted(severities, key=lambda s: s != "warning")
     assert torch.is_tensor(greedy_rollout.scores)
+
+
+def test_trl_mask_versus_true_mask(models, greedy_rollout, clean):
+    r = greedy_rollout
+    assert r.scores_true_mask is not None and r.scores_true_mask.shape == r.scores.shape
+    f = {f.code: f for f in diagnose(r)}["mask_changes_reward"]
+    assert "true attention mask" in f.detail
+    assert not torch.allclose(r.scores, r.scores_true_mask)  # the hidden EOS tokens do change the reward
+    assert "mask_changes_reward" not in codes(dataclasses.replace(clean, scores_true_mask=None))
+    # the same scores under attention="tokenizer" directly
+    tok = run_rollout(models, r.prompts, max_new_tokens=24, do_sample=False, seed=0, attention="tokenizer")
+    assert tok.scores_true_mask is None
