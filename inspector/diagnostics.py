@@ -48,6 +48,8 @@ def _pad_equals_eos(r: Rollout) -> Finding | None:
               f"{len(read_before)} sample(s) the score is read on the token before the EOS, not on the EOS.")
     if r.attention == "tokenizer":
         detail += " This rollout used the tokenizer's true mask, so the prompts' EOS tokens were visible here."
+    elif r.scores_true_mask is None:
+        detail += " Turn on 'compare with the true mask' to see what this does to each reward."
     return Finding(
         code="pad_equals_eos", title="The pad token equals the EOS token", severity="warning", detail=detail,
         why="The reward model never sees the end of turn it may have been trained with, and the prompt's "

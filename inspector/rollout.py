@@ -185,6 +185,7 @@ def run_rollout(
     max_prompt_tokens: int | None = None,
     max_time: float | None = None,
     limits: Limits | None = None,
+    compare_masks: bool = False,
     progress=None,
 ) -> Rollout:
     """Generate responses to `prompts` with the policy and compute every quantity TRL's PPO rollout computes.
@@ -192,7 +193,8 @@ def run_rollout(
     `stop_token_id`: EOS (the tokenizer's EOS, default), None (no truncation) or a token id.
     `attention`: "trl" (`ids != pad_token_id` everywhere, as TRL) or "tokenizer" (the true mask).
     `limits` (default: `Limits.from_env()`) bounds the request; `max_prompt_tokens` and `max_time` default to
-    its values. `progress(fraction, message)` is called between steps. The same seed gives the same rollout.
+    its values. `compare_masks` also scores the responses under the true attention mask where TRL's mask hides
+    real tokens (one more reward pass), for the diagnostics. `progress(fraction, message)` is called between steps. The same seed gives the same rollout.
     Raises InputError (LimitError over a limit) for unusable prompts or settings.
     """
     limits = limits or Limits.from_env()
@@ -242,7 +244,7 @@ def run_rollout(
         timings["generate"] = time.perf_counter() - clock
         rollout = _score_rollout(
             models, expanded, prompt_index, enc, gen, stop=stop, attention=attention,
-            temperature=settings.effective_temperature, say=say, timings=timings,
+            temperature=settings.effective_temperature, say=say, timings=timings, compare_masks=compare_masks,
             settings=settings.to_dict() | {"samples_per_prompt": samples_per_prompt,
                                            "use_chat_template": use_chat_template, "top_logprobs": top_logprobs},
         )
@@ -260,7 +262,7 @@ def run_rollout(
 
 @torch.no_grad()
 def _score_rollout(models: Models, expanded: list[str], prompt_index: list[int], enc, gen, *, stop, attention: str,
-                   temperature: float, say, timings: dict, settings: dict) -> Rollout:
+                   temperature: float, say, timings: dict, settings: dict, compare_masks: bool = False) -> Rollout:
     """Everything after generation: the split, truncation, masks, the recompute, value and reward passes,
     and the record. `gen` holds the sequences and the per-token capture (a `Generation`)."""
     tok = models.tokenizer
@@ -341,7 +343,7 @@ def _score_rollout(models: Models, expanded: list[str], prompt_index: list[int],
     score_positions = score_positions.cpu()
     scores_true_mask = None
     hidden_by_trl = (enc.queries == pad) & enc.attention_mask.bool()
-    if trl_mode and reward_same_tok and pad == eos and (hidden_by_trl.any() or contain_eos.any()):
+    if compare_masks and trl_mode and reward_same_tok and pad == eos and (hidden_by_trl.any() or contain_eos.any()):
         # TRL's mask hides real tokens here (EOS == pad): score the same ids once more under the true mask,
         # so that the diagnostics can say what the mask changes
         say(0.9, "Reward under the true attention mask")

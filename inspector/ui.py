@@ -243,13 +243,13 @@ def _status(r: Rollout) -> str:
 
 
 def run_callback(policy, reward, value, reference, prompts_text, use_chat, max_new_tokens, do_sample, temperature, top_k, top_p, seed,
-                 samples, stop_choice, stop_custom, attention, progress=gr.Progress()):
+                 samples, stop_choice, stop_custom, attention, compare_masks=False, progress=gr.Progress()):
     """Run one rollout for this session and return every view of it."""
     try:
         settings = dict(
             max_new_tokens=int(max_new_tokens), do_sample=bool(do_sample), temperature=float(temperature),
             top_k=int(top_k), top_p=float(top_p), seed=int(seed), samples_per_prompt=int(samples),
-            use_chat_template=bool(use_chat), attention=str(attention),
+            use_chat_template=bool(use_chat), attention=str(attention), compare_masks=bool(compare_masks),
             stop=_stop_value(stop_choice, stop_custom),
         )
         m, r = _rollout(_names(policy, reward, value, reference), parse_prompts(prompts_text), settings,
@@ -311,6 +311,7 @@ def rollout_api(
     stop_token: str = "eos",
     use_chat_template: bool = True,
     attention: str = "trl",
+    compare_masks: bool = False,
     policy: str = "",
     reward: str = "",
     value: str = "",
@@ -328,7 +329,8 @@ def rollout_api(
             _names(policy, reward, value, reference), list(prompts),
             dict(max_new_tokens=max_new_tokens, do_sample=do_sample, temperature=temperature, top_k=top_k,
                  top_p=top_p, seed=seed, samples_per_prompt=samples_per_prompt,
-                 use_chat_template=use_chat_template, attention=attention, stop=stop),
+                 use_chat_template=use_chat_template, attention=attention, compare_masks=bool(compare_masks),
+                 stop=stop),
         )
     except Exception as exc:
         raise _friendly(exc) from exc
@@ -384,6 +386,8 @@ def build_app() -> gr.Blocks:
                         [("TRL mask (ids != pad)", "trl"), ("Tokenizer's true mask", "tokenizer")], value="trl",
                         label="Attention mask",
                     )
+                    compare_masks = gr.Checkbox(False, label="Also score under the true mask (one more reward pass)",
+                                                elem_id="compare-masks")
                 run_btn = gr.Button("Run rollout", variant="primary", elem_id="run")
                 with gr.Accordion("Open a file", open=False):
                     upload = gr.File(label="A rollout .json, or completions (.jsonl / .csv / .parquet)",
@@ -446,7 +450,7 @@ def build_app() -> gr.Blocks:
         run_btn.click(
             run_callback,
             [policy, reward, value, reference, prompts, use_chat, max_new_tokens, do_sample, temperature, top_k, top_p, seed, samples,
-             stop_choice, stop_custom, attention],
+             stop_choice, stop_custom, attention, compare_masks],
             [session_rollout, models_md, sample, status, diagnostics, seq_html, heatmap, entropy, stops, table,
              table_file, record_file, gap_plot, gap_md, split_view, vr_html, values_plot],
             api_visibility="private",

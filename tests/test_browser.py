@@ -105,10 +105,12 @@ def test_truncation_shows_where_value_and_reward_inputs_differ(page):
     previous = page.inner_text("#status-line")
     page.fill("#prompts textarea", "Write three short sentences about dogs.\nWrite two short sentences about rain.")
     page.get_by_label("Custom token").check()
+    page.locator("#compare-masks input").check()
     page.fill("#stop-custom textarea, #stop-custom input", ".")
     run_and_wait(page, previous)
     truncated = page.locator("#panel-value-reward .tok-truncated")
     assert truncated.count() >= 1
+    assert page.locator('#panel-diagnostics [data-code="mask_changes_reward"]').count() == 1
     page.screenshot(path=str(ARTIFACTS / "screenshot-truncation.png"), full_page=True)
 
 

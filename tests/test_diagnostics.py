@@ -103,12 +103,16 @@ def test_warnings_come_first(greedy_rollout):
 
 
 def test_trl_mask_versus_true_mask(models, greedy_rollout, clean):
-    r = greedy_rollout
+    assert greedy_rollout.scores_true_mask is None  # opt-in: it costs one more reward pass
+    assert "Turn on" in {f.code: f for f in diagnose(greedy_rollout)}["pad_equals_eos"].detail
+    r = run_rollout(models, greedy_rollout.prompts, max_new_tokens=24, do_sample=False, seed=0, compare_masks=True)
+    assert torch.equal(r.scores, greedy_rollout.scores)
     assert r.scores_true_mask is not None and r.scores_true_mask.shape == r.scores.shape
     f = {f.code: f for f in diagnose(r)}["mask_changes_reward"]
     assert "true attention mask" in f.detail
     assert not torch.allclose(r.scores, r.scores_true_mask)  # the hidden EOS tokens do change the reward
     assert "mask_changes_reward" not in codes(dataclasses.replace(clean, scores_true_mask=None))
     # the same scores under attention="tokenizer" directly
-    tok = run_rollout(models, r.prompts, max_new_tokens=24, do_sample=False, seed=0, attention="tokenizer")
+    tok = run_rollout(models, r.prompts, max_new_tokens=24, do_sample=False, seed=0, attention="tokenizer",
+                      compare_masks=True)
     assert tok.scores_true_mask is None

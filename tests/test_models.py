@@ -80,3 +80,55 @@ def test_the_value_model_must_share_the_policy_tokenizer(models, tiny):
     assert not m.value_is_reward
     r = run_rollout(m, ["Hi"], max_new_tokens=3, seed=0)
     assert r.values.shape == r.responses.shape
+
+
+@pytest.fixture(scope="module")
+def other_tokenizer_reward(tmp_path_factory):
+    """A tiny reward model with a word-level tokenizer of its own (not the policy's)."""
+    from tokenizers import Tokenizer, models as tk_models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    words = ["[PAD]", "[UNK]", "[EOS]"] + "hi hello say a word the cat dog is good bad . , !".split()
+    vocab = {w: i for i, w in enumerate(words)}
+    tk = Tokenizer(tk_models.WordLevel(vocab, unk_token="[UNK]"))
+    tk.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok = PreTrainedTokenizerFast(tokenizer_object=tk, pad_token="[PAD]", unk_token="[UNK]", eos_token="[EOS]")
+    folder = tmp_path_factory.mktemp("other-tok") / "reward"
+    torch.manual_seed(1)
+    config = LlamaConfig(vocab_size=len(words), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                         num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=512, num_labels=1,
+                         pad_token_id=0, eos_token_id=2)
+    LlamaForSequenceClassification(config).save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return str(folder), tok
+
+
+def test_a_reward_model_with_its_own_tokenizer_sees_re_encoded_text(other_tokenizer_reward):
+    from inspector.diagnostics import diagnose
+    from inspector.scoring import get_reward
+
+    folder, rtok = other_tokenizer_reward
+    m = load_models(reward=folder, value="")  # value = the reward model: refused, it must share the policy's tokens
+    with pytest.raises(ModelLoadError, match="value model's tokenizer differs"):
+        run_rollout(m, ["Say hi"], max_new_tokens=4, seed=0)
+    from inspector.models import DEFAULT_REWARD
+
+    m = load_models(reward=folder, value=DEFAULT_REWARD)
+    r = run_rollout(m, ["Say hi", "Say a word"], max_new_tokens=6, seed=0)
+    assert not r.reward_tokenizer_is_policy
+    assert r.reward_query_responses.max() < len(rtok)  # the reward model's own ids
+    assert rtok.decode(r.reward_query_responses[0, : r.reward_context_length], skip_special_tokens=True).strip() == "hi"
+    _, scores, positions = get_reward(m.reward, r.reward_query_responses, rtok.pad_token_id, r.reward_context_length)
+    assert torch.allclose(scores, r.scores) and torch.equal(positions, r.score_positions)
+    assert "reward_tokenizer_differs" in {f.code for f in diagnose(r)}
+
+
+def test_a_different_reference_model_gives_a_real_kl(tiny):
+    from inspector.ppo import rollout_ppo_step
+
+    m = load_models(reference=tiny["causal"])
+    assert not m.reference_is_policy
+    r = run_rollout(m, ["Name a fruit."], max_new_tokens=6, seed=0)
+    step = rollout_ppo_step(r)
+    assert step.metrics["objective/kl"] != 0.0
+    assert not torch.equal(r.ref_logprobs, r.logprobs)
