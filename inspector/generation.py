@@ -133,7 +133,8 @@ class _Capture:
     def __init__(self, top_k: int = 0, detail: bool = False):
         self.top_k = top_k
         self.detail = detail
-        self._prev: torch.Tensor | None = None  # (B, V) log-softmax of the last step
+        self._prev: torch.Tensor | None = None  # (B, V) log-softmax of the last step (detail) or its scores
+        self._lse: torch.Tensor | None = None  # (B, 1) logsumexp of those scores, without detail
         self.logprobs: list[torch.Tensor] = []
         self.ranks: list[torch.Tensor] = []
         self.entropy: list[torch.Tensor] = []
@@ -142,6 +143,8 @@ class _Capture:
 
     def _take(self, tokens: torch.Tensor) -> None:
         chosen = self._prev.gather(1, tokens.unsqueeze(1))  # (B, 1)
+        if not self.detail:
+            chosen = chosen - self._lse
         self.logprobs.append(chosen.squeeze(1).cpu())
         if self.detail:
             self.ranks.append((self._prev > chosen).sum(1).cpu())
@@ -149,6 +152,12 @@ class _Capture:
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
         if self._prev is not None:
             self._take(input_ids[:, -1])
+        if not self.detail:
+            # only the sampled token's logprob is wanted: keep the scores (the warpers after this point return
+            # new tensors, they never write into it) and their logsumexp, not a whole log-softmax
+            self._prev = scores.float()
+            self._lse = torch.logsumexp(self._prev, dim=-1, keepdim=True)
+            return scores
         logp = torch.log_softmax(scores.float(), dim=-1)
         self._prev = logp
         if self.detail:

@@ -54,7 +54,7 @@ def token_logprobs(logits: torch.Tensor, ids: torch.Tensor, chunk: int = 8) -> t
 def entropy_from_logprobs(logp: torch.Tensor) -> torch.Tensor:
     """Entropy in nats of a log-probability tensor along the last dimension; -inf counts as probability 0."""
     p = logp.exp()
-    return -torch.special.xlogy(p, p).sum(-1)
+    return -torch.where(p > 0, p * logp, torch.zeros((), dtype=p.dtype, device=p.device)).sum(-1)
 
 
 def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:

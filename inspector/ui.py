@@ -299,6 +299,22 @@ def import_callback(upload, policy, reward, value, reference, use_chat, stop_cho
     return (r, summary, gr.update(choices=_sample_choices(r), value=0), *batch_views(r), *sample_views(r, 0))
 
 
+def open_file_api(file) -> dict:
+    """Open a file through the API: a rollout record comes back validated; a table of completions (TRL's or
+    verl's) comes back re-scored by the default models, as a rollout record."""
+    try:
+        if file is None:
+            raise InspectorError("No file was sent.")
+        path = Path(file if isinstance(file, str) else getattr(file, "name", None) or file["path"])
+        parsed = read_upload(path.read_bytes(), path.name)
+        if isinstance(parsed, dict):
+            return rollout_to_dict(rollout_from_dict(parsed))
+        m = load_models()
+        return rollout_to_dict(score_completions(m, parsed.prompts, parsed.completions, source=parsed.source))
+    except Exception as exc:
+        raise _friendly(exc) from exc
+
+
 def rollout_api(
     prompts: list[str],
     max_new_tokens: int = 48,
@@ -471,6 +487,11 @@ def build_app() -> gr.Blocks:
             control.change(ppo_views, [session_rollout, sample, *ppo_inputs], [ppo_html, ppo_metrics],
                            api_visibility="private")
         gr.api(rollout_api, api_name="rollout")
+        with gr.Row(visible=False):  # the file endpoint: a File input so that clients upload as they should
+            api_file = gr.File()
+            api_record = gr.JSON()
+            api_button = gr.Button()
+        api_button.click(open_file_api, api_file, api_record, api_name="open_file")
     demo.queue(max_size=int(os.environ.get("INSPECTOR_QUEUE_SIZE", "16")), default_concurrency_limit=1)
     return demo
 

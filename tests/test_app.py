@@ -191,3 +191,36 @@ def test_batch_table_sorts_by_kl_and_gap(outputs):
     assert {"KL", "max logprob gap", "score", "response length"} <= set(table.columns)
     assert (table["KL"].abs() < 1e-6).all()  # the reference is the policy
     assert table.sort_values("score")["score"].is_monotonic_increasing
+
+
+@pytest.mark.parametrize(
+    "name, data, message",
+    [
+        ("rollout.json", __import__("pickle").dumps({"format": "x"}), "pickle"),
+        ("model.csv", b"PK\x03\x04 a zip in disguise", "zip"),
+        ("broken.jsonl", b'{"prompt": "a", "completion": "b"}\n{broken', "line 2"),
+        ("empty.csv", b"", "empty"),
+        ("odd.csv", b"question,answer\na,b\n", "prompt column"),
+    ],
+)
+def test_bad_uploads_through_the_api(client, tmp_path, name, data, message):
+    from gradio_client import handle_file
+
+    path = tmp_path / name
+    path.write_bytes(data)
+    with pytest.raises(Exception, match=message):
+        client.predict(handle_file(str(path)), api_name="/open_file")
+    good = tmp_path / "good.csv"
+    good.write_text("prompt,completion,reward\nHow was it?,Lovely!,1.0\n", encoding="utf-8")
+    record = client.predict(handle_file(str(good)), api_name="/open_file")
+    assert record["prompts"] == ["How was it?"] and len(record["scores"]) == 1
+
+
+def test_oversized_upload_through_the_api(client, tmp_path, monkeypatch):
+    from gradio_client import handle_file
+
+    monkeypatch.setenv("INSPECTOR_MAX_UPLOAD_BYTES", "64")  # the app runs in this process: read at each request
+    path = tmp_path / "big.csv"
+    path.write_text("prompt,completion\n" + "a,b\n" * 100, encoding="utf-8")
+    with pytest.raises(Exception, match="INSPECTOR_MAX_UPLOAD_BYTES"):
+        client.predict(handle_file(str(path)), api_name="/open_file")

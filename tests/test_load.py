@@ -71,3 +71,45 @@ def test_no_leak_across_fifty_rollouts(models):
     growth = rss_mb() - before
     print(f"\nmemory growth across 50 rollouts: {growth:+.1f} MB")
     assert growth < 150, f"memory grew by {growth:.0f} MB across 50 rollouts"
+
+
+def test_a_full_queue_answers_busy_and_keeps_serving(models, monkeypatch):
+    from gradio_client import Client
+
+    from inspector.ui import build_app, launch_kwargs
+
+    monkeypatch.setenv("INSPECTOR_QUEUE_SIZE", "1")
+    demo = build_app()
+    demo.launch(server_name="127.0.0.1", server_port=None, prevent_thread_lock=True, quiet=True, **launch_kwargs())
+    url = demo.local_url.rstrip("/")
+    counts = {"served": 0, "busy": 0, "failed": 0}
+    errors: list[str] = []
+    lock = threading.Lock()
+
+    def one(k: int) -> None:
+        try:
+            Client(url, verbose=False).predict(prompts=["Tell me a story.", "Describe the sea."], max_new_tokens=24,
+                                               seed=k, api_name="/rollout")
+            key = "served"
+        except Exception as exc:  # noqa: BLE001 - counted below
+            text = str(exc).lower()
+            key = "busy" if "queue" in text and "full" in text else "failed"
+            if key == "failed":
+                errors.append(repr(exc))
+        with lock:
+            counts[key] += 1
+
+    try:
+        threads = [threading.Thread(target=one, args=(k,)) for k in range(5)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=600)
+        print(f"\nqueue of 1, 5 clients at once: served {counts['served']}, refused as busy {counts['busy']}, "
+              f"failed {counts['failed']}")
+        assert counts["failed"] == 0, errors
+        assert counts["busy"] >= 1 and counts["served"] >= 1
+        record = Client(url, verbose=False).predict(prompts=["Say hi."], max_new_tokens=3, api_name="/rollout")
+        assert len(record["scores"]) == 1  # still serving
+    finally:
+        demo.close()
