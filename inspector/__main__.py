@@ -24,7 +24,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--top-p", type=float, default=1.0)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--samples", type=int, default=1, help="samples per prompt")
-    p.add_argument("--stop", default="eos", help="'eos' (default), 'none', or a token id")
+    p.add_argument("--stop", default="eos", help="'eos' (default), 'none', a token id, or the text of one token")
     p.add_argument("--no-chat-template", action="store_true")
     p.add_argument("--attention", choices=("trl", "tokenizer"), default="trl")
     p.add_argument("--json", metavar="FILE", help="write the whole rollout record as JSON")
@@ -38,13 +38,8 @@ def main(argv: list[str] | None = None) -> int:
     from .report import format_rollout
     from .rollout import EOS, run_rollout
 
-    stop = {"eos": EOS, "none": None}.get(args.stop.lower()) if args.stop.lower() in ("eos", "none") else args.stop
-    try:
-        if stop not in (EOS, None):
-            stop = int(stop)
-    except ValueError:
-        print(f"error: --stop takes 'eos', 'none' or a token id, not {args.stop!r}", file=sys.stderr)
-        return 2
+    named = {"eos": EOS, "none": None}
+    stop = named[args.stop.lower()] if args.stop.lower() in named else int(args.stop) if args.stop.isdigit() else args.stop
     try:
         started = time.perf_counter()
         models = load_models(args.policy, args.reward, args.value, args.reference,

@@ -160,12 +160,11 @@ class _Capture:
             return scores
         logp = torch.log_softmax(scores.float(), dim=-1)
         self._prev = logp
-        if self.detail:
-            self.entropy.append(entropy_from_logprobs(logp).cpu())
-            if self.top_k:
-                values, ids = logp.topk(self.top_k, dim=-1)
-                self.topk_logprobs.append(values.cpu())
-                self.topk_ids.append(ids.cpu())
+        self.entropy.append(entropy_from_logprobs(logp).cpu())
+        if self.top_k:
+            values, ids = logp.topk(self.top_k, dim=-1)
+            self.topk_logprobs.append(values.cpu())
+            self.topk_ids.append(ids.cpu())
         return scores
 
     def finish(self, responses: torch.Tensor) -> None:

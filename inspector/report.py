@@ -24,7 +24,8 @@ def format_rollout(r: Rollout) -> str:
     for i in range(r.batch_size):
         resp = r.responses[i].tolist()
         first_stop = resp.index(r.stop_token_id) if r.stop_token_id in resp else None
-        first_pad = resp.index(r.pad_token_id) if r.pad_token_id in resp else None
+        post = r.postprocessed_responses[i].tolist()  # as the stop-and-pad table: sequence_lengths = this - 1
+        first_pad = post.index(r.pad_token_id) if r.pad_token_id in post else None
         seq_len = int(r.sequence_lengths[i])
         pos = int(r.score_positions[i])
         read_id = int(r.reward_query_responses[i, pos])

@@ -117,10 +117,13 @@ def _response_mask(responses: torch.Tensor, stop_ids: list[int]) -> torch.Tensor
 
 
 def _resolve_stop(tokenizer, stop_token_id) -> int | None:
+    """EOS -> the tokenizer's EOS id, None -> no truncation, text -> its single token's id, an id -> checked."""
     if stop_token_id == EOS:
         return tokenizer.eos_token_id
     if stop_token_id is None:
         return None
+    if isinstance(stop_token_id, str):
+        return stop_token_from_text(tokenizer, stop_token_id)
     if not isinstance(stop_token_id, int) or not 0 <= stop_token_id < len(tokenizer):
         raise InputError(f"stop_token_id {stop_token_id!r} is not a token id of the policy's tokenizer (0..{len(tokenizer) - 1}).")
     return stop_token_id
@@ -190,7 +193,7 @@ def run_rollout(
 ) -> Rollout:
     """Generate responses to `prompts` with the policy and compute every quantity TRL's PPO rollout computes.
 
-    `stop_token_id`: EOS (the tokenizer's EOS, default), None (no truncation) or a token id.
+    `stop_token_id`: EOS (the tokenizer's EOS, default), None (no truncation), a token id, or the text of one token.
     `attention`: "trl" (`ids != pad_token_id` everywhere, as TRL) or "tokenizer" (the true mask).
     `limits` (default: `Limits.from_env()`) bounds the request; `max_prompt_tokens` and `max_time` default to
     its values. `compare_masks` also scores the responses under the true attention mask where TRL's mask hides

@@ -13,14 +13,13 @@ import tempfile
 from pathlib import Path
 
 import gradio as gr
-import pandas as pd
 
 from . import models as model_registry
 from .errors import InspectorError
 from .export import rollout_from_dict, rollout_to_dict, rollout_to_json, rollout_to_jsonl, rollout_to_parquet
 from .importing import read_upload
 from .models import DEFAULT_POLICY, DEFAULT_REWARD, load_models
-from .rollout import EOS, Rollout, run_rollout, score_completions, stop_token_from_text
+from .rollout import EOS, Rollout, run_rollout, score_completions
 from .diagnostics import diagnose
 from .ppo import PPOConfig, rollout_ppo_step
 from .views import (
@@ -145,10 +144,7 @@ def parse_prompts(text: str) -> list[str]:
 @gpu
 def _rollout(names: dict, prompts: list[str], settings: dict, progress=None) -> tuple[model_registry.Models, Rollout]:
     m = load_models(**names, progress=(lambda msg: progress(0.02, msg)) if progress else None)
-    stop = settings.pop("stop")
-    if isinstance(stop, str) and stop != EOS:
-        stop = stop_token_from_text(m.tokenizer, stop)
-    return m, run_rollout(m, prompts, stop_token_id=stop, progress=progress, **settings)
+    return m, run_rollout(m, prompts, stop_token_id=settings.pop("stop"), progress=progress, **settings)
 
 
 def _stop_value(choice: str, custom: str):
@@ -256,8 +252,12 @@ def run_callback(policy, reward, value, reference, prompts_text, use_chat, max_n
                         progress=lambda f, msg: progress(f, desc=msg))
     except Exception as exc:
         raise _friendly(exc) from exc
-    return (r, models_markdown(m), gr.update(choices=_sample_choices(r), value=0), *batch_views(r),
-            *sample_views(r, 0))
+    return rollout_views(r, models_markdown(m))
+
+
+def rollout_views(r: Rollout, summary: str) -> tuple:
+    """Every output of a new rollout, in the order of the page's `ROLLOUT_OUTPUTS`."""
+    return (r, summary, gr.update(choices=_sample_choices(r), value=0), *batch_views(r), *sample_views(r, 0))
 
 
 def compare_choices(r: Rollout | None):
@@ -284,10 +284,8 @@ def import_callback(upload, policy, reward, value, reference, use_chat, stop_cho
         else:
             names = _names(policy, reward, value, reference)
             m = load_models(**names, progress=lambda msg: progress(0.05, desc=msg))
-            stop = _stop_value(stop_choice, stop_custom)
-            if isinstance(stop, str) and stop != EOS:
-                stop = stop_token_from_text(m.tokenizer, stop)
-            r = score_completions(m, parsed.prompts, parsed.completions, stop_token_id=stop,
+            r = score_completions(m, parsed.prompts, parsed.completions,
+                                  stop_token_id=_stop_value(stop_choice, stop_custom),
                                   use_chat_template=bool(use_chat), attention=str(attention), source=parsed.source,
                                   progress=lambda f, msg: progress(f, desc=msg))
             if parsed.rewards is not None:
@@ -295,8 +293,7 @@ def import_callback(upload, policy, reward, value, reference, use_chat, stop_cho
                                + ", ".join(f"{i}: {v:+.3f}" for i, v in enumerate(parsed.rewards[:50])))
     except Exception as exc:
         raise _friendly(exc) from exc
-    summary = models_markdown(m) if m is not None else "Opened a saved rollout: no model was needed."
-    return (r, summary, gr.update(choices=_sample_choices(r), value=0), *batch_views(r), *sample_views(r, 0))
+    return rollout_views(r, models_markdown(m) if m is not None else "Opened a saved rollout: no model was needed.")
 
 
 def open_file_api(file) -> dict:
@@ -457,6 +454,8 @@ def build_app() -> gr.Blocks:
                 gap_plot = gr.Plot(elem_id="panel-gap", show_label=False)
 
         ppo_inputs = [kl_coef, kl_estimator, gamma, lam, whiten_rewards, penalty_on, penalty]
+        rollout_outputs = [session_rollout, models_md, sample, status, diagnostics, seq_html, heatmap, entropy, stops,
+                           table, table_file, record_file, gap_plot, gap_md, split_view, vr_html, values_plot]
         example_set.change(lambda k: "\n".join(EXAMPLES[k]) if k else gr.update(), example_set, prompts,
                            api_visibility="private")
         stop_choice.change(lambda c: gr.update(visible=c == "Custom token"), stop_choice, stop_custom,
@@ -467,15 +466,13 @@ def build_app() -> gr.Blocks:
             run_callback,
             [policy, reward, value, reference, prompts, use_chat, max_new_tokens, do_sample, temperature, top_k, top_p, seed, samples,
              stop_choice, stop_custom, attention, compare_masks],
-            [session_rollout, models_md, sample, status, diagnostics, seq_html, heatmap, entropy, stops, table,
-             table_file, record_file, gap_plot, gap_md, split_view, vr_html, values_plot],
+            rollout_outputs,
             api_visibility="private",
         ).then(ppo_views, [session_rollout, sample, *ppo_inputs], [ppo_html, ppo_metrics], api_visibility="private")
         import_btn.click(
             import_callback,
             [upload, policy, reward, value, reference, use_chat, stop_choice, stop_custom, attention],
-            [session_rollout, models_md, sample, status, diagnostics, seq_html, heatmap, entropy, stops, table,
-             table_file, record_file, gap_plot, gap_md, split_view, vr_html, values_plot],
+            rollout_outputs,
             api_visibility="private",
         ).then(ppo_views, [session_rollout, sample, *ppo_inputs], [ppo_html, ppo_metrics], api_visibility="private")
         session_rollout.change(compare_choices, session_rollout, [compare_a, compare_b], api_visibility="private")

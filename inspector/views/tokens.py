@@ -18,7 +18,6 @@ from ._common import (
     esc,
     first_pad_positions,
     is_special_reward_token,
-    reward_response_positions,
     shown,
     stop_positions,
 )
