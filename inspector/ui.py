@@ -239,14 +239,15 @@ def _status(r: Rollout) -> str:
 
 
 def run_callback(policy, reward, value, reference, prompts_text, use_chat, max_new_tokens, do_sample, temperature, top_k, top_p, seed,
-                 samples, stop_choice, stop_custom, attention, compare_masks=False, progress=gr.Progress()):
+                 samples, stop_choice, stop_custom, attention, compare_masks=False, ignore_generation_config=False,
+                 progress=gr.Progress()):
     """Run one rollout for this session and return every view of it."""
     try:
         settings = dict(
             max_new_tokens=int(max_new_tokens), do_sample=bool(do_sample), temperature=float(temperature),
             top_k=int(top_k), top_p=float(top_p), seed=int(seed), samples_per_prompt=int(samples),
             use_chat_template=bool(use_chat), attention=str(attention), compare_masks=bool(compare_masks),
-            stop=_stop_value(stop_choice, stop_custom),
+            ignore_generation_config=bool(ignore_generation_config), stop=_stop_value(stop_choice, stop_custom),
         )
         m, r = _rollout(_names(policy, reward, value, reference), parse_prompts(prompts_text), settings,
                         progress=lambda f, msg: progress(f, desc=msg))
@@ -269,7 +270,7 @@ def compare_choices(r: Rollout | None):
 
 
 def import_callback(upload, policy, reward, value, reference, use_chat, stop_choice, stop_custom, attention,
-                    progress=gr.Progress()):
+                    temperature=1.0, progress=gr.Progress()):
     """Open a file: a rollout record is shown as it is (no model needed); a table of completions (TRL's
     prompt / completion / reward, verl's input / output / score) is re-scored with the loaded models."""
     try:
@@ -287,6 +288,7 @@ def import_callback(upload, policy, reward, value, reference, use_chat, stop_cho
             r = score_completions(m, parsed.prompts, parsed.completions,
                                   stop_token_id=_stop_value(stop_choice, stop_custom),
                                   use_chat_template=bool(use_chat), attention=str(attention), source=parsed.source,
+                                  temperature=_temperature(temperature),
                                   progress=lambda f, msg: progress(f, desc=msg))
             if parsed.rewards is not None:
                 r.notes.append("The file's own rewards, by sample: "
@@ -296,9 +298,17 @@ def import_callback(upload, policy, reward, value, reference, use_chat, stop_cho
     return rollout_views(r, models_markdown(m) if m is not None else "Opened a saved rollout: no model was needed.")
 
 
-def open_file_api(file) -> dict:
+def _temperature(value) -> float:
+    try:
+        return float(1.0 if value is None else value)
+    except (TypeError, ValueError):
+        raise InspectorError(f"The training temperature must be a number above 0, not {value!r}.") from None
+
+
+def open_file_api(file, temperature: float = 1.0) -> dict:
     """Open a file through the API: a rollout record comes back validated; a table of completions (TRL's or
-    verl's) comes back re-scored by the default models, as a rollout record."""
+    verl's) comes back re-scored by the default models, as a rollout record, its logprobs taken at the
+    training `temperature` the completions were sampled at (default 1.0)."""
     try:
         if file is None:
             raise InspectorError("No file was sent.")
@@ -307,7 +317,8 @@ def open_file_api(file) -> dict:
         if isinstance(parsed, dict):
             return rollout_to_dict(rollout_from_dict(parsed))
         m = load_models()
-        return rollout_to_dict(score_completions(m, parsed.prompts, parsed.completions, source=parsed.source))
+        return rollout_to_dict(score_completions(m, parsed.prompts, parsed.completions, source=parsed.source,
+                                                 temperature=_temperature(temperature)))
     except Exception as exc:
         raise _friendly(exc) from exc
 
@@ -325,6 +336,7 @@ def rollout_api(
     use_chat_template: bool = True,
     attention: str = "trl",
     compare_masks: bool = False,
+    ignore_generation_config: bool = False,
     policy: str = "",
     reward: str = "",
     value: str = "",
@@ -343,7 +355,7 @@ def rollout_api(
             dict(max_new_tokens=max_new_tokens, do_sample=do_sample, temperature=temperature, top_k=top_k,
                  top_p=top_p, seed=seed, samples_per_prompt=samples_per_prompt,
                  use_chat_template=use_chat_template, attention=attention, compare_masks=bool(compare_masks),
-                 stop=stop),
+                 ignore_generation_config=bool(ignore_generation_config), stop=stop),
         )
     except Exception as exc:
         raise _friendly(exc) from exc
@@ -392,7 +404,9 @@ def build_app() -> gr.Blocks:
                     top_p = gr.Slider(0.05, 1.0, value=1.0, step=0.01, label="top_p (1 = off)")
                     seed = gr.Number(0, precision=0, label="seed", elem_id="seed")
                     samples = gr.Slider(1, 8, value=1, step=1, label="samples per prompt")
-                    stop_choice = gr.Radio(STOP_CHOICES, value=STOP_CHOICES[0], label="Stop token (truncation)")
+                    stop_choice = gr.Radio(STOP_CHOICES, value=STOP_CHOICES[0], label="Stop token",
+                                           info="Generation stops at it and truncation cuts after it, as in TRL "
+                                                "0.12+ (no truncation: no early stop either)")
                     stop_custom = gr.Textbox("", label="Custom stop token", placeholder="e.g. .", visible=False,
                                              elem_id="stop-custom")
                     attention = gr.Radio(
@@ -401,12 +415,19 @@ def build_app() -> gr.Blocks:
                     )
                     compare_masks = gr.Checkbox(False, label="Also score under the true mask (one more reward pass)",
                                                 elem_id="compare-masks")
+                    ignore_gen_config = gr.Checkbox(
+                        False, label="Ignore the model's generation_config.json (its repetition penalty, n-gram "
+                                     "bans, ...: generate merges them in, as in TRL)", elem_id="ignore-generation-config")
                 run_btn = gr.Button("Run rollout", variant="primary", elem_id="run")
                 with gr.Accordion("Open a file", open=False):
                     upload = gr.File(label="A rollout .json, or completions (.jsonl / .csv / .parquet)",
                                      file_types=[".json", ".jsonl", ".csv", ".parquet"], elem_id="upload")
                     gr.Markdown("TRL completion tables (`prompt`, `completion`, `reward`) and verl dumps (`input`, "
                                 "`output`, `score`) are re-scored with the models above.", elem_classes="panel-note")
+                    import_temperature = gr.Number(
+                        1.0, label="Training temperature of the completions", minimum=0.01, elem_id="import-temperature",
+                        info="The sampling temperature they were generated at (1.0: TRL GRPO's and verl's default; "
+                             "TRL PPO's is 0.7); logprobs and the recompute use it")
                     import_btn = gr.Button("Open and inspect", elem_id="import")
             with gr.Column(scale=3, min_width=600):
                 status = gr.Markdown("Press **Run rollout**.", elem_id="status-line")
@@ -465,13 +486,14 @@ def build_app() -> gr.Blocks:
         run_btn.click(
             run_callback,
             [policy, reward, value, reference, prompts, use_chat, max_new_tokens, do_sample, temperature, top_k, top_p, seed, samples,
-             stop_choice, stop_custom, attention, compare_masks],
+             stop_choice, stop_custom, attention, compare_masks, ignore_gen_config],
             rollout_outputs,
             api_visibility="private",
         ).then(ppo_views, [session_rollout, sample, *ppo_inputs], [ppo_html, ppo_metrics], api_visibility="private")
         import_btn.click(
             import_callback,
-            [upload, policy, reward, value, reference, use_chat, stop_choice, stop_custom, attention],
+            [upload, policy, reward, value, reference, use_chat, stop_choice, stop_custom, attention,
+             import_temperature],
             rollout_outputs,
             api_visibility="private",
         ).then(ppo_views, [session_rollout, sample, *ppo_inputs], [ppo_html, ppo_metrics], api_visibility="private")
@@ -486,9 +508,10 @@ def build_app() -> gr.Blocks:
         gr.api(rollout_api, api_name="rollout")
         with gr.Row(visible=False):  # the file endpoint: a File input so that clients upload as they should
             api_file = gr.File()
+            api_temperature = gr.Number(1.0)
             api_record = gr.JSON()
             api_button = gr.Button()
-        api_button.click(open_file_api, api_file, api_record, api_name="open_file")
+        api_button.click(open_file_api, [api_file, api_temperature], api_record, api_name="open_file")
     demo.queue(max_size=int(os.environ.get("INSPECTOR_QUEUE_SIZE", "16")), default_concurrency_limit=1)
     return demo
 
