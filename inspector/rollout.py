@@ -32,10 +32,11 @@ from .tensors import first_true_indices, truncate_response
 EOS = "eos"
 """`stop_token_id=EOS` (the default) stops at the tokenizer's EOS token; None never stops early."""
 
-GENERATION_STOPS = ("stop", "eos")
-"""Where generation stops. "stop" (default, TRL 0.12 and later): the stop token is the generation
-`eos_token_id`, so generation ends at it and no stop token means no early stop. "eos" (TRL before 0.12):
-generation ends at the tokenizer's EOS and only the truncation looks at the stop token."""
+GENERATION_STOPS = ("stop", "never")
+"""Where generation stops. "stop" (default, TRL 0.14 and later): `PPOTrainer.__init__` makes the stop token
+the policy's generation `eos_token_id`, so generation ends at it, and no stop token means no early stop.
+"never" (TRL 0.11 to 0.13, whose trainer set the generation `eos_token_id` to None): every response runs to
+`max_new_tokens` and only the truncation looks at the stop token."""
 
 ATTENTION_MODES = ("trl", "tokenizer")
 
@@ -207,7 +208,8 @@ def run_rollout(
     """Generate responses to `prompts` with the policy and compute every quantity TRL's PPO rollout computes.
 
     `stop_token_id`: EOS (the tokenizer's EOS, default), None (no early stop, no truncation), a token id, or the
-    text of one token. As in TRL 0.12+, generation stops at it (`generation_stop="eos"`: at the EOS, as before 0.12).
+    text of one token. As in TRL 0.14+, generation stops at it (`generation_stop="never"`: it never stops
+    early, and only the truncation cuts at the stop token, as in TRL 0.11 to 0.13).
     `ignore_generation_config`: sample without the model's generation_config.json (its repetition penalty,
     n-gram bans, ...), which `generate` otherwise merges in; the processors it adds are measured either way.
     `attention`: "trl" (`ids != pad_token_id` everywhere, as TRL) or "tokenizer" (the true mask).
@@ -258,7 +260,7 @@ def run_rollout(
     with _run_lock:
         say(0.05, f"Generating {len(expanded)} x {max_new_tokens} tokens")
         gen = generate(
-            models.policy, enc.queries, pad, stop if generation_stop == "stop" else eos, settings,
+            models.policy, enc.queries, pad, stop if generation_stop == "stop" else None, settings,
             attention_mask=None if trl_mode else enc.attention_mask,
             top_logprobs=top_logprobs, max_time=max_time, use_model_config=not ignore_generation_config,
         )
@@ -271,7 +273,7 @@ def run_rollout(
                                            "ignore_generation_config": bool(ignore_generation_config),
                                            "generation_stop": generation_stop},
         )
-    ender = stop if generation_stop == "stop" else eos
+    ender = stop if generation_stop == "stop" else None
     unfinished = ~(rollout.responses == ender).any(-1) if ender is not None else torch.ones(rollout.batch_size, dtype=torch.bool)
     if rollout.response_width < settings.max_new_tokens and unfinished.any():
         rollout.notes.append(

@@ -406,7 +406,7 @@ def build_app() -> gr.Blocks:
                     samples = gr.Slider(1, 8, value=1, step=1, label="samples per prompt")
                     stop_choice = gr.Radio(STOP_CHOICES, value=STOP_CHOICES[0], label="Stop token",
                                            info="Generation stops at it and truncation cuts after it, as in TRL "
-                                                "0.12+ (no truncation: no early stop either)")
+                                                "0.14+ (no truncation: no early stop either)")
                     stop_custom = gr.Textbox("", label="Custom stop token", placeholder="e.g. .", visible=False,
                                              elem_id="stop-custom")
                     attention = gr.Radio(
@@ -457,7 +457,7 @@ def build_app() -> gr.Blocks:
                     compare_a = gr.Dropdown(choices=[], value=None, label="Left", elem_id="compare-a")
                     compare_b = gr.Dropdown(choices=[], value=None, label="Right", elem_id="compare-b")
                 compare_out = gr.HTML(elem_id="panel-compare")
-                gr.Markdown("### 7 · The PPO step, token by token (TRL's semantics, fed the rollout's sampling-time `logprobs`)")
+                gr.Markdown("### 7 · The PPO step, token by token (TRL 0.14–0.25 `PPOTrainer`, fed the rollout's sampling-time `logprobs`)")
                 with gr.Row():
                     kl_coef = gr.Number(0.05, label="kl_coef", minimum=0, min_width=90)
                     kl_estimator = gr.Radio(["k1", "k3"], value="k1", label="kl_estimator", min_width=120)

@@ -93,7 +93,7 @@ def test_default_rollout_renders_every_panel(page):
     page.wait_for_selector("#panel-ppo tr[data-row='advantages']", timeout=60_000)
     assert page.locator("#panel-ppo tr.tokrow td").count() == width
     assert "objective/kl" in page.inner_text("#panel-ppo-metrics")
-    assert "importance ratio" in page.inner_text("#panel-agreement")
+    assert "first-epoch ratio" in page.inner_text("#panel-agreement")
     page.wait_for_selector("#panel-compare [data-compare]", timeout=60_000)
     assert page.locator("#panel-compare [data-compare]").count() == 2
 

@@ -185,7 +185,7 @@ def generation_settings_markdown(r: Rollout) -> str:
     source = ("the page's merged with the model's generation_config.json, as `generate` merges them"
               if g.get("model_config_used", True) else "the page's only: the model's generation_config.json was ignored")
     return (f"**Effective generation settings** ({source}): " + ", ".join(shown)
-            + ". Generation stops at `eos_token_id`, the stop token (TRL 0.12+; `None`: no early stop).")
+            + ". Generation stops at `eos_token_id`, the stop token (TRL 0.14+; `None`: no early stop).")
 
 
 def diagnostics_html(findings: list[Finding]) -> str:
