@@ -440,7 +440,8 @@ def _logprobs_tab(p: dict) -> None:
     with gr.Tab("Logprobs", id="logprobs", elem_id="tab-logprobs"):
         p["heatmap"] = gr.Plot(elem_id="panel-logprobs", show_label=False)
         p["entropy"] = gr.Plot(elem_id="panel-entropy", show_label=False)
-        gr.Markdown("#### Logprob agreement: sampling time versus the training forward pass")
+        gr.Markdown("#### Logprob agreement: `logprobs` (sampling time) versus `new_logprobs` (the training forward pass) "
+                    "and PPO's first-epoch ratio")
         p["gap_md"] = gr.Markdown(elem_id="panel-agreement")
         p["gap_plot"] = gr.Plot(elem_id="panel-gap", show_label=False)
 
@@ -454,7 +455,8 @@ def _value_reward_tab(p: dict) -> None:
 
 def _ppo_tab(p: dict) -> None:
     with gr.Tab("PPO step", id="ppo", elem_id="tab-ppo"):
-        gr.Markdown("#### The PPO step, token by token (TRL's semantics), for the picked sample")
+        gr.Markdown("#### The PPO step, token by token (TRL's semantics, fed the rollout's sampling-time `logprobs`), "
+                    "for the picked sample")
         with gr.Row(elem_id="ppo-settings"):
             p["kl_coef"] = gr.Number(0.05, label="kl_coef", min_width=90, elem_id="kl-coef")
             p["kl_estimator"] = gr.Radio(["k1", "k3"], value="k1", label="kl_estimator", min_width=120,
