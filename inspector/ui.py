@@ -136,7 +136,8 @@ def models_markdown(m: model_registry.Models) -> str:
         row("reference", m.reference, m.names["reference"], "the policy itself" if m.reference_is_policy else ""),
         row("reward", m.reward, m.names["reward"],
             "backbone shared with the policy" if getattr(m.reward, m.reward.base_model_prefix) is getattr(m.policy, m.policy.base_model_prefix) else ""),
-        row("value", m.value, m.names["value"], "the reward model itself" if m.value_is_reward else ""),
+        row("value", m.value, m.names["value"], "the reward model itself" if m.value_is_reward else "")
+        if m.value is not None else "| value | none | | | | every value is 0 |",
     ]
     pad, eos = tok.pad_token_id, tok.eos_token_id
     same = model_registry.same_tokenizer(m.reward_tokenizer, tok)
@@ -158,6 +159,13 @@ def load_callback(policy, reward, value, reference, progress=gr.Progress()):
     except Exception as exc:
         raise _friendly(exc) from exc
     return models_markdown(m)
+
+
+def vocabulary_check(policy, reward, value):
+    """When the models are chosen: does the value model (the reward model when blank) share the policy's
+    vocabulary? If not, say so and show the way out (no value model); reads tokenizers only."""
+    problem = model_registry.value_vocabulary_problem(policy, reward, value)
+    return (f"**Value model:** {problem}" if problem else ""), gr.update(visible=bool(problem))
 
 
 def parse_prompts(text: str) -> list[str]:
@@ -220,7 +228,9 @@ def ppo_views(r: Rollout | None, sample, kl_coef, kl_estimator, gamma, lam, whit
     except Exception as exc:
         raise _friendly(exc) from exc
     i = int(sample or 0) if 0 <= int(sample or 0) < r.batch_size else 0
-    return ppo_rows_html(r, step, i), ppo_metrics_table(step)
+    note = (f"<p class='panel-note' id='no-value-note'>{model_registry.NO_VALUE_NOTE}</p>"
+            if r.model_names.get("value") == model_registry.NO_VALUE else "")
+    return note + ppo_rows_html(r, step, i), ppo_metrics_table(step)
 
 
 DOWNLOADS_TTL = 6 * 3600  # as long as a session keeps its rollout
@@ -428,8 +438,10 @@ def build_app() -> gr.Blocks:
                 with gr.Accordion("Models", open=False):
                     policy = gr.Textbox(DEFAULT_POLICY, label="Policy (Hub id or local folder)")
                     reward = gr.Textbox(DEFAULT_REWARD, label="Reward model")
-                    value = gr.Textbox("", label="Value model", placeholder="blank = the reward model")
+                    value = gr.Textbox("", label="Value model", placeholder="blank = the reward model; none = no value model")
                     reference = gr.Textbox("", label="Reference model", placeholder="blank = the policy")
+                    vocab_note = gr.Markdown("", elem_id="vocab-note")
+                    no_value_btn = gr.Button("Use no value model (values 0)", visible=False, elem_id="no-value")
                     load_btn = gr.Button("Load models")
                     models_md = gr.Markdown("Models load on the first run (the defaults work offline).")
                 prompts = gr.Textbox(
@@ -514,6 +526,11 @@ def build_app() -> gr.Blocks:
                            api_visibility="private")
         stop_choice.change(lambda c: gr.update(visible=c == "Custom token"), stop_choice, stop_custom,
                            api_visibility="private")
+        for box in (policy, reward, value):
+            for event in (box.blur, box.submit):
+                event(vocabulary_check, [policy, reward, value], [vocab_note, no_value_btn], api_visibility="private")
+        no_value_btn.click(lambda: (model_registry.NO_VALUE, "", gr.update(visible=False)), None,
+                           [value, vocab_note, no_value_btn], api_visibility="private")
         load_btn.click(load_callback, [policy, reward, value, reference], [models_md],
                        api_visibility="private", **model_event())
         run_btn.click(
