@@ -1,4 +1,4 @@
-"""The PPO step's quantities from a rollout, with TRL's PPO semantics and defaults (TRL 0.12 to 0.2x).
+"""The PPO step's quantities from a rollout, with TRL's PPO semantics and defaults (TRL 0.14 to 0.25; the k3 estimator from 0.17).
 
 From per-token logprobs, reference logprobs, values and the scalar scores, this computes what TRL's
 `PPOTrainer.train` computes before its first optimisation step: the padding masks, the per-token KL,
@@ -130,7 +130,9 @@ def ppo_step(
 
 
 def rollout_ppo_step(rollout, config: PPOConfig = PPOConfig()) -> PPOStep:
-    """`ppo_step` over a Rollout's recorded tensors."""
+    """`ppo_step` over a Rollout's recorded tensors, fed as TRL's rollout feeds it: `rollout.logprobs`, the
+    generation-time logprobs of the sampled-from distribution (TRL's `selective_log_softmax` of the stacked
+    `output.scores`), not the recompute `new_logprobs`, which TRL uses only in its optimisation loop."""
     num_eos = int((rollout.responses == rollout.eos_token_id).sum()) if rollout.eos_token_id is not None else 0
     return ppo_step(
         rollout.logprobs, rollout.ref_logprobs, rollout.values, rollout.scores, rollout.sequence_lengths,

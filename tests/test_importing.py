@@ -84,8 +84,22 @@ def test_our_record_round_trips_without_models(sampled_rollout):
     data = json.dumps(rollout_to_dict(sampled_rollout)).encode()
     record = read_upload(data, "rollout.json")
     again = rollout_from_dict(record)
-    for name in ("sequences", "responses", "sequence_lengths", "scores", "values", "gen_logprobs", "topk_ids"):
+    for name in ("sequences", "responses", "sequence_lengths", "scores", "values", "logprobs", "new_logprobs",
+                 "topk_ids"):
         assert torch.equal(getattr(again, name), getattr(sampled_rollout, name)), name
+
+
+@pytest.mark.integration
+def test_a_format_1_record_opens_with_its_logprobs_renamed(sampled_rollout):
+    """Format 1 called the sampling-time logprobs `gen_logprobs` and the recompute `logprobs`."""
+    data = rollout_to_dict(sampled_rollout)
+    data["format"] = "rollout-inspector/1"
+    data["gen_logprobs"], data["logprobs"] = data.pop("logprobs"), data.pop("new_logprobs")
+    data["dtypes"]["gen_logprobs"], data["dtypes"]["logprobs"] = data["dtypes"].pop("logprobs"), data["dtypes"].pop("new_logprobs")
+    again = rollout_from_dict(read_upload(json.dumps(data).encode(), "old.json"))
+    assert torch.equal(again.logprobs, sampled_rollout.logprobs)
+    assert torch.equal(again.new_logprobs, sampled_rollout.new_logprobs)
+    assert not torch.equal(again.logprobs, again.new_logprobs)  # temperature 0.7: the two differ somewhere
 
 
 @pytest.mark.integration
@@ -97,6 +111,21 @@ def test_completions_are_rescored(models, sampled_rollout):
     assert r.batch_size == sampled_rollout.batch_size
     assert torch.allclose(r.scores, sampled_rollout.scores, atol=1e-3)
     assert any("Imported completions" in n for n in r.notes)
+
+
+@pytest.mark.integration
+def test_imported_completions_take_the_training_temperature(models):
+    prompts, completions = ["How was your day?"], ["It was wonderful, I loved every minute of it!"]
+    hot = score_completions(models, prompts, completions, temperature=0.7)
+    plain = score_completions(models, prompts, completions)
+    valid = ~hot.padding_mask
+    assert plain.settings["temperature"] == 1.0 and hot.settings["temperature"] == 0.7
+    # logprobs under logits / 0.7, the recompute under logits / (0.7 + 1e-7): they agree, and differ from T = 1
+    assert (hot.logprobs - hot.new_logprobs)[valid].abs().max() < 1e-4
+    assert (hot.logprobs - plain.logprobs)[valid].abs().max() > 0.05
+    assert torch.allclose(hot.raw_logprobs, plain.logprobs, atol=1e-5)  # the raw logits' logprobs are T = 1's
+    with pytest.raises(InputError, match="temperature"):
+        score_completions(models, prompts, completions, temperature=0)
 
 
 @pytest.mark.integration

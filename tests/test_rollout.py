@@ -6,6 +6,8 @@ import pytest
 import torch
 from transformers import GenerationConfig
 
+import trl0
+
 from inspector import EOS, InputError, first_true_indices, forward_logprobs, get_reward, run_rollout, truncate_response
 
 pytestmark = pytest.mark.integration
@@ -61,21 +63,32 @@ def test_greedy_generation_matches_trls_generate_recipe(models, greedy_rollout):
     assert torch.equal(output.sequences, r.sequences)
 
 
-def test_greedy_gen_logprobs_equal_the_recompute(greedy_rollout):
+def test_greedy_logprobs_equal_the_recompute(greedy_rollout):
     r = greedy_rollout
-    gap = (r.gen_logprobs - r.logprobs)[valid(r)].abs().max().item()
+    gap = (r.logprobs - r.new_logprobs)[valid(r)].abs().max().item()
     assert gap < 1e-4
     assert torch.all(r.ranks[valid(r)] == 0)  # greedy takes the most likely token
-    assert torch.equal(r.ref_logprobs, r.logprobs)  # the reference is the policy
+
+
+def test_recompute_and_reference_equal_trls_forward(models, sampled_rollout):
+    """TRL 0.x's `forward` and `selective_log_softmax` with logits / (temperature + 1e-7), as its rollout
+    computes `ref_logprobs` and its optimisation loop `new_logprobs`."""
+    fn = trl0.functions()
+    r = sampled_rollout
+    out = fn.forward(models.policy, r.query_responses, r.pad_token_id)
+    logits = out.logits[:, r.context_length - 1 : -1] / (r.settings["temperature"] + 1e-7)
+    theirs = fn.selective_log_softmax(logits, r.responses)
+    assert torch.allclose(r.new_logprobs, theirs, atol=1e-4)
+    assert torch.allclose(r.ref_logprobs, theirs, atol=1e-4)
 
 
 def test_sampling_logprobs_need_the_temperature(models, sampled_rollout):
     r = sampled_rollout
     keep = valid(r)
-    assert (r.gen_logprobs - r.logprobs)[keep].abs().max().item() < 1e-3
+    assert (r.logprobs - r.new_logprobs)[keep].abs().max().item() < 1e-3
     # the trap: a recompute that forgets the temperature does not match what was sampled
     without = forward_logprobs(models.policy, r.query_responses, r.pad_token_id, r.context_length, temperature=1.0)
-    assert (r.gen_logprobs - without)[keep].abs().max().item() > 0.05
+    assert (r.logprobs - without)[keep].abs().max().item() > 0.05
     # and the raw logits' logprobs are exactly that temperature-less distribution
     assert (r.raw_logprobs - without)[keep].abs().max().item() < 1e-3
 
@@ -91,7 +104,7 @@ def test_values_and_scores_equal_trls_get_reward(models, sampled_rollout):
 
 
 def test_parity_with_trl_get_reward_on_the_default_reward_model(models, sampled_rollout):
-    trl_utils = pytest.importorskip("trl.experimental.utils")
+    trl_utils = trl0.functions()
     r = sampled_rollout
     ours = get_reward(models.reward, r.postprocessed_query_responses, r.pad_token_id, r.context_length)
     theirs = trl_utils.get_reward(models.reward, r.postprocessed_query_responses, r.pad_token_id, r.context_length)
@@ -102,11 +115,11 @@ def test_parity_with_trl_get_reward_on_the_default_reward_model(models, sampled_
 def test_capture_shapes(sampled_rollout):
     r = sampled_rollout
     B, G = r.responses.shape
-    for name in ("gen_logprobs", "raw_logprobs", "logprobs", "ref_logprobs", "entropy", "ranks", "values"):
+    for name in ("logprobs", "raw_logprobs", "new_logprobs", "ref_logprobs", "entropy", "ranks", "values"):
         assert getattr(r, name).shape == (B, G), name
     assert r.topk_ids.shape == (B, G, 5)
     # the sampled token's logprob is never above the best alternative's
-    assert torch.all(r.gen_logprobs <= r.topk_logprobs[..., 0] + 1e-5)
+    assert torch.all(r.logprobs <= r.topk_logprobs[..., 0] + 1e-5)
     assert all(int(i) in r.tokens for i in r.topk_ids.flatten()[:50])
 
 
@@ -122,11 +135,18 @@ def test_same_seed_same_rollout(models, sampled_rollout):
 
 def test_no_truncation_and_a_custom_stop_token(models):
     period = models.tokenizer.convert_tokens_to_ids(".")
-    r = run_rollout(models, ["Write two short sentences about cats."], max_new_tokens=20, do_sample=False, stop_token_id=period)
+    r = run_rollout(models, ["Write three short sentences about dogs."], max_new_tokens=30, do_sample=False, stop_token_id=period)
     assert r.stop_token_id == period
-    assert torch.equal(r.postprocessed_responses, truncate_response(period, r.pad_token_id, r.responses))
+    assert r.responses[0, -1] == period and (r.responses[0, :-1] != period).all()  # generation ended at it
+    # in TRL 0.11 to 0.13 generation never stopped early and the truncation cut after the first stop token
+    old = run_rollout(models, ["Write three short sentences about dogs."], max_new_tokens=30, do_sample=False,
+                      stop_token_id=period, generation_stop="never")
+    assert old.response_width == 30
+    cut = truncate_response(period, old.pad_token_id, old.responses)
+    assert torch.equal(old.postprocessed_responses, cut) and not torch.equal(cut, old.responses)
+    assert torch.equal(old.responses[0, : r.response_width], r.responses[0])
     plain = run_rollout(models, ["Write two short sentences about cats."], max_new_tokens=20, do_sample=False, stop_token_id=None)
-    assert plain.stop_token_id is None
+    assert plain.stop_token_id is None and plain.response_width == 20
     assert torch.equal(plain.postprocessed_responses, plain.responses)
 
 
@@ -135,7 +155,7 @@ def test_tokenizer_attention_keeps_eos_in_the_prompt_visible(models):
     assert r.attention == "tokenizer"
     # the chat template's <|im_end|> tokens stay in the query side of sequences: nothing was replaced by 0
     assert torch.equal(r.sequences[:, : r.context_length], r.queries)
-    assert (r.gen_logprobs - r.logprobs)[valid(r)].abs().max().item() < 1e-4
+    assert (r.logprobs - r.new_logprobs)[valid(r)].abs().max().item() < 1e-4
 
 
 def test_samples_per_prompt(models):

@@ -12,7 +12,7 @@ import torch
 from ..diagnostics import Finding
 from ..ppo import PPOStep
 from ..rollout import Rollout
-from ._common import esc, sample_label, shown, valid_mask
+from ._common import esc, plural, sample_label, shown, valid_mask
 
 PPO_CSS = """
 .ppo-wrap { overflow-x: auto; max-width: 100%; border: 1px solid #e5e7eb; border-radius: 6px; background: #fff; }
@@ -23,18 +23,22 @@ PPO_CSS = """
 .ppo-table td.pad { color: #9ca3af; background: #f3f4f6; }
 .ppo-table td.scored { outline: 2px solid #7c3aed; outline-offset: -2px; font-weight: 700; }
 .ppo-table td.neg { color: #b91c1c; } .ppo-table td.pos { color: #047857; }
-.diag-list { display: flex; flex-direction: column; gap: 6px; }
+.diag-list { display: flex; flex-direction: column; gap: 4px; }
 .diag { border-left: 4px solid #f59e0b; background: #fffbeb; padding: 6px 10px; border-radius: 4px; color: #111827; }
 .diag.info { border-left-color: #3b82f6; background: #eff6ff; }
 .diag.ok { border-left-color: #10b981; background: #ecfdf5; }
 .diag h4 { margin: 0 0 3px; font-size: 14px; }
+.diag summary { cursor: pointer; font-size: 14px; }
+.diag summary .more { color: #2563eb; font-size: 12px; margin-left: 6px; }
+.diag[open] summary .more { display: none; }
 .diag p { margin: 2px 0; font-size: 13px; }
 .diag .where { color: #4b5563; font-size: 12px; }
 """
 
 ROWS = [
-    ("gen_logprobs", "sampled-from logprob"),
-    ("logprobs", "recomputed (TRL, masked)"),
+    ("logprobs", "logprobs (sampled-from, masked)"),
+    ("new_logprobs", "new_logprobs (recompute)"),
+    ("ratio", "ratio exp(new − old), epoch 1"),
     ("ref_logprobs", "reference (masked)"),
     ("kl", "kl"),
     ("non_score_reward", "-kl_coef · kl"),
@@ -63,9 +67,10 @@ def ppo_rows_html(r: Rollout, step: PPOStep, sample: int) -> str:
                    for t in range(G))
     lines = [f"<tr><th>index</th>{''.join(f'<td>{t}</td>' for t in range(G))}</tr>",
              f"<tr class='tokrow'><th>response token</th>{head}</tr>"]
-    gen = r.gen_logprobs[sample]
+    recompute = r.new_logprobs[sample]
+    extra = {"new_logprobs": recompute, "ratio": torch.exp(recompute - r.logprobs[sample])}
     for name, label in ROWS:
-        values = gen if name == "gen_logprobs" else getattr(step, name)[sample]
+        values = extra[name] if name in extra else getattr(step, name)[sample]
         cells = []
         for t in range(G):
             v = float(values[t])
@@ -96,26 +101,26 @@ def ppo_metrics_table(step: PPOStep) -> pd.DataFrame:
 
 
 def logprob_gap_figure(r: Rollout) -> go.Figure:
-    """Heatmap of gen_logprobs - logprobs (sampling time minus training-time recompute), valid tokens only."""
-    gap = (r.gen_logprobs - r.logprobs).numpy().astype(float)
+    """Heatmap of logprobs - new_logprobs (sampling time minus training-time recompute), valid tokens only."""
+    gap = (r.logprobs - r.new_logprobs).numpy().astype(float)
     gap = np.where(valid_mask(r).numpy() & np.isfinite(gap), gap, np.nan)
-    raw_gap = (r.raw_logprobs - r.logprobs).numpy().astype(float)
+    raw_gap = (r.raw_logprobs - r.new_logprobs).numpy().astype(float)
     B, G = gap.shape
     bound = float(np.nanmax(np.abs(gap))) if np.isfinite(gap).any() else 1e-6
     bound = max(bound, 1e-6)
     custom = np.stack([
         np.vectorize(lambda i: shown(r.token(int(i)), 16), otypes=[object])(r.responses.numpy()),
-        r.gen_logprobs.numpy(), r.logprobs.numpy(), raw_gap,
+        r.logprobs.numpy(), r.new_logprobs.numpy(), raw_gap,
     ], axis=-1)
     fig = go.Figure(go.Heatmap(
         z=gap, x=np.arange(G), y=np.arange(B), customdata=custom, zmid=0, zmin=-bound, zmax=bound, colorscale="RdBu",
-        hovertemplate="sample %{y} · index %{x}<br>token %{customdata[0]}<br>gen_logprobs %{customdata[1]:.5f}"
-                      "<br>logprobs (recompute) %{customdata[2]:.5f}<br>gap %{z:.2e}<br>raw - recompute %{customdata[3]:.2e}"
+        hovertemplate="sample %{y} · index %{x}<br>token %{customdata[0]}<br>logprobs (sampled-from) %{customdata[1]:.5f}"
+                      "<br>new_logprobs (recompute) %{customdata[2]:.5f}<br>gap %{z:.2e}<br>raw - recompute %{customdata[3]:.2e}"
                       "<extra></extra>",
         colorbar=dict(title=dict(text="gap (nats)"), thickness=12), xgap=1 if G <= 64 else 0, ygap=1,
     ))
     fig.update_layout(template="plotly_white", height=max(240, 130 + 24 * B), margin=dict(l=8, r=8, t=40, b=40),
-                      title=dict(text="gen_logprobs − logprobs (sampling time minus training-time recompute)", x=0,
+                      title=dict(text="logprobs − new_logprobs (sampling time minus training-time recompute)", x=0,
                                  font=dict(size=14)), plot_bgcolor="#c4c4c4")
     fig.update_xaxes(title="response index", showgrid=False, zeroline=False)
     fig.update_yaxes(tickvals=list(range(B)), ticktext=[esc(sample_label(r, i)) for i in range(B)],
@@ -124,21 +129,22 @@ def logprob_gap_figure(r: Rollout) -> go.Figure:
 
 
 def logprob_agreement_markdown(r: Rollout) -> str:
-    """The gap summarised: max / mean |gap|, the importance ratio exp(logprobs - gen_logprobs), and why."""
+    """The gap summarised: max / mean |gap|, PPO's first-epoch ratio exp(new_logprobs - logprobs), and why."""
     valid = valid_mask(r)
     if not valid.any():
         return "No response token to compare."
-    gap = (r.gen_logprobs - r.logprobs)[valid]
+    gap = (r.logprobs - r.new_logprobs)[valid]
     gap = gap[torch.isfinite(gap)]
-    ratio = torch.exp(r.logprobs[valid] - r.gen_logprobs[valid])
+    ratio = torch.exp(r.new_logprobs[valid] - r.logprobs[valid])
     ratio = ratio[torch.isfinite(ratio)]
-    no_temp = (r.raw_logprobs - r.logprobs)[valid].abs()
+    no_temp = (r.raw_logprobs - r.new_logprobs)[valid].abs()
     s = r.settings
     lines = [
         f"**max |gap|** {float(gap.abs().max()):.2e} · **mean |gap|** {float(gap.abs().mean()):.2e} nats over "
         f"{int(valid.sum())} tokens",
-        f"**importance ratio** exp(logprobs − gen_logprobs): min {float(ratio.min()):.4f}, max {float(ratio.max()):.4f}, "
-        f"mean {float(ratio.mean()):.4f} (1.0 means the trainer sees exactly what was sampled)",
+        f"**PPO's first-epoch ratio** exp(new_logprobs − logprobs): min {float(ratio.min()):.4f}, max "
+        f"{float(ratio.max()):.4f}, mean {float(ratio.mean()):.4f} (the ratio TRL clips in its first optimisation "
+        "step, before any update; 1.0 means the trainer recomputes exactly what was sampled)",
     ]
     temp = s.get("effective_temperature", 1.0)
     if abs(temp - 1.0) > 1e-6:
@@ -149,6 +155,10 @@ def logprob_agreement_markdown(r: Rollout) -> str:
         causes.append(f"top_k={s['top_k']}: sampling renormalised over the top {s['top_k']} tokens")
     if s.get("do_sample") and s.get("top_p", 1.0) < 1.0:
         causes.append(f"top_p={s['top_p']}: sampling renormalised over the nucleus")
+    for e in r.inherited_processors:
+        if e.get("processor") and e["max_effect"] > 1e-3:
+            causes.append(f"{e['setting']}={e['value']!r} from the model's generation_config.json: up to "
+                          f"{e['max_effect']:.3g} nats")
     if causes:
         lines.append("**Why there is a gap:** " + "; ".join(causes) + ". The training forward pass applies only the "
                      "temperature, so these tokens' probabilities differ.")
@@ -159,24 +169,47 @@ def logprob_agreement_markdown(r: Rollout) -> str:
     else:
         lines.append("**Gap without truncation settings:** numerical differences between the cached generation and "
                      "the full forward pass (dtype, kernels).")
+    lines.append(generation_settings_markdown(r))
     return "  \n".join(lines)
 
 
+def generation_settings_markdown(r: Rollout) -> str:
+    """The effective generation settings (the page's merged with the model's generation_config.json), the
+    non-neutral ones, each marked where the model set it."""
+    g = r.generation_config
+    if not g:
+        return "**Generation settings:** not recorded (a record from before they were)."
+    inherited = set(g.get("from_model", []))
+    neutral = {"repetition_penalty": 1.0, "no_repeat_ngram_size": 0, "min_length": 0, "typical_p": 1.0,
+               "epsilon_cutoff": 0.0, "eta_cutoff": 0.0, "remove_invalid_values": False, "top_p": 1.0, "top_k": 0,
+               "num_beams": 1}
+    shown = [f"`{k}={v!r}`" + (" (from the model)" if k in inherited else "")
+             for k, v in g.get("values", {}).items() if v is not None and neutral.get(k, object()) != v]
+    source = ("the page's merged with the model's generation_config.json, as `generate` merges them"
+              if g.get("model_config_used", True) else "the page's only: the model's generation_config.json was ignored")
+    return (f"**Effective generation settings** ({source}): " + ", ".join(shown)
+            + ". Generation stops at `eos_token_id`, the stop token (TRL 0.14+; `None`: no early stop).")
+
+
 def diagnostics_html(findings: list[Finding]) -> str:
-    """The findings as cards: the trap, where it is, why it matters, the fix."""
+    """The findings as folded cards: the trap and the samples it touches on one line; opened, the detail, why it
+    matters and the fix."""
     if not findings:
         return "<div class='diag-list'><div class='diag ok'><h4>No trap found in this rollout</h4></div></div>"
     cards = []
     for f in findings:
         where = ""
         if f.samples:
-            where = f"<p class='where'>samples {', '.join(map(str, f.samples[:20]))}{' …' if len(f.samples) > 20 else ''}"
-            if f.positions:
-                where += f" · positions {', '.join(f'{b}:{t}' for b, t in f.positions[:12])}{' …' if len(f.positions) > 12 else ''}"
-            where += "</p>"
+            where = f"{plural(len(f.samples), 'sample')} {', '.join(map(str, f.samples[:20]))}{' …' if len(f.samples) > 20 else ''}"
+        positions = ""
+        if f.positions:
+            positions = (f"<p class='where'>positions (sample:index) {', '.join(f'{b}:{t}' for b, t in f.positions[:12])}"
+                         f"{' …' if len(f.positions) > 12 else ''}</p>")
         cards.append(
-            f"<div class='diag {esc(f.severity)}' data-code='{esc(f.code)}'><h4>{'⚠' if f.severity == 'warning' else 'ℹ'} "
-            f"{esc(f.title)}</h4><p>{esc(f.detail)}</p>{where}<p><b>Why it matters:</b> {esc(f.why)}</p>"
-            f"<p><b>Fix:</b> {esc(f.fix)}</p></div>"
+            f"<details class='diag {esc(f.severity)}' data-code='{esc(f.code)}'><summary><b>"
+            f"{'⚠' if f.severity == 'warning' else 'ℹ'} {esc(f.title)}</b>"
+            f"{f' <span class=where>· {where}</span>' if where else ''} <span class='more'>why and fix</span></summary>"
+            f"<p>{esc(f.detail)}</p>{positions}<p><b>Why it matters:</b> {esc(f.why)}</p>"
+            f"<p><b>Fix:</b> {esc(f.fix)}</p></details>"
         )
     return f"<div class='diag-list'>{''.join(cards)}</div>"
