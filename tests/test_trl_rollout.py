@@ -16,6 +16,7 @@ from inspector import load_models, run_rollout
 from inspector.diagnostics import diagnose
 from inspector.generation import encode_prompts
 from inspector.ppo import PPOConfig, rollout_ppo_step
+from inspector.views.compare import compare_html
 
 pytestmark = pytest.mark.integration
 
@@ -53,6 +54,11 @@ def test_top_k_20_ppo_step_equals_trls_rollout(models, cfg):
     assert step.metrics["objective/kl"] > 0.1
     recomputed = rollout_ppo_step(dataclasses.replace(r, logprobs=r.new_logprobs), cfg)
     assert abs(recomputed.metrics["objective/kl"] - trl["metrics"]["objective/kl"]) > 0.1
+    # the compare view sums the same KL over the valid tokens (top-k leaves -inf on some pads)
+    assert not torch.isfinite(r.logprobs[r.padding_mask]).all()
+    for i in range(r.batch_size):
+        kl = float(torch.where(~r.padding_mask[i], r.logprobs[i] - r.ref_logprobs[i], 0).sum())
+        assert f"KL {kl:+.4f}" in compare_html(r, i, (i + 1) % r.batch_size)
 
 
 def test_default_settings_equal_trls_rollout(models):
