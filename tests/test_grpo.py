@@ -700,6 +700,9 @@ def test_trl_generate_path_mask_rewards_and_advantages(trl_run):
     s = grpo_step(f["rewards_per_func"], mask[:, :T], truncated, logps, None, out["ref_per_token_logps"], entropies,
                   GRPOConfig(num_generations=4, beta=0.04, max_completion_length=24),
                   reward_func_names=tr.reward_func_names)
+    print(f"\nTRL parity [generate path]: mask equal {torch.equal(mask[:, :T], out['completion_mask'])}, "
+          f"{int(truncated.sum())} of {len(truncated)} cut, max |advantage diff| "
+          f"{(s.advantages - out['advantages']).abs().max().item():.2e}")
     assert torch.allclose(s.advantages, out["advantages"], atol=1e-6)
     for key, value in f["metrics"].items():
         if key in s.metrics:
@@ -766,6 +769,9 @@ def test_trl_step_and_loss_on_the_same_completions(trl_run, case):
                   out.get("sampling_per_token_logps") if sampler else None, out.get("ref_per_token_logps"),
                   entropies, cfg, old_per_token_logps=out.get("old_per_token_logps"),
                   reward_func_names=tr.reward_func_names)
+    ratio_gap = (s.importance_sampling_ratio - out["importance_sampling_ratio"]).abs().max().item() if sampler else 0.0
+    print(f"\nTRL parity [{case}]: max |advantage diff| {(s.advantages - out['advantages']).abs().max().item():.2e}, "
+          f"max |ratio diff| {ratio_gap:.2e}, loss {s.loss.item():.8f} vs TRL {loss.item():.8f}")
     assert torch.equal(s.completion_mask, out["completion_mask"])
     assert torch.allclose(s.advantages, out["advantages"], atol=1e-6)
     if sampler:
