@@ -191,6 +191,22 @@ class Generation:
     topk_logprobs: torch.Tensor
 
 
+def sampling_warpers(settings: SamplingSettings) -> list:
+    """The warpers between the raw logits and the distribution sampled from, in the order generation applies
+    them: temperature, top-k, top-p (none for greedy decoding). vLLM applies the same three in this order."""
+    from transformers import TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
+
+    warpers = []
+    if settings.do_sample:
+        if settings.temperature != 1.0:
+            warpers.append(TemperatureLogitsWarper(settings.temperature))
+        if settings.top_k:
+            warpers.append(TopKLogitsWarper(top_k=settings.top_k))
+        if settings.top_p < 1.0:
+            warpers.append(TopPLogitsWarper(top_p=settings.top_p))
+    return warpers
+
+
 @torch.no_grad()
 def generate(
     model: torch.nn.Module,
@@ -208,7 +224,7 @@ def generate(
     TRL's `generate` utility builds it, so the query side of `sequences` holds 0 where the pad ids were.
     With one, the queries go in unchanged under that mask.
     """
-    from transformers import GenerationConfig, LogitsProcessorList, TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
+    from transformers import GenerationConfig, LogitsProcessorList
 
     settings.validate()
     device = next(model.parameters()).device
@@ -218,15 +234,7 @@ def generate(
     else:
         input_ids = queries
     raw, processed = _Capture(), _Capture(top_k=top_logprobs, detail=True)
-    processors = [raw]
-    if settings.do_sample:
-        if settings.temperature != 1.0:
-            processors.append(TemperatureLogitsWarper(settings.temperature))
-        if settings.top_k:
-            processors.append(TopKLogitsWarper(top_k=settings.top_k))
-        if settings.top_p < 1.0:
-            processors.append(TopPLogitsWarper(top_p=settings.top_p))
-    processors.append(processed)
+    processors = [raw, *sampling_warpers(settings), processed]
     config = GenerationConfig(
         max_new_tokens=settings.max_new_tokens,
         min_new_tokens=None,
