@@ -395,5 +395,5 @@ def sample_rollout(url: str, models, enc, samples_per_prompt: int, settings: Sam
                 "processed_logprobs": extra["processed_logprobs"]}
 
     record = info.to_dict() | {"finish_reasons": result.finish_reasons,
-                               "trainer_dtype": str(models.dtype).removeprefix("torch.")}
+                               "trainer_dtype": models.precision}
     return gen, capture, record
