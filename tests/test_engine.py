@@ -209,25 +209,34 @@ def verl_loop(trainer, sampler, mask, level, threshold):
     return out
 
 
-def verl_metrics_loop(trainer, sampler, mask):
-    a = [math.exp(trainer[b][t]) for b in range(len(trainer)) for t in range(len(trainer[b])) if mask[b][t]]
-    s = [math.exp(sampler[b][t]) for b in range(len(trainer)) for t in range(len(trainer[b])) if mask[b][t]]
-    d = [abs(x - y) for x, y in zip(a, s)]
-    mean = sum(d) / len(d)
-    std = math.sqrt(sum((x - mean) ** 2 for x in d) / (len(d) - 1))
-    ma, ms = sum(a) / len(a), sum(s) / len(s)
-    cov = sum((x - ma) * (y - ms) for x, y in zip(a, s))
-    corr = cov / math.sqrt(sum((x - ma) ** 2 for x in a) * sum((y - ms) ** 2 for y in s))
-    return {"training/rollout_probs_diff_max": max(d), "training/rollout_probs_diff_mean": mean,
-            "training/rollout_probs_diff_std": std, "training/rollout_actor_probs_pearson_corr": corr}
+@pytest.fixture(scope="module")
+def verl_debug():
+    """verl's `calculate_debug_metrics` (verl/utils/debug/metrics.py), read from verl's published wheel."""
+    import logging
+    import zipfile
+
+    from test_grpo import _lift, _verl_wheel
+
+    with zipfile.ZipFile(_verl_wheel()) as z:
+        source = z.read("verl/utils/debug/metrics.py").decode()
+    ns = _lift(source, {"calculate_debug_metrics", "calculate_log_prob_diff", "pearson_correlation_coefficient"},
+               {"torch": torch, "logger": logging.getLogger("verl"), "DataProto": object}, "verl/utils/debug/metrics.py")
+    return ns["calculate_debug_metrics"]
 
 
 @pytest.mark.parametrize("threshold", [2.0, 1.2])
-def test_verl_rollout_is_and_debug_metrics_equal_a_loop(raw_rollout, threshold):
+def test_verl_rollout_is_and_debug_metrics_equal_verls(raw_rollout, verl_debug, threshold):
+    from types import SimpleNamespace
+
     mm = sampler_mismatch(raw_rollout, verl_threshold=threshold)
     args = (mm.trainer.tolist(), mm.sampler.tolist(), mm.mask.tolist())
     for level in ("token", "sequence"):
         expected = torch.tensor(verl_loop(*args, level, threshold), dtype=torch.float64)
         assert torch.allclose(mm.verl[level].ratio.double(), expected, rtol=1e-5, atol=1e-7), level
-    for name, value in verl_metrics_loop(*args).items():
-        assert mm.metrics[name] == pytest.approx(value, rel=1e-6), name
+    # verl reads the batch's tensors by name; a dict is what its `data.batch` lookups need
+    batch = {"rollout_log_probs": mm.sampler, "old_log_probs": mm.trainer, "response_mask": mm.mask.long(),
+             "responses": raw_rollout.responses}
+    theirs = verl_debug(SimpleNamespace(batch=batch))
+    assert set(theirs) <= set(mm.metrics)
+    for name, value in theirs.items():
+        assert mm.metrics[name] == pytest.approx(value, rel=1e-5), name
