@@ -71,9 +71,9 @@ def mismatch_figure(r: Rollout, mm: SamplerMismatch, mode: str = "token_mask") -
     return fig
 
 
-SEQUENCE_COLUMNS = ["sample", "tokens", "sum trainer − sampler", "sequence ratio", "max |token gap|",
-                    "TRL sequence_truncate", "TRL sequence_mask", "TRL token_truncate: clamped tokens",
-                    "TRL token_mask: dropped tokens", "verl rollout_is=sequence", "verl rollout_is=token: clamped tokens"]
+SEQUENCE_COLUMNS = ["sample", "tokens", "Σ gap", "seq ratio", "max |gap|", "TRL seq_truncate", "TRL seq_mask",
+                    "TRL tok_truncate clamps", "TRL tok_mask drops", "verl seq", "verl tok clamps"]
+"""Σ gap: the sum over the completion of trainer − sampler; seq ratio its exp (TRL's sequence-level ratio)."""
 
 
 def sequence_table(r: Rollout, mm: SamplerMismatch) -> pd.DataFrame:
@@ -85,17 +85,17 @@ def sequence_table(r: Rollout, mm: SamplerMismatch) -> pd.DataFrame:
         rows.append({
             "sample": sample_label(r, b),
             "tokens": int(m.sum()),
-            "sum trainer − sampler": round(float(mm.sequence_log_ratio[b]), 6),
-            "sequence ratio": round(float(mm.sequence_ratio[b]), 6),
-            "max |token gap|": round(float(mm.diff[b].abs().max()), 6) if m.any() else 0.0,
-            "TRL sequence_truncate": ("clamped to " if bool(seq_t.clamped[b, 0]) else "")
+            "Σ gap": round(float(mm.sequence_log_ratio[b]), 6),
+            "seq ratio": round(float(mm.sequence_ratio[b]), 6),
+            "max |gap|": round(float(mm.diff[b].abs().max()), 6) if m.any() else 0.0,
+            "TRL seq_truncate": ("clamped to " if bool(seq_t.clamped[b, 0]) else "")
             + _fmt(float(seq_t.ratio[b, 0])),
-            "TRL sequence_mask": "dropped (0)" if bool(seq_m.dropped[b, 0]) else "kept",
-            "TRL token_truncate: clamped tokens": int((mm.trl["token_truncate"].clamped[b] & m).sum()),
-            "TRL token_mask: dropped tokens": int((mm.trl["token_mask"].dropped[b] & m).sum()),
-            "verl rollout_is=sequence": ("clamped to " if bool(mm.verl["sequence"].clamped[b].any()) else "")
+            "TRL seq_mask": "dropped (0)" if bool(seq_m.dropped[b, 0]) else "kept",
+            "TRL tok_truncate clamps": int((mm.trl["token_truncate"].clamped[b] & m).sum()),
+            "TRL tok_mask drops": int((mm.trl["token_mask"].dropped[b] & m).sum()),
+            "verl seq": ("clamped to " if bool(mm.verl["sequence"].clamped[b].any()) else "")
             + _fmt(float(mm.verl["sequence"].ratio[b][m].max()) if m.any() else 0.0),
-            "verl rollout_is=token: clamped tokens": int((mm.verl["token"].clamped[b] & m).sum()),
+            "verl tok clamps": int((mm.verl["token"].clamped[b] & m).sum()),
         })
     return pd.DataFrame(rows, columns=SEQUENCE_COLUMNS)
 
