@@ -260,3 +260,29 @@ def test_layout_pads_as_trl(serve, tokenizer):
     assert gen.sequences[1, Q:].tolist() == long
     assert gen.logprobs[0].tolist() == [-0.25, -0.5, 0.0, 0.0]  # TRL pads sampling logprobs with 0.0
     assert result.finish_reasons == ["stop", "length"] and result.completion_lengths == [2, 4]
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("case", ["HTTP 500", "returned 1 completions", "did not answer within"])
+def test_the_page_gives_the_message_and_keeps_serving(serve, tokenizer, models, monkeypatch, case):
+    import gradio as gr
+
+    from inspector import ui
+
+    def completions(body):
+        if case == "HTTP 500":
+            return 500, {"error": "engine crashed"}
+        if case == "did not answer within":
+            time.sleep(3)
+        return 200, {"choices": [good_choice(tokenizer, 0)]}
+
+    monkeypatch.setenv("INSPECTOR_MAX_TIME", "1")  # the request's time limit, which bounds the engine call
+    url = serve({"/v1/models": MODELS, "/tokenize": tokenize_route(tokenizer), "/v1/completions": completions})
+    settings = dict(use_chat=True, max_new_tokens=4, do_sample=True, temperature=0.7, top_k=0, top_p=1.0, seed=0,
+                    samples=2, stop_choice="EOS token", stop_custom="", attention="tokenizer", compare_masks=False)
+    with pytest.raises(gr.Error) as err:
+        ui.run_callback("", "", "", "", "Say hi.", *settings.values(), engine_url=url)
+    assert url in str(err.value) and case in str(err.value)
+    monkeypatch.delenv("INSPECTOR_MAX_TIME")
+    r = ui.run_callback("", "", "", "", "Say hi.", *settings.values(), engine_url="")[0]
+    assert r.batch_size == 2 and r.engine["engine"] == "transformers.generate"
