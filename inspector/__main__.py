@@ -33,6 +33,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "bfloat16-fp32-head"),
                    help="the trainer-side models' precision (bfloat16-fp32-head: TRL's cast_lm_head_to_fp32)")
     p.add_argument("--device-map", default=None, help="e.g. 'auto': shard the models across the GPUs (accelerate)")
+    p.add_argument("--ignore-generation-config", action="store_true",
+                   help="sample without the model's generation_config.json (repetition penalty, n-gram bans, ...)")
     p.add_argument("--json", metavar="FILE", help="write the whole rollout record as JSON")
     return p
 
@@ -55,7 +57,8 @@ def main(argv: list[str] | None = None) -> int:
             models, args.prompts, max_new_tokens=args.max_new_tokens, do_sample=not args.greedy,
             temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed,
             stop_token_id=stop, use_chat_template=not args.no_chat_template, attention=args.attention,
-            samples_per_prompt=args.samples, engine_url=args.engine_url,
+            samples_per_prompt=args.samples, ignore_generation_config=args.ignore_generation_config,
+            engine_url=args.engine_url,
         )
     except InspectorError as exc:
         print(f"error: {exc}", file=sys.stderr)

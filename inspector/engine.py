@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import torch
 
 from .errors import InspectorError
-from .generation import Generation, SamplingSettings, sampling_warpers
+from .generation import Generation, SamplingSettings
 from .tensors import entropy_from_logprobs, token_logprobs
 
 ENGINE_URLS_ENV = "INSPECTOR_ENGINE_URLS"
@@ -174,7 +174,9 @@ def probe(url: str, tokenizer, timeout: float = 10.0) -> EngineInfo:
 def completion_request(served_model: str, prompt_ids: list[list[int]], settings: SamplingSettings, n: int,
                        top_logprobs: int, stop_token_ids: list[int]) -> dict:
     """The /v1/completions request body: token-id prompts, n samples each, the sampling settings written out
-    in full (nothing left to the server's defaults, no repetition penalty), the logprobs and the token ids."""
+    in full (nothing left to the server's defaults or the model's generation_config, no repetition penalty, as
+    TRL's vLLM client sends them), the logprobs and the token ids. Generation stops at `stop_token_ids` only
+    (the model's own EOS is ignored unless listed), as `generate` stops at the stop token alone."""
     body = {
         "model": served_model,
         "prompt": prompt_ids,
@@ -193,7 +195,7 @@ def completion_request(served_model: str, prompt_ids: list[list[int]], settings:
         "return_tokens_as_token_ids": True,
         "skip_special_tokens": False,
         "stop_token_ids": stop_token_ids,
-        "ignore_eos": False,
+        "ignore_eos": True,
     }
     return body
 
@@ -206,6 +208,7 @@ class EngineSample:
     generation: Generation
     finish_reasons: list[str]
     completion_lengths: list[int]
+    request: dict = None  # the request's settings, without the prompts
 
 
 def _token_id(key: str, base: str) -> int:
@@ -343,7 +346,28 @@ def sample(url: str, tokenizer, queries: torch.Tensor, prompt_ids: list[list[int
                               "it serves another model. Serve the policy's own model folder.")
     if info.vocabulary_check.startswith("no /tokenize"):
         check_choices_text(choices, tokenizer, info.url)
-    return layout(choices, queries, tokenizer.pad_token_id, top_logprobs), info
+    result = layout(choices, queries, tokenizer.pad_token_id, top_logprobs)
+    result.request = {k: v for k, v in body.items() if k != "prompt"}
+    # what sampled, as the record's generation settings: everything was sent, nothing taken from the model
+    result.generation.generation_config = {"values": dict(result.request), "from_model": [], "model_config_used": False}
+    return result, info
+
+
+def sampling_warpers(settings: SamplingSettings) -> list:
+    """The processors between the raw logits and the distribution vLLM samples from (and reports as
+    processed logprobs) for the settings the inspector sends it: temperature, then top-k, then top-p, as
+    vLLM applies them (none for greedy decoding). transformers' warpers implement the same three."""
+    from transformers import TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
+
+    warpers = []
+    if settings.do_sample:
+        if settings.temperature != 1.0:
+            warpers.append(TemperatureLogitsWarper(settings.temperature))
+        if settings.top_k:
+            warpers.append(TopKLogitsWarper(top_k=settings.top_k))
+        if settings.top_p < 1.0:
+            warpers.append(TopPLogitsWarper(top_p=settings.top_p))
+    return warpers
 
 
 @torch.no_grad()
@@ -376,16 +400,17 @@ def trainer_side_capture(lm_head: torch.nn.Module, hidden: torch.Tensor, respons
 
 
 def sample_rollout(url: str, models, enc, samples_per_prompt: int, settings: SamplingSettings, *,
-                   top_logprobs: int = 5, timeout: float = 180.0):
+                   top_logprobs: int = 5, timeout: float = 180.0, stop_token_id: int | None = None):
     """The engine side of `run_rollout`: sample every prompt of `enc` (its rows repeat each prompt
-    `samples_per_prompt` times) with the server at `url`. Returns the `Generation`, the capture function
-    `_score_rollout` calls on the policy's hidden states, and the record's `engine` entry."""
+    `samples_per_prompt` times) with the server at `url`, stopping at `stop_token_id` (None: at no token, as
+    `generate` with no stop). Returns the `Generation`, the capture function `_score_rollout` calls on the
+    policy's hidden states, and the record's `engine` entry."""
     tokenizer = models.tokenizer
     n = samples_per_prompt
     rows = range(0, enc.queries.shape[0], n)
     prompt_ids = [enc.queries[i][enc.attention_mask[i].bool()].tolist() for i in rows]
-    result, info = sample(url, tokenizer, enc.queries, prompt_ids, settings, n,
-                          top_logprobs=top_logprobs, timeout=timeout)
+    result, info = sample(url, tokenizer, enc.queries, prompt_ids, settings, n, top_logprobs=top_logprobs,
+                          timeout=timeout, stop_token_ids=[] if stop_token_id is None else [stop_token_id])
     gen = result.generation
     lm_head = models.policy.get_output_embeddings()
 
@@ -394,6 +419,6 @@ def sample_rollout(url: str, models, enc, samples_per_prompt: int, settings: Sam
         return {"raw_logprobs": extra["raw_logprobs"], "entropy": extra["entropy"], "ranks": extra["ranks"],
                 "processed_logprobs": extra["processed_logprobs"]}
 
-    record = info.to_dict() | {"finish_reasons": result.finish_reasons,
+    record = info.to_dict() | {"finish_reasons": result.finish_reasons, "request": result.request,
                                "trainer_dtype": models.precision}
     return gen, capture, record

@@ -263,7 +263,8 @@ def _status(r: Rollout) -> str:
 
 
 def run_callback(policy, reward, value, reference, prompts_text, use_chat, max_new_tokens, do_sample, temperature, top_k, top_p, seed,
-                 samples, stop_choice, stop_custom, attention, compare_masks=False, engine_url="", precision="float32",
+                 samples, stop_choice, stop_custom, attention, compare_masks=False, ignore_generation_config=False,
+                 engine_url="", precision="float32",
                  progress=gr.Progress()):
     """Run one rollout for this session and return every view of it."""
     try:
@@ -271,7 +272,8 @@ def run_callback(policy, reward, value, reference, prompts_text, use_chat, max_n
             max_new_tokens=int(max_new_tokens), do_sample=bool(do_sample), temperature=float(temperature),
             top_k=int(top_k), top_p=float(top_p), seed=int(seed), samples_per_prompt=int(samples),
             use_chat_template=bool(use_chat), attention=str(attention), compare_masks=bool(compare_masks),
-            stop=_stop_value(stop_choice, stop_custom), engine_url=(engine_url or "").strip() or None,
+            ignore_generation_config=bool(ignore_generation_config), stop=_stop_value(stop_choice, stop_custom),
+            engine_url=(engine_url or "").strip() or None,
         )
         m, r = _rollout(_names(policy, reward, value, reference) | {"dtype": precision or "float32"},
                         parse_prompts(prompts_text), settings, progress=lambda f, msg: progress(f, desc=msg))
@@ -294,7 +296,7 @@ def compare_choices(r: Rollout | None):
 
 
 def import_callback(upload, policy, reward, value, reference, use_chat, stop_choice, stop_custom, attention,
-                    progress=gr.Progress()):
+                    temperature=1.0, progress=gr.Progress()):
     """Open a file: a rollout record is shown as it is (no model needed); a table of completions (TRL's
     prompt / completion / reward, verl's input / output / score) is re-scored with the loaded models."""
     try:
@@ -312,6 +314,7 @@ def import_callback(upload, policy, reward, value, reference, use_chat, stop_cho
             r = score_completions(m, parsed.prompts, parsed.completions,
                                   stop_token_id=_stop_value(stop_choice, stop_custom),
                                   use_chat_template=bool(use_chat), attention=str(attention), source=parsed.source,
+                                  temperature=_temperature(temperature),
                                   progress=lambda f, msg: progress(f, desc=msg))
             if parsed.rewards is not None:
                 r.notes.append("The file's own rewards, by sample: "
@@ -321,9 +324,17 @@ def import_callback(upload, policy, reward, value, reference, use_chat, stop_cho
     return rollout_views(r, models_markdown(m) if m is not None else "Opened a saved rollout: no model was needed.")
 
 
-def open_file_api(file) -> dict:
+def _temperature(value) -> float:
+    try:
+        return float(1.0 if value is None else value)
+    except (TypeError, ValueError):
+        raise InspectorError(f"The training temperature must be a number above 0, not {value!r}.") from None
+
+
+def open_file_api(file, temperature: float = 1.0) -> dict:
     """Open a file through the API: a rollout record comes back validated; a table of completions (TRL's or
-    verl's) comes back re-scored by the default models, as a rollout record."""
+    verl's) comes back re-scored by the default models, as a rollout record, its logprobs taken at the
+    training `temperature` the completions were sampled at (default 1.0)."""
     try:
         if file is None:
             raise InspectorError("No file was sent.")
@@ -332,7 +343,8 @@ def open_file_api(file) -> dict:
         if isinstance(parsed, dict):
             return rollout_to_dict(rollout_from_dict(parsed))
         m = load_models()
-        return rollout_to_dict(score_completions(m, parsed.prompts, parsed.completions, source=parsed.source))
+        return rollout_to_dict(score_completions(m, parsed.prompts, parsed.completions, source=parsed.source,
+                                                 temperature=_temperature(temperature)))
     except Exception as exc:
         raise _friendly(exc) from exc
 
@@ -350,6 +362,7 @@ def rollout_api(
     use_chat_template: bool = True,
     attention: str = "trl",
     compare_masks: bool = False,
+    ignore_generation_config: bool = False,
     policy: str = "",
     reward: str = "",
     value: str = "",
@@ -370,7 +383,8 @@ def rollout_api(
             dict(max_new_tokens=max_new_tokens, do_sample=do_sample, temperature=temperature, top_k=top_k,
                  top_p=top_p, seed=seed, samples_per_prompt=samples_per_prompt,
                  use_chat_template=use_chat_template, attention=attention, compare_masks=bool(compare_masks),
-                 stop=stop, engine_url=(engine_url or "").strip() or None),
+                 ignore_generation_config=bool(ignore_generation_config), stop=stop,
+                 engine_url=(engine_url or "").strip() or None),
         )
     except Exception as exc:
         raise _friendly(exc) from exc
@@ -407,8 +421,9 @@ def _controls(p: dict) -> None:
         p["top_p"] = gr.Slider(0, 1.0, value=1.0, step=0.01, label="top_p (1 = off)", elem_id="top-p")
         p["seed"] = gr.Number(0, precision=0, label="seed", elem_id="seed")
         p["samples"] = gr.Slider(1, 8, value=1, step=1, label="samples per prompt", elem_id="samples")
-        p["stop_choice"] = gr.Radio(STOP_CHOICES, value=STOP_CHOICES[0], label="Stop token (truncation)",
-                                    elem_id="stop-choice")
+        p["stop_choice"] = gr.Radio(STOP_CHOICES, value=STOP_CHOICES[0], label="Stop token", elem_id="stop-choice",
+                                    info="Generation stops at it and truncation cuts after it, as in TRL 0.14+ "
+                                         "(no truncation: no early stop either)")
         p["stop_custom"] = gr.Textbox("", label="Custom stop token", placeholder="e.g. .", visible=False,
                                       elem_id="stop-custom")
         p["attention"] = gr.Radio(
@@ -417,6 +432,9 @@ def _controls(p: dict) -> None:
         )
         p["compare_masks"] = gr.Checkbox(False, label="Also score under the true mask (one more reward pass)",
                                          elem_id="compare-masks")
+        p["ignore_generation_config"] = gr.Checkbox(
+            False, label="Ignore the model's generation_config.json (its repetition penalty, n-gram bans, ...: "
+                         "generate merges them in, as in TRL)", elem_id="ignore-generation-config")
         p["engine_url"] = gr.Textbox("", label="Sampling engine URL (blank = in-process transformers)",
                                      placeholder="http://127.0.0.1:8000 (an OpenAI-compatible server, e.g. vLLM)",
                                      elem_id="engine-url")
@@ -434,6 +452,10 @@ def _controls(p: dict) -> None:
                               file_types=[".json", ".jsonl", ".csv", ".parquet"], elem_id="upload")
         gr.Markdown("TRL completion tables (`prompt`, `completion`, `reward`) and verl dumps (`input`, "
                     "`output`, `score`) are re-scored with the models above.", elem_classes="panel-note")
+        p["import_temperature"] = gr.Number(
+            1.0, label="Training temperature of the completions", minimum=0.01, elem_id="import-temperature",
+            info="The sampling temperature they were generated at (1.0: TRL GRPO's and verl's default; TRL PPO's is "
+                 "0.7); logprobs and the recompute use it")
         p["import"] = gr.Button("Open and inspect", elem_id="import")
 
 
@@ -473,8 +495,8 @@ def _value_reward_tab(p: dict) -> None:
 
 def _ppo_tab(p: dict) -> None:
     with gr.Tab("PPO step", id="ppo", elem_id="tab-ppo"):
-        gr.Markdown("#### The PPO step, token by token (TRL's semantics, fed the rollout's sampling-time `logprobs`), "
-                    "for the picked sample")
+        gr.Markdown("#### The PPO step, token by token (TRL 0.14–0.25 `PPOTrainer`, fed the rollout's sampling-time "
+                    "`logprobs`), for the picked sample")
         with gr.Row(elem_id="ppo-settings"):
             p["kl_coef"] = gr.Number(0.05, label="kl_coef", min_width=90, elem_id="kl-coef")
             p["kl_estimator"] = gr.Radio(["k1", "k3"], value="k1", label="kl_estimator", min_width=120,
@@ -549,7 +571,7 @@ ROLLOUT_OUTPUTS = ["session_rollout", "models_md", "sample", "status", "diagnost
 """The components a new rollout fills, in the order of `rollout_views`."""
 RUN_INPUTS = ["policy", "reward", "value", "reference", "prompts", "use_chat", "max_new_tokens", "do_sample",
               "temperature", "top_k", "top_p", "seed", "samples", "stop_choice", "stop_custom", "attention",
-              "compare_masks", "engine_url", "precision"]
+              "compare_masks", "ignore_generation_config", "engine_url", "precision"]
 
 
 def _wire(p: dict) -> None:
@@ -567,7 +589,8 @@ def _wire(p: dict) -> None:
     p["run"].click(run_callback, c(RUN_INPUTS), rollout_outputs, api_visibility="private").then(**ppo)
     p["import"].click(
         import_callback,
-        c(["upload", "policy", "reward", "value", "reference", "use_chat", "stop_choice", "stop_custom", "attention"]),
+        c(["upload", "policy", "reward", "value", "reference", "use_chat", "stop_choice", "stop_custom", "attention",
+           "import_temperature"]),
         rollout_outputs,
         api_visibility="private",
     ).then(**ppo)
@@ -603,9 +626,10 @@ def build_app() -> gr.Blocks:
         gr.api(rollout_api, api_name="rollout")
         with gr.Row(visible=False):  # the file endpoint: a File input so that clients upload as they should
             api_file = gr.File()
+            api_temperature = gr.Number(1.0)
             api_record = gr.JSON()
             api_button = gr.Button()
-        api_button.click(open_file_api, api_file, api_record, api_name="open_file")
+        api_button.click(open_file_api, [api_file, api_temperature], api_record, api_name="open_file")
     demo.queue(max_size=int(os.environ.get("INSPECTOR_QUEUE_SIZE", "16")), default_concurrency_limit=1)
     return demo
 
