@@ -30,7 +30,7 @@ AGREE = 1e-3
 @dataclass
 class Diagnosis:
     """Why the sampler's logprobs differ from the trainer's. `cause`: "agree", "attention_mask",
-    "raw_logprobs", "truncation" or "numerical"; `distances`: mean |sampler - candidate| over the
+    "raw_logprobs", "truncation", "inherited_processors" (in-process only) or "numerical"; `distances`: mean |sampler - candidate| over the
     completion tokens for each recompute the inspector made ("trainer", "no_temperature", "truncated")."""
 
     cause: str
@@ -140,6 +140,14 @@ def diagnose(r, mask: torch.Tensor) -> Diagnosis:
             f"{distances['truncated']:.2e}), while the trainer normalises over the whole vocabulary (mean |gap| "
             f"{d_trainer:.2e}): a per-token bias of log(kept mass). Sample without top-k / top-p for RL, or expect "
             "the correction to act on every token."
+        ), distances)
+    acting = [e for e in (r.inherited_processors or []) if e.get("processor") and e.get("max_effect", 0) > AGREE]
+    if acting and engine == "transformers.generate":
+        names = ", ".join(f"{e['setting']}={e['value']!r}" for e in acting)
+        return Diagnosis("inherited_processors", (
+            f"`generate` sampled with logits processors from the model's generation_config.json ({names}) that the "
+            f"trainer's recompute does not apply (mean |gap| {d_trainer:.2e}): see the diagnostics above, or ignore "
+            "the model's generation config."
         ), distances)
     dtype = (r.engine or {}).get("trainer_dtype") or "the trainer's dtype"
     return Diagnosis("numerical", (

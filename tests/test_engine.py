@@ -12,6 +12,8 @@ import torch
 from inspector import run_rollout
 from inspector.engine import EngineError
 from inspector.mismatch import sampler_mismatch
+from inspector.views.mismatch import mismatch_markdown
+from test_trl_rollout import penalised  # noqa: F401 (a fixture: the default policy with a repetition penalty)
 
 pytestmark = pytest.mark.integration
 
@@ -240,3 +242,16 @@ def test_verl_rollout_is_and_debug_metrics_equal_verls(raw_rollout, verl_debug, 
     assert set(theirs) <= set(mm.metrics)
     for name, value in theirs.items():
         assert mm.metrics[name] == pytest.approx(value, rel=1e-5), name
+
+
+def test_in_process_sampling_with_inherited_processors_is_named(penalised):
+    r = run_rollout(penalised, PROMPTS[:1], attention="tokenizer", **(ARGS | {"samples_per_prompt": 1}))
+    mm = sampler_mismatch(r)
+    assert mm.diagnosis.cause == "inherited_processors", mm.diagnosis
+    assert "repetition_penalty=1.3" in mm.diagnosis.text
+
+
+def test_in_process_sampling_agrees_with_its_recompute(sampled_rollout):
+    mm = sampler_mismatch(sampled_rollout)
+    assert mm.diagnosis.cause == "agree" and not sampled_rollout.engine.get("url")
+    assert "Sampled in-process" in mismatch_markdown(sampled_rollout, mm)
