@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .errors import InspectorError
+from .errors import EngineError
 from .generation import Generation, SamplingSettings
 from .tensors import entropy_from_logprobs, token_logprobs
 
@@ -35,10 +35,6 @@ PROBE_TEXT = "<|im_start|>user\nHéllo, wörld! 12345 ✓ 漢字 \t  tabs\n<|im_
 
 VLLM_NEG_INF = -9999.0
 """vLLM writes a logprob of -inf as this number in JSON."""
-
-
-class EngineError(InspectorError):
-    """The serving engine is unreachable, refuses the request, or answers without what a rollout needs."""
 
 
 @dataclass(frozen=True)
