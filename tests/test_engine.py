@@ -4,6 +4,7 @@ inline code written out as an independent loop."""
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -38,6 +39,17 @@ def test_the_record_says_who_sampled(processed_rollout, vllm_processed):
     assert e["vocabulary_check"].startswith("/tokenize")
     assert e["trainer_dtype"] == "float32"
     assert len(e["finish_reasons"]) == 4 and set(e["finish_reasons"]) <= {"stop", "length"}
+    assert e["request"]["n"] == 2 and e["request"]["temperature"] == 0.7 and e["request"]["seed"] == 0
+
+
+def test_an_engine_rollout_reopens_from_its_record_with_the_same_mismatch(processed_rollout):
+    from inspector.export import rollout_from_dict, rollout_to_json
+
+    again = rollout_from_dict(json.loads(rollout_to_json(processed_rollout)))
+    assert again.engine == processed_rollout.engine
+    assert torch.equal(again.processed_logprobs, processed_rollout.processed_logprobs)
+    a, b = sampler_mismatch(again), sampler_mismatch(processed_rollout)
+    assert a.diagnosis == b.diagnosis and torch.equal(a.sequence_ratio, b.sequence_ratio)
 
 
 def test_sequences_are_laid_out_as_trls_vllm_path(processed_rollout):
