@@ -18,7 +18,7 @@ import torch
 from .errors import InputError, ModelLoadError
 from .generation import Generation, SamplingSettings, encode_prompts, generate
 from .limits import Limits
-from .models import Models, same_tokenizer
+from .models import Models, same_tokenizer, value_vocabulary_message
 from .scoring import (
     backbone_states,
     forward_logprobs,
@@ -243,11 +243,8 @@ def run_rollout(
     tok = models.tokenizer
     pad, eos = tok.pad_token_id, tok.eos_token_id
     stop = _resolve_stop(tok, stop_token_id)
-    if not same_tokenizer(models.value_tokenizer, tok):
-        raise ModelLoadError(
-            "The value model's tokenizer differs from the policy's: PPO's per-token values are computed on the "
-            "policy's tokens, so the value model must share the policy's vocabulary."
-        )
+    if models.value is not None and not same_tokenizer(models.value_tokenizer, tok):
+        raise ModelLoadError(value_vocabulary_message(models.names["policy"], models.names["value"]))
 
     def say(fraction, message):
         if progress:
@@ -351,8 +348,10 @@ def _score_rollout(models: Models, expanded: list[str], prompt_index: list[int],
 
     t0 = time.perf_counter()
     say(0.75, "Value model pass")
-    value_backbone = getattr(models.value, models.value.base_model_prefix)
-    if value_backbone is policy_backbone:
+    value_backbone = getattr(models.value, models.value.base_model_prefix) if models.value is not None else None
+    if models.value is None:  # no value model: every value is 0 (NO_VALUE_NOTE in the record)
+        full_value = torch.zeros(query_responses.shape[0], query_responses.shape[1], 1)
+    elif value_backbone is policy_backbone:
         full_value = models.value.score(hidden)  # the same backbone over the same ids and mask: reuse it
     else:
         full_value, _, _ = get_reward(models.value, query_responses.to(device), pad, Q, attention_mask=qr_mask.to(device))
