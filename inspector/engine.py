@@ -25,6 +25,7 @@ import torch
 
 from .errors import EngineError
 from .generation import Generation, SamplingSettings
+from .limits import hosted
 from .tensors import entropy_from_logprobs, token_logprobs
 
 ENGINE_URLS_ENV = "INSPECTOR_ENGINE_URLS"
@@ -51,12 +52,6 @@ class EngineInfo:
                 "vocabulary_check": self.vocabulary_check, "max_model_len": self.max_model_len}
 
 
-def _hosted() -> bool:
-    from .models import _hosted as hosted
-
-    return hosted()
-
-
 def normalize_url(url: str) -> str:
     """The server's base URL (scheme, host, port, optional path prefix) without a trailing `/` or `/v1`.
     Raises EngineError for anything that is not an http(s) URL, and on a hosted deployment for a URL
@@ -76,7 +71,7 @@ def normalize_url(url: str) -> str:
     if path.endswith("/v1"):
         path = path[: -len("/v1")]
     base = urllib.parse.urlunsplit((parts.scheme, parts.netloc.lower(), path, "", ""))
-    if _hosted():
+    if hosted():
         allowed = [normalize_url_unchecked(u) for u in os.environ.get(ENGINE_URLS_ENV, "").split(",") if u.strip()]
         if base not in allowed:
             listed = ", ".join(allowed) if allowed else "none"
