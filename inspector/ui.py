@@ -645,12 +645,12 @@ def _wire(p: dict) -> None:
                             api_visibility="private")
     p["stop_choice"].change(lambda choice: gr.update(visible=choice == "Custom token"), p["stop_choice"],
                             p["stop_custom"], api_visibility="private")
+    check = dict(fn=vocabulary_check, inputs=c(["policy", "reward", "value"]), outputs=c(["vocab_note", "no_value"]),
+                 api_visibility="private", concurrency_id="vocabulary", concurrency_limit=1)  # in order: last wins
     for box in ("policy", "reward", "value"):
         for event in (p[box].blur, p[box].submit):
-            event(vocabulary_check, c(["policy", "reward", "value"]), c(["vocab_note", "no_value"]),
-                  api_visibility="private")
-    p["no_value"].click(lambda: (model_registry.NO_VALUE, "", gr.update(visible=False)), None,
-                        c(["value", "vocab_note", "no_value"]), api_visibility="private")
+            event(**check)
+    p["no_value"].click(lambda: model_registry.NO_VALUE, None, p["value"], api_visibility="private").then(**check)
     p["load"].click(load_callback, c(["policy", "reward", "value", "reference"]), [p["models_md"]],
                     api_visibility="private", **model_event())
     ppo = dict(fn=ppo_views, inputs=[p["session_rollout"], p["sample"], *ppo_inputs],
