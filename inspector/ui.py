@@ -414,16 +414,12 @@ def run_problems(prompts_text, max_new_tokens, do_sample, temperature, top_k, to
     return {k: v for k, v in problems.items() if v}
 
 
-def run_validator(policy, reward, value, reference, prompts_text, use_chat, max_new_tokens, do_sample, temperature,
-                  top_k, top_p, seed, samples, stop_choice, stop_custom, attention, compare_masks=False):
-    """Each generation setting checked on its own field, in the order of `RUN_INPUTS`."""
-    problems = run_problems(prompts_text, max_new_tokens, do_sample, temperature, top_k, top_p, seed, stop_choice,
-                            stop_custom)
-    fields = {"prompts_text": "prompts", "stop_custom": "stop_custom"}
-    names = ["policy", "reward", "value", "reference", "prompts_text", "use_chat", "max_new_tokens", "do_sample",
-             "temperature", "top_k", "top_p", "seed", "samples", "stop_choice", "stop_custom", "attention",
-             "compare_masks"]
-    return [gr.validate(fields.get(n, n) not in problems, problems.get(fields.get(n, n), "")) for n in names]
+def run_validator(*values):
+    """Each generation setting checked on its own field; `values` come in the order of `RUN_INPUTS`."""
+    v = dict(zip(RUN_INPUTS, values))
+    problems = run_problems(v.get("prompts"), v.get("max_new_tokens"), v.get("do_sample"), v.get("temperature"),
+                            v.get("top_k"), v.get("top_p"), v.get("seed"), v.get("stop_choice"), v.get("stop_custom"))
+    return [gr.validate(name not in problems, problems.get(name, "")) for name in RUN_INPUTS[:len(values)]]
 
 
 @gpu

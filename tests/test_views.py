@@ -426,3 +426,14 @@ def test_payload_of_a_large_rollout_stays_small(r):
     print(f"16x512 views: built in {built:.2f} s, {total / 1e6:.2f} MB ({sizes})")
     assert total < 5_000_000
     assert np.asarray(heatmap_trace(views[3]).z).shape == (16, 512)
+
+
+def test_numbers_print_without_negative_zeros():
+    from inspector.views._common import fmt, plural
+
+    assert [fmt(x) for x in (-0.0, -1e-9, -0.0004, 0.0004)] == ["0.000"] * 4
+    assert [fmt(x, signed=True) for x in (-0.0, -1e-9, 1e-9)] == ["0.000"] * 3
+    assert fmt(-0.0005, signed=True) == "-0.001" and fmt(0.25, signed=True) == "+0.250" and fmt(-2.5, 1) == "-2.5"
+    assert fmt(-0.0, 2, sci=True) == "0.00e+00" and fmt(-3e-9, 2, sci=True) == "-3.00e-09"
+    assert (fmt(None), fmt(float("nan")), fmt(float("-inf")), fmt(float("inf"))) == ("none", "nan", "-inf", "inf")
+    assert (plural(1, "sample"), plural(0, "sample"), plural(2, "sample")) == ("1 sample", "0 samples", "2 samples")
