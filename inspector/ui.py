@@ -508,7 +508,8 @@ def import_callback(upload, policy, reward, value, reference, use_chat, stop_cho
     try:
         if upload is None:
             raise InspectorError("Choose a file first: a rollout .json, or a .jsonl / .csv / .parquet of completions.")
-        parsed = read_upload_file(upload if isinstance(upload, str) else upload.name)
+        path = Path(upload if isinstance(upload, str) else upload.name)
+        parsed = read_upload_file(path)
         if isinstance(parsed, dict):
             r = rollout_from_dict(parsed)
             m = None

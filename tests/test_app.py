@@ -88,7 +88,7 @@ def test_ppo_views_follow_the_settings(outputs):
                                              missing_eos_penalty=5.0))
     penalised = penalised.set_index("metric")["value"]
     assert float(penalised["objective/scores"]) == pytest.approx(expected.metrics["objective/scores"], abs=1e-6)
-    assert penalised["config/missing_eos_penalty"] == 5.0
+    assert penalised["config/missing_eos_penalty"] == "5.0"  # settings as typed, "none" when off
     with pytest.raises(gr.Error, match="kl_estimator"):
         ui.ppo_views(r, 0, 0.05, "k9", 1.0, 0.95, False, False, 1.0)
 

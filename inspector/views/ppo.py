@@ -92,7 +92,7 @@ def ppo_rows_html(r: Rollout, step: PPOStep, sample: int) -> str:
 
 def ppo_metrics_table(step: PPOStep) -> pd.DataFrame:
     """The batch numbers TRL logs for this rollout, and the config that produced them."""
-    rows = [{"metric": k, "value": str(int(v)) if "/num_" in k else fmt(v, 4)} for k, v in step.metrics.items()]
+    rows = [{"metric": k, "value": str(int(v)) if "/num_" in k else fmt(v, 6)} for k, v in step.metrics.items()]
     rows += [{"metric": f"config/{k}", "value": "none" if v is None else str(v).lower() if isinstance(v, bool) else str(v)}
              for k, v in step.config.to_dict().items()]
     return pd.DataFrame(rows, columns=["metric", "value"]).astype({"value": "object"})
