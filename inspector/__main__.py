@@ -27,8 +27,18 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--stop", default="eos", help="'eos' (default), 'none', a token id, or the text of one token")
     p.add_argument("--no-chat-template", action="store_true")
     p.add_argument("--attention", choices=("trl", "tokenizer"), default="trl")
+    p.add_argument("--engine-url", default=None, metavar="URL",
+                   help="sample with this OpenAI-compatible server (e.g. vLLM at http://127.0.0.1:8000) instead of "
+                        "in-process generate; the trainer-side passes stay in-process")
+    p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "bfloat16-fp32-head"),
+                   help="the trainer-side models' precision (bfloat16-fp32-head: TRL's cast_lm_head_to_fp32)")
+    p.add_argument("--device-map", default=None, help="e.g. 'auto': shard the models across the GPUs (accelerate)")
     p.add_argument("--ignore-generation-config", action="store_true",
                    help="sample without the model's generation_config.json (repetition penalty, n-gram bans, ...)")
+    p.add_argument("--trainer", choices=("ppo", "grpo", "verl"), default="ppo",
+                   help="whose step to compute: PPO (TRL 0.x, default), GRPO (TRL 1.16) or verl's GRPO")
+    p.add_argument("--num-generations", type=int, default=None,
+                   help="completions per prompt for grpo/verl (default 8, TRL's); replaces --samples")
     p.add_argument("--json", metavar="FILE", help="write the whole rollout record as JSON")
     return p
 
@@ -40,27 +50,68 @@ def main(argv: list[str] | None = None) -> int:
     from .report import format_rollout
     from .rollout import EOS, run_rollout
 
+    grpo_config = None
+    if args.trainer != "ppo":
+        from .grpo import make_config
+
+        if args.samples != 1 and args.num_generations not in (None, args.samples):
+            print("error: give --num-generations for grpo/verl, not --samples: it is the samples per prompt.", file=sys.stderr)
+            return 1
+        try:
+            grpo_config = make_config(args.trainer, num_generations=args.num_generations or (args.samples if args.samples != 1 else 8))
+        except InspectorError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+        args.samples = grpo_config.num_generations
+    elif args.num_generations is not None:
+        print("error: --num-generations is for --trainer grpo or verl; PPO takes --samples.", file=sys.stderr)
+        return 1
     named = {"eos": EOS, "none": None}
     stop = named[args.stop.lower()] if args.stop.lower() in named else int(args.stop) if args.stop.isdigit() else args.stop
     try:
         started = time.perf_counter()
-        models = load_models(args.policy, args.reward, args.value, args.reference,
-                             progress=lambda m: print(f"... {m}", file=sys.stderr))
+        models = load_models(args.policy, args.reward, args.value, args.reference, dtype=args.dtype,
+                             device_map=args.device_map, progress=lambda m: print(f"... {m}", file=sys.stderr))
         loaded = time.perf_counter() - started
         rollout = run_rollout(
             models, args.prompts, max_new_tokens=args.max_new_tokens, do_sample=not args.greedy,
             temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed,
             stop_token_id=stop, use_chat_template=not args.no_chat_template, attention=args.attention,
             samples_per_prompt=args.samples, ignore_generation_config=args.ignore_generation_config,
+            engine_url=args.engine_url,
         )
     except InspectorError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     print(format_rollout(rollout))
+    if args.engine_url:
+        from .mismatch import sampler_mismatch
+
+        mm = sampler_mismatch(rollout)
+        print(f"\nsampled by the engine at {rollout.engine['url']} serving {rollout.engine['served_model']}; "
+              f"sampler mismatch: {mm.diagnosis.text}")
+    step = None
+    if grpo_config is not None:
+        from .grpo import rollout_grpo_step
+        from .report import format_grpo_step
+
+        # the reward model's score is the one reward function here
+        try:
+            step = rollout_grpo_step(rollout, rollout.scores.float().unsqueeze(1), grpo_config,
+                                     reward_func_names=["reward_model"])
+        except InspectorError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+        print("\n" + format_grpo_step(rollout, step))
     print(f"\nmodels loaded in {loaded:.1f} s; rollout in {rollout.timings['total']:.1f} s")
     if args.json:
+        text = rollout_to_json(rollout)
+        if step is not None:
+            import json
+
+            text = json.dumps(json.loads(text) | {"grpo_step": step.to_dict()}, ensure_ascii=False)
         with open(args.json, "w", encoding="utf-8") as fh:
-            fh.write(rollout_to_json(rollout))
+            fh.write(text)
         print(f"wrote {args.json}")
     return 0
 

@@ -231,6 +231,11 @@ def trl_eos_token_ids(tokenizer_eos_token_id: int | None, generation_eos_token_i
     return [i for i in ids if i is not None]
 
 
+def model_eos_token_ids(models) -> list[int]:
+    """TRL's `eos_token_ids` for loaded `Models`: the policy tokenizer's EOS and its generation config's."""
+    return trl_eos_token_ids(models.tokenizer.eos_token_id, getattr(models.policy.generation_config, "eos_token_id", None))
+
+
 def trl_completion_mask(completion_ids: torch.Tensor, eos_token_ids: list[int], pad_token_id: int | None):
     """TRL 1.16's plain-generate path (`_generate_single_turn`) then its `mask_truncated_completions` test.
 
@@ -415,23 +420,28 @@ class GRPOStep:
         return i // self.num_generations
 
     def to_dict(self) -> dict:
-        """Plain lists and numbers, for JSON."""
+        """Plain lists and numbers, for JSON; NaN and infinities (a None reward, an unscorable row) become null."""
         out = {}
         for f in fields(self):
             v = getattr(self, f.name)
-            if isinstance(v, torch.Tensor):
-                v = torch.where(torch.isnan(v), torch.zeros_like(v), v).tolist() if v.is_floating_point() else v.tolist()
-                out[f.name] = v
-            elif isinstance(v, SamplerCorrection):
-                out[f.name] = {k: (x.tolist() if isinstance(x, torch.Tensor) else x) for k, x in asdict(v).items()}
+            if isinstance(v, SamplerCorrection):
+                v = asdict(v)
             elif f.name == "config":
-                out[f.name] = v.to_dict()
-            else:
-                out[f.name] = v
-        if self.rewards_per_func.numel():  # None rewards as null, not 0
-            out["rewards_per_func"] = [[None if math.isnan(x) else x for x in row] for row in self.rewards_per_func.tolist()]
-        out["rewards"] = [None if math.isnan(x) else x for x in self.rewards.tolist()]
+                v = v.to_dict()
+            out[f.name] = _plain(v)
         return out
+
+
+def _plain(v):
+    if isinstance(v, torch.Tensor):
+        return _plain(v.tolist())
+    if isinstance(v, dict):
+        return {k: _plain(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_plain(x) for x in v]
+    if isinstance(v, float) and not math.isfinite(v):
+        return None
+    return v
 
 
 def _check_inputs(rewards_per_func, completion_mask, is_truncated, per_token_logps, num_generations, weights, others):
@@ -898,8 +908,8 @@ def rollout_grpo_inputs(rollout, eos_token_ids: list[int] | None = None) -> dict
     """The tensors `grpo_step` takes, read from a Rollout without any model pass.
 
     completion_mask and is_truncated follow TRL 1.16's plain-generate path on `rollout.responses`, with
-    `eos_token_ids` (default: the tokenizer's EOS plus `rollout.settings["generation_eos_token_ids"]` when
-    recorded, TRL's `eos_token_ids`). Trainer logprobs are the forward recompute (`new_logprobs`), sampler
+    `eos_token_ids` (TRL's: pass `model_eos_token_ids(models)` when the models are at hand; default: the
+    tokenizer's EOS, plus `rollout.settings["generation_eos_token_ids"]` when recorded). Trainer logprobs are the forward recompute (`new_logprobs`), sampler
     logprobs the generation-time ones (`logprobs`), the reference's `ref_logprobs`, entropies `entropy`.
     Rollouts from before the rename (`gen_logprobs` + `logprobs`) are read with their old names.
     """
