@@ -121,7 +121,9 @@ def test_a_default_rollout_in_the_browser_on_the_spaces_build(space):
             page.wait_for_function(  # the rollout's status line, or an error message (a toast)
                 """prev => { if (document.querySelector('.toast-body')) return true;
                    const s = document.querySelector('#status-line'); if (!s) return false;
-                   const t = s.innerText; return /samples ×/.test(t) && !/%|processing|queue/i.test(t) && t !== prev; }""",
+                   const t = s.innerText;  // a fresh rollout's status: not the saved example shown on arrival
+                   return /samples ×/.test(t) && !/%|processing|queue|saved example/i.test(t) && t !== prev
+                     && !Array.from(document.querySelectorAll('.progress-text')).some(e => e.offsetParent !== null); }""",
                 arg=before, timeout=300_000,
             )
             toasts = page.locator(".toast-body")
