@@ -120,6 +120,7 @@ def test_a_default_rollout_in_the_browser_on_the_spaces_build(space):
             page.click("#run button, button#run")
             page.wait_for_function(  # the rollout's status line, or an error message (a toast)
                 """prev => { if (document.querySelector('.toast-body')) return true;
+                   const m = document.querySelector('#run-message'); if (m && m.offsetParent && m.innerText.trim()) return true;
                    const s = document.querySelector('#status-line'); if (!s) return false;
                    const t = s.innerText;  // a fresh rollout's status: not the saved example shown on arrival
                    return /samples ×/.test(t) && !/%|processing|queue|saved example/i.test(t) && t !== prev
@@ -128,6 +129,8 @@ def test_a_default_rollout_in_the_browser_on_the_spaces_build(space):
             )
             toasts = page.locator(".toast-body")
             assert toasts.count() == 0, toasts.first.inner_text()
+            message = page.locator("#run-message")
+            assert not (message.count() and message.is_visible() and message.inner_text().strip()), message.inner_text()
             status = page.inner_text("#status-line")
             assert "4 samples ×" in status, status  # the default prompt set
             page.click("#tab-logprobs-button")  # the heatmap draws when its tab is shown
