@@ -234,13 +234,18 @@ def score_rewards(rollout, reward_funcs: list, weights: list[float] | None = Non
 def completion_inputs(rollout, tokenizer=None) -> tuple[list, list, list[list[int]]]:
     """prompts, completions and completion_ids as TRL's GRPOTrainer hands them to reward functions for this
     rollout: chat messages when the chat template was applied, else strings. `completion_ids` are the response
-    ids up to and including the first EOS (where TRL cuts a completion); the completion text is those ids
+    ids up to and including the first EOS (where TRL cuts a completion; an imported completion recorded as not
+    ended stops before its padding); the completion text is those ids
     decoded without special tokens by `tokenizer` (without one, the rollout's own decoded texts, when its
     stop token is the EOS)."""
     eos = rollout.eos_token_id
+    ended = (rollout.settings or {}).get("ended") or [True] * rollout.batch_size
     ids = []
-    for row in rollout.responses.tolist():
-        cut = row.index(eos) + 1 if eos is not None and eos in row else len(row)
+    for row, end in zip(rollout.responses.tolist(), ended):
+        if end:
+            cut = row.index(eos) + 1 if eos is not None and eos in row else len(row)
+        else:  # an imported completion without its EOS: the row is only padded to the batch's width
+            cut = next((t for t, x in enumerate(row) if x == rollout.pad_token_id), len(row))
         ids.append(row[:cut])
     if tokenizer is not None:
         texts = tokenizer.batch_decode(ids, skip_special_tokens=True)
@@ -254,3 +259,12 @@ def completion_inputs(rollout, tokenizer=None) -> tuple[list, list, list[list[in
     else:
         prompts, completions = list(rollout.prompts), texts
     return prompts, completions, ids
+
+
+def builtin_for_logged_name(name: str, models=None) -> RewardFunc | None:
+    """The built-in reward function a logged column name stands for (TRL names a column after the function's
+    `__name__`, or the reward model's name), with its default settings; None when there is none."""
+    if models is not None and name == builtin_reward("sentiment", models).__name__:
+        return builtin_reward("sentiment", models)
+    return {"length_reward": length_reward, "format_reward": format_reward,
+            "exact_answer_reward": exact_answer_reward}.get(name)

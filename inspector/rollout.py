@@ -87,6 +87,7 @@ class Rollout:
     notes: list[str] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
     scores_true_mask: torch.Tensor | None = None  # (B,) the reward under the true mask, where TRL's hides tokens
+    columns: dict[str, list] = field(default_factory=dict)  # per-sample data columns (an answer, verl's gts, a file's own)
 
     @property
     def batch_size(self) -> int:
@@ -428,12 +429,17 @@ def score_completions(
     top_logprobs: int = 5,
     limits: Limits | None = None,
     source: str = "imported",
+    samples_per_prompt: int = 1,
+    columns: dict[str, list] | None = None,
     progress=None,
 ) -> Rollout:
     """A Rollout for completions produced elsewhere (a TRL completions table, a verl dump): the prompts are
     encoded as `run_rollout` encodes them, each completion is tokenized and followed by the EOS token where
     `ended` says it finished (default: all), and every pass runs on the loaded models. There was no sampling
     here, so `gen_logprobs` and `raw_logprobs` are the policy's logprobs at temperature 1.
+    `use_chat_template=False` tokenizes each prompt as the text it is (a verl dump's prompt, already rendered
+    by the trainer's chat template). `samples_per_prompt`: consecutive rows that answer one prompt (a GRPO
+    group). `columns` (one list per name, one value per completion) are kept on the record.
     Raises InputError for mismatched or empty inputs and LimitError over a limit.
     """
     limits = limits or Limits.from_env()
@@ -447,6 +453,12 @@ def score_completions(
     if len(ended) != len(prompts):
         raise InputError("`ended` must give one flag per completion.")
     limits.check_request(len(prompts), 1, 1)
+    if not isinstance(samples_per_prompt, int) or samples_per_prompt < 1 or len(prompts) % samples_per_prompt:
+        raise InputError(f"samples_per_prompt={samples_per_prompt!r} does not divide the {len(prompts)} completions into groups.")
+    columns = dict(columns or {})
+    for name, values in columns.items():
+        if len(values) != len(prompts):
+            raise InputError(f"Column {name!r} has {len(values)} values for {len(prompts)} completions.")
     tok = models.tokenizer
     pad, eos = tok.pad_token_id, tok.eos_token_id
     stop = _resolve_stop(tok, stop_token_id)
@@ -479,15 +491,17 @@ def score_completions(
                          ranks=details["ranks"], entropy=details["entropy"], topk_ids=details["topk_ids"],
                          topk_logprobs=details["topk_logprobs"])
         rollout = _score_rollout(
-            models, list(prompts), list(range(len(prompts))), enc, gen, stop=stop, attention=attention,
+            models, list(prompts), [i // samples_per_prompt for i in range(len(prompts))], enc, gen, stop=stop,
+            attention=attention,
             temperature=1.0, say=say, timings=timings,
             settings={"source": source, "do_sample": False, "temperature": 1.0, "effective_temperature": 1.0,
-                      "top_k": 0, "top_p": 1.0, "max_new_tokens": width, "samples_per_prompt": 1,
-                      "use_chat_template": use_chat_template, "top_logprobs": top_logprobs},
+                      "top_k": 0, "top_p": 1.0, "max_new_tokens": width, "samples_per_prompt": samples_per_prompt,
+                      "use_chat_template": use_chat_template, "top_logprobs": top_logprobs, "ended": ended},
         )
     rollout.notes.append(
         f"Imported completions ({source}): nothing was sampled here, so the sampling-time logprobs are the "
         "policy's logprobs at temperature 1, and the scores come from the loaded reward model."
     )
+    rollout.columns = columns
     rollout.timings["total"] = time.perf_counter() - clock
     return rollout

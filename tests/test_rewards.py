@@ -75,7 +75,7 @@ def _fake_rollout(responses, eos=0, chat_template=True, texts=None):
     return types.SimpleNamespace(
         responses=torch.tensor(responses), eos_token_id=eos, stop_token_id=eos, chat_template_applied=chat_template,
         prompts=list(arithmetic_answers())[:B],
-        postprocessed_response_texts=texts or [""] * B, columns={},
+        postprocessed_response_texts=texts or [""] * B, columns={}, batch_size=B, pad_token_id=eos, settings={},
     )
 
 
@@ -133,7 +133,8 @@ def _trl_calculate_rewards(reward_funcs, processing_classes, prompts, completion
         reward_func_names=[getattr(f, "__name__", "reward_model") for f in reward_funcs],
         accelerator=types.SimpleNamespace(device=torch.device("cpu"), is_main_process=True),
         args=types.SimpleNamespace(device=torch.device("cpu"), report_to=[]), is_deepspeed_enabled=False,
-        state=None, environments=None, chat_template_kwargs={}, _pending_extra_logs={}, _pending_metrics={},
+        state=types.SimpleNamespace(global_step=0), environments=None, chat_template_kwargs={},
+        _pending_extra_logs={}, _pending_metrics={},
     )
     return trainer._calculate_rewards(inputs, prompts, completions, completion_ids)
 
