@@ -184,7 +184,7 @@ def capture_memory(batch: int, tokens: int) -> dict:
 
     models = load_models()
     r = run_rollout(models, PROMPTS[:2], max_new_tokens=8, seed=0)
-    names = ("gen_logprobs", "raw_logprobs", "ranks", "entropy", "topk_ids", "topk_logprobs")
+    names = ("logprobs", "raw_logprobs", "ranks", "entropy", "topk_ids", "topk_logprobs")
     per_token = sum(getattr(r, n).element_size() * getattr(r, n)[0, 0].numel() for n in names)
     vocab = models.policy.config.vocab_size
     capture = per_token * batch * tokens
@@ -212,7 +212,7 @@ def views_at_scale(batch: int = 16, tokens: int = 512) -> dict:
         t = t.repeat(reps_b, *([1] * (t.dim() - 1)))[:batch]
         return t.repeat(1, reps_g, *([1] * (t.dim() - 2)))[:, :tokens] if per_token else t
 
-    per_token = ["responses", "postprocessed_responses", "gen_logprobs", "raw_logprobs", "logprobs", "ref_logprobs",
+    per_token = ["responses", "postprocessed_responses", "logprobs", "raw_logprobs", "new_logprobs", "ref_logprobs",
                  "ranks", "entropy", "topk_ids", "topk_logprobs", "values"]
     fields = {n: tile(getattr(r, n), True) for n in per_token}
     Q = r.context_length

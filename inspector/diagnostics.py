@@ -166,7 +166,7 @@ def _logprob_gap(r: Rollout) -> Finding | None:
     valid = _valid(r)
     if not valid.any():
         return None
-    gap = (r.gen_logprobs - r.logprobs).abs()
+    gap = (r.logprobs - r.new_logprobs).abs()
     gap = torch.where(valid & torch.isfinite(gap), gap, torch.zeros_like(gap))
     worst = float(gap.max())
     if worst <= LOGPROB_GAP:
@@ -183,9 +183,9 @@ def _logprob_gap(r: Rollout) -> Finding | None:
     rows = sorted({int(b) for b in (gap > LOGPROB_GAP).nonzero()[:, 0].tolist()})
     return Finding(
         code="logprob_gap", title="Sampling logprobs differ from the training-time recompute", severity="warning",
-        detail=f"The largest gap between gen_logprobs and the recomputed logprobs is {worst:.3g} nats: "
+        detail=f"The largest gap between logprobs (sampling time) and new_logprobs (the recompute) is {worst:.3g} nats: "
                + "; ".join(causes) + ", which a forward pass with only the temperature applied does not reproduce.",
-        why="PPO's importance ratio exp(logprobs - old_logprobs) is then off before the first update (TRL issues "
+        why="PPO's first-epoch ratio exp(new_logprobs - logprobs) is then off before the first update (TRL issues "
             "2358, 3169, 4159).",
         fix="Sample with top_k=0 and top_p=1.0 during PPO rollouts (TRL's defaults), or apply the same "
             "truncation in the training forward pass.",

@@ -11,7 +11,10 @@ import torch
 from .errors import InputError
 from .rollout import Rollout
 
-FORMAT = "rollout-inspector/1"
+FORMAT = "rollout-inspector/2"
+OLD_FORMATS = ("rollout-inspector/1",)
+"""Format 1 named the sampling-time logprobs `gen_logprobs` and the recompute `logprobs`; format 2 names
+them as TRL does: `logprobs` (the rollout's, sampling time) and `new_logprobs` (the recompute)."""
 
 
 def _plain(value):
@@ -56,10 +59,26 @@ def _none_to_neg_inf(v):
     return float("-inf") if v is None else v
 
 
+def _upgrade_v1(data: dict) -> dict:
+    """Format 1 -> 2: `gen_logprobs` becomes `logprobs`, the old `logprobs` (the recompute) `new_logprobs`."""
+    data = dict(data)
+    dtypes = dict(data.get("dtypes", {}))
+    for table in (data, dtypes):
+        if "logprobs" in table:
+            table["new_logprobs"] = table.pop("logprobs")
+        if "gen_logprobs" in table:
+            table["logprobs"] = table.pop("gen_logprobs")
+    data["dtypes"] = dtypes
+    data["format"] = FORMAT
+    return data
+
+
 def rollout_from_dict(data: dict) -> Rollout:
     """Rebuild a Rollout from `rollout_to_dict` output. Raises InputError when the data is not such a record."""
-    if not isinstance(data, dict) or data.get("format") != FORMAT:
+    if not isinstance(data, dict) or data.get("format") not in (FORMAT, *OLD_FORMATS):
         raise InputError(f"This is not a rollout record (expected format {FORMAT!r}).")
+    if data["format"] == "rollout-inspector/1":
+        data = _upgrade_v1(data)
     kwargs = {}
     dtypes = data.get("dtypes", {})
     try:
@@ -95,8 +114,8 @@ def rollout_rows(rollout: Rollout) -> list[dict]:
             "response_token_ids": r.responses[i].tolist(),
             "sequence_length": int(r.sequence_lengths[i]),
             "contain_eos_token": bool(r.contain_eos_token[i]),
-            "gen_logprobs": [_finite(float(v)) for v in r.gen_logprobs[i, :n]],
             "logprobs": [_finite(float(v)) for v in r.logprobs[i, :n]],
+            "new_logprobs": [_finite(float(v)) for v in r.new_logprobs[i, :n]],
             "ref_logprobs": [_finite(float(v)) for v in r.ref_logprobs[i, :n]],
             "values": [float(v) for v in r.values[i, :n]],
             "policy": r.model_names.get("policy"),

@@ -179,11 +179,11 @@ class _Capture:
 @dataclass
 class Generation:
     """What one `generate` call produced. sequences: the raw (B, Q + G) `output.sequences`; the rest (B, G)
-    or (B, G, k): `gen_logprobs` under the processed (sampled-from) distribution, `raw_logprobs` under the
+    or (B, G, k): `logprobs` under the processed (sampled-from) distribution, `raw_logprobs` under the
     raw logits, and the rank, entropy and top-k alternatives of the processed distribution."""
 
     sequences: torch.Tensor
-    gen_logprobs: torch.Tensor
+    logprobs: torch.Tensor
     raw_logprobs: torch.Tensor
     ranks: torch.Tensor
     entropy: torch.Tensor
@@ -256,7 +256,7 @@ def generate(
     processed.finish(responses)
     return Generation(
         sequences=sequences,
-        gen_logprobs=processed.stacked("logprobs"),
+        logprobs=processed.stacked("logprobs"),
         raw_logprobs=raw.stacked("logprobs"),
         ranks=processed.stacked("ranks"),
         entropy=processed.stacked("entropy"),

@@ -781,14 +781,18 @@ def verl_grpo_advantages(scores: torch.Tensor, index: list, epsilon: float = 1e-
 
 
 def verl_agg_loss(loss_mat: torch.Tensor, loss_mask: torch.Tensor, loss_agg_mode: str, loss_scale_factor=None):
-    """verl's `agg_loss` on one data-parallel rank."""
+    """verl's `agg_loss` on one data-parallel rank (`masked_sum` drops NaN outside the mask where verl uses it)."""
     loss_mask = loss_mask.to(loss_mat.dtype)
+
+    def masked_sum(values, mask):
+        return (torch.where(mask.bool(), values, 0.0) * mask).sum()
+
     if loss_agg_mode == "token-mean":
-        return (loss_mat * loss_mask).sum() / loss_mask.sum()
+        return masked_sum(loss_mat, loss_mask) / loss_mask.sum()
     if loss_agg_mode in ("seq-mean-token-sum", "seq-mean-token-sum-norm"):
         seq_losses = torch.sum(loss_mat * loss_mask, dim=-1)
         seq_mask = (torch.sum(loss_mask, dim=-1) > 0).float()
-        loss = (seq_losses * seq_mask).sum() / seq_mask.sum()
+        loss = masked_sum(seq_losses, seq_mask) / seq_mask.sum()
         if loss_agg_mode == "seq-mean-token-sum-norm":
             loss = loss / (loss_mask.shape[-1] if loss_scale_factor is None else loss_scale_factor)
         return loss
@@ -796,7 +800,7 @@ def verl_agg_loss(loss_mat: torch.Tensor, loss_mask: torch.Tensor, loss_agg_mode
         counts = torch.sum(loss_mask, dim=-1)
         seq_losses = torch.sum(loss_mat * loss_mask, dim=-1) / (counts + 1e-8)
         seq_mask = (counts > 0).float()
-        return (seq_losses * seq_mask).sum() / seq_mask.sum()
+        return masked_sum(seq_losses, seq_mask) / seq_mask.sum()
     raise InputError(f"loss_agg_mode must be one of {', '.join(VERL_LOSS_AGG_MODES)}; got {loss_agg_mode!r}.")
 
 

@@ -130,7 +130,9 @@ def ppo_step(
 
 
 def rollout_ppo_step(rollout, config: PPOConfig = PPOConfig()) -> PPOStep:
-    """`ppo_step` over a Rollout's recorded tensors."""
+    """`ppo_step` over a Rollout's recorded tensors, fed as TRL's rollout feeds it: `rollout.logprobs`, the
+    generation-time logprobs of the sampled-from distribution (TRL's `selective_log_softmax` of the stacked
+    `output.scores`), not the recompute `new_logprobs`, which TRL uses only in its optimisation loop."""
     num_eos = int((rollout.responses == rollout.eos_token_id).sum()) if rollout.eos_token_id is not None else 0
     return ppo_step(
         rollout.logprobs, rollout.ref_logprobs, rollout.values, rollout.scores, rollout.sequence_lengths,

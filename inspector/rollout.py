@@ -2,6 +2,9 @@
 
 Names follow TRL's PPO trainer: queries, responses, query_responses, postprocessed_responses,
 postprocessed_query_responses, context_length, sequence_lengths, logprobs, ref_logprobs, values, scores.
+`logprobs` are TRL's rollout logprobs: the sampled token under the distribution it was sampled from (the
+generate call's processed scores); `new_logprobs` is the training-time forward-pass recompute that TRL's
+optimisation loop calls `new_logprobs` (logits / (temperature + 1e-7)).
 """
 
 from __future__ import annotations
@@ -56,9 +59,9 @@ class Rollout:
     context_length: int
     sequence_lengths: torch.Tensor          # (B,)
     contain_eos_token: torch.Tensor         # (B,) bool
-    gen_logprobs: torch.Tensor              # (B, G) sampled token under the processed (sampled-from) scores
+    logprobs: torch.Tensor                  # (B, G) TRL's rollout logprobs: sampled token under the processed (sampled-from) scores
     raw_logprobs: torch.Tensor              # (B, G) sampled token under the raw logits (output.logits)
-    logprobs: torch.Tensor                  # (B, G) training-time recompute, logits / (temperature + 1e-7)
+    new_logprobs: torch.Tensor              # (B, G) training-time recompute, logits / (temperature + 1e-7)
     ref_logprobs: torch.Tensor              # (B, G) the same recompute with the reference model
     ranks: torch.Tensor                     # (B, G) 0 = the most likely token of the sampled-from distribution
     entropy: torch.Tensor                   # (B, G) nats, of the sampled-from distribution
@@ -295,11 +298,11 @@ def _score_rollout(models: Models, expanded: list[str], prompt_index: list[int],
     say(0.55, "Recomputing logprobs (training-time forward pass)")
     policy_backbone = getattr(models.policy, models.policy.base_model_prefix)
     hidden = backbone_states(policy_backbone, query_responses.to(device), qr_mask.to(device))
-    logprobs = head_logprobs(
+    new_logprobs = head_logprobs(
         models.policy.get_output_embeddings(), hidden, responses.to(device), Q, temperature
     ).cpu()
     if models.reference_is_policy:
-        ref_logprobs = logprobs.clone()
+        ref_logprobs = new_logprobs.clone()
     else:
         say(0.65, "Reference model pass")
         ref_logprobs = forward_logprobs(
@@ -382,9 +385,9 @@ def _score_rollout(models: Models, expanded: list[str], prompt_index: list[int],
         context_length=Q,
         sequence_lengths=sequence_lengths,
         contain_eos_token=contain_eos,
-        gen_logprobs=gen.gen_logprobs,
+        logprobs=gen.logprobs,
         raw_logprobs=gen.raw_logprobs,
-        logprobs=logprobs,
+        new_logprobs=new_logprobs,
         ref_logprobs=ref_logprobs,
         ranks=gen.ranks,
         entropy=gen.entropy,
@@ -436,7 +439,7 @@ def score_completions(
     """A Rollout for completions produced elsewhere (a TRL completions table, a verl dump): the prompts are
     encoded as `run_rollout` encodes them, each completion is tokenized and followed by the EOS token where
     `ended` says it finished (default: all), and every pass runs on the loaded models. There was no sampling
-    here, so `gen_logprobs` and `raw_logprobs` are the policy's logprobs at temperature 1.
+    here, so `logprobs` and `raw_logprobs` are the policy's logprobs at temperature 1.
     `use_chat_template=False` tokenizes each prompt as the text it is (a verl dump's prompt, already rendered
     by the trainer's chat template). `samples_per_prompt`: consecutive rows that answer one prompt (a GRPO
     group). `columns` (one list per name, one value per completion) are kept on the record.
@@ -487,7 +490,7 @@ def score_completions(
         details = head_token_details(models.policy.get_output_embeddings(), hidden, responses.to(device), Q,
                                      top_k=top_logprobs)
         del hidden
-        gen = Generation(sequences=sequences, gen_logprobs=details["logprobs"], raw_logprobs=details["logprobs"],
+        gen = Generation(sequences=sequences, logprobs=details["logprobs"], raw_logprobs=details["logprobs"],
                          ranks=details["ranks"], entropy=details["entropy"], topk_ids=details["topk_ids"],
                          topk_logprobs=details["topk_logprobs"])
         rollout = _score_rollout(

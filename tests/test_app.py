@@ -116,7 +116,7 @@ def test_custom_stop_token_truncates(models):
 
 def test_rollout_api_function(models):
     record = ui.rollout_api(["Say hi."], max_new_tokens=6, seed=1)
-    assert record["format"] == "rollout-inspector/1"
+    assert record["format"] == "rollout-inspector/2"
     assert len(record["scores"]) == 1 and len(record["responses"][0]) <= 6
 
 
@@ -128,7 +128,7 @@ def test_gradio_client_against_the_launched_app(app_url):
         prompts=["Write a happy sentence.", "Say hi."], max_new_tokens=8, do_sample=False, seed=0,
         api_name="/rollout",
     )
-    assert record["format"] == "rollout-inspector/1"
+    assert record["format"] == "rollout-inspector/2"
     assert len(record["scores"]) == 2
     assert record["context_length"] == len(record["queries"][0])
     r = rollout_from_dict(record)

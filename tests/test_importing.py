@@ -84,8 +84,22 @@ def test_our_record_round_trips_without_models(sampled_rollout):
     data = json.dumps(rollout_to_dict(sampled_rollout)).encode()
     record = read_upload(data, "rollout.json")
     again = rollout_from_dict(record)
-    for name in ("sequences", "responses", "sequence_lengths", "scores", "values", "gen_logprobs", "topk_ids"):
+    for name in ("sequences", "responses", "sequence_lengths", "scores", "values", "logprobs", "new_logprobs",
+                 "topk_ids"):
         assert torch.equal(getattr(again, name), getattr(sampled_rollout, name)), name
+
+
+@pytest.mark.integration
+def test_a_format_1_record_opens_with_its_logprobs_renamed(sampled_rollout):
+    """Format 1 called the sampling-time logprobs `gen_logprobs` and the recompute `logprobs`."""
+    data = rollout_to_dict(sampled_rollout)
+    data["format"] = "rollout-inspector/1"
+    data["gen_logprobs"], data["logprobs"] = data.pop("logprobs"), data.pop("new_logprobs")
+    data["dtypes"]["gen_logprobs"], data["dtypes"]["logprobs"] = data["dtypes"].pop("logprobs"), data["dtypes"].pop("new_logprobs")
+    again = rollout_from_dict(read_upload(json.dumps(data).encode(), "old.json"))
+    assert torch.equal(again.logprobs, sampled_rollout.logprobs)
+    assert torch.equal(again.new_logprobs, sampled_rollout.new_logprobs)
+    assert not torch.equal(again.logprobs, again.new_logprobs)  # temperature 0.7: the two differ somewhere
 
 
 @pytest.mark.integration

@@ -131,4 +131,4 @@ def test_a_different_reference_model_gives_a_real_kl(tiny):
     r = run_rollout(m, ["Name a fruit."], max_new_tokens=6, seed=0)
     step = rollout_ppo_step(r)
     assert step.metrics["objective/kl"] != 0.0
-    assert not torch.equal(r.ref_logprobs, r.logprobs)
+    assert not torch.equal(r.ref_logprobs, r.new_logprobs)

@@ -61,21 +61,21 @@ def test_greedy_generation_matches_trls_generate_recipe(models, greedy_rollout):
     assert torch.equal(output.sequences, r.sequences)
 
 
-def test_greedy_gen_logprobs_equal_the_recompute(greedy_rollout):
+def test_greedy_logprobs_equal_the_recompute(greedy_rollout):
     r = greedy_rollout
-    gap = (r.gen_logprobs - r.logprobs)[valid(r)].abs().max().item()
+    gap = (r.logprobs - r.new_logprobs)[valid(r)].abs().max().item()
     assert gap < 1e-4
     assert torch.all(r.ranks[valid(r)] == 0)  # greedy takes the most likely token
-    assert torch.equal(r.ref_logprobs, r.logprobs)  # the reference is the policy
+    assert torch.equal(r.ref_logprobs, r.new_logprobs)  # the reference is the policy
 
 
 def test_sampling_logprobs_need_the_temperature(models, sampled_rollout):
     r = sampled_rollout
     keep = valid(r)
-    assert (r.gen_logprobs - r.logprobs)[keep].abs().max().item() < 1e-3
+    assert (r.logprobs - r.new_logprobs)[keep].abs().max().item() < 1e-3
     # the trap: a recompute that forgets the temperature does not match what was sampled
     without = forward_logprobs(models.policy, r.query_responses, r.pad_token_id, r.context_length, temperature=1.0)
-    assert (r.gen_logprobs - without)[keep].abs().max().item() > 0.05
+    assert (r.logprobs - without)[keep].abs().max().item() > 0.05
     # and the raw logits' logprobs are exactly that temperature-less distribution
     assert (r.raw_logprobs - without)[keep].abs().max().item() < 1e-3
 
@@ -102,11 +102,11 @@ def test_parity_with_trl_get_reward_on_the_default_reward_model(models, sampled_
 def test_capture_shapes(sampled_rollout):
     r = sampled_rollout
     B, G = r.responses.shape
-    for name in ("gen_logprobs", "raw_logprobs", "logprobs", "ref_logprobs", "entropy", "ranks", "values"):
+    for name in ("logprobs", "raw_logprobs", "new_logprobs", "ref_logprobs", "entropy", "ranks", "values"):
         assert getattr(r, name).shape == (B, G), name
     assert r.topk_ids.shape == (B, G, 5)
     # the sampled token's logprob is never above the best alternative's
-    assert torch.all(r.gen_logprobs <= r.topk_logprobs[..., 0] + 1e-5)
+    assert torch.all(r.logprobs <= r.topk_logprobs[..., 0] + 1e-5)
     assert all(int(i) in r.tokens for i in r.topk_ids.flatten()[:50])
 
 
@@ -135,7 +135,7 @@ def test_tokenizer_attention_keeps_eos_in_the_prompt_visible(models):
     assert r.attention == "tokenizer"
     # the chat template's <|im_end|> tokens stay in the query side of sequences: nothing was replaced by 0
     assert torch.equal(r.sequences[:, : r.context_length], r.queries)
-    assert (r.gen_logprobs - r.logprobs)[valid(r)].abs().max().item() < 1e-4
+    assert (r.logprobs - r.new_logprobs)[valid(r)].abs().max().item() < 1e-4
 
 
 def test_samples_per_prompt(models):

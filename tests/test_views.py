@@ -104,7 +104,7 @@ def resized(r, batch: int, width: int, sequence_lengths=None):
     post = resp(r.postprocessed_responses)
     seq = first_true_indices(post == r.pad_token_id) - 1 if sequence_lengths is None else torch.as_tensor(sequence_lengths)
     changes = {name: resp(getattr(r, name)) for name in (
-        "responses", "postprocessed_responses", "gen_logprobs", "raw_logprobs", "logprobs", "ref_logprobs",
+        "responses", "postprocessed_responses", "logprobs", "raw_logprobs", "new_logprobs", "ref_logprobs",
         "ranks", "entropy", "topk_ids", "topk_logprobs", "values")}
     changes |= {name: full(getattr(r, name)) for name in (
         "sequences", "query_responses", "postprocessed_query_responses", "reward_query_responses")}

@@ -26,9 +26,9 @@ STOP_COLOR = "#e11d48"
 REWARD_COLOR = "#ffffff"
 
 LOGPROB_KINDS = {
-    "gen_logprobs": "sampled-from distribution (the processed scores, as output.scores)",
+    "logprobs": "TRL's rollout logprobs: the sampled-from distribution (the processed scores, as output.scores)",
     "raw_logprobs": "raw logits, before temperature / top-k / top-p (as output.logits)",
-    "logprobs": "training-time recompute, logits / (temperature + 1e-7)",
+    "new_logprobs": "training-time recompute, logits / (temperature + 1e-7)",
     "ref_logprobs": "reference model, the same recompute",
 }
 
@@ -128,10 +128,10 @@ def _heatmap_figure(r: Rollout, z: np.ndarray, customdata: np.ndarray, hovertemp
     return fig
 
 
-def logprob_heatmap(r: Rollout, which: str = "gen_logprobs") -> go.Figure:
+def logprob_heatmap(r: Rollout, which: str = "logprobs") -> go.Figure:
     """One heatmap of a per-token logprob tensor (B, G): a row per sample, a column per response position.
 
-    `which`: gen_logprobs, raw_logprobs, logprobs or ref_logprobs. Colour is clipped at LOGPROB_FLOOR;
+    `which`: logprobs, raw_logprobs, new_logprobs or ref_logprobs. Colour is clipped at LOGPROB_FLOOR;
     positions after sequence_lengths are NaN. Hover: token, id, logprob, probability, rank and the top-k
     alternatives of the sampled-from distribution. Raises InputError for an unknown `which`.
     """
@@ -185,13 +185,13 @@ def entropy_heatmap(r: Rollout) -> go.Figure:
         [toks.get(t, str(t)) for t in ids],
         ids,
         [_num(x, ".3f") for x in r.entropy.flatten().tolist()],
-        [_num(x) for x in r.gen_logprobs.flatten().tolist()],
+        [_num(x) for x in r.logprobs.flatten().tolist()],
         r.ranks.flatten().tolist(),
         [_MASKED_NOTE if m else "" for m in masked],
     )
     hover = (
         "<b>%{customdata[0]}</b>  id %{customdata[1]}%{customdata[5]}<br>sample %{y} · response index %{x}<br>"
-        "entropy %{customdata[2]} nats<br>gen_logprob %{customdata[3]} · rank %{customdata[4]}<extra></extra>"
+        "entropy %{customdata[2]} nats<br>logprob %{customdata[3]} · rank %{customdata[4]}<extra></extra>"
     )
     z = _masked(r, r.entropy)
     top = float(np.nanmax(z)) if np.isfinite(z).any() else 1.0

@@ -33,8 +33,9 @@ PPO_CSS = """
 """
 
 ROWS = [
-    ("gen_logprobs", "sampled-from logprob"),
-    ("logprobs", "recomputed (TRL, masked)"),
+    ("logprobs", "logprobs (sampled-from, masked)"),
+    ("new_logprobs", "new_logprobs (recompute)"),
+    ("ratio", "ratio exp(new − old), epoch 1"),
     ("ref_logprobs", "reference (masked)"),
     ("kl", "kl"),
     ("non_score_reward", "-kl_coef · kl"),
@@ -63,9 +64,10 @@ def ppo_rows_html(r: Rollout, step: PPOStep, sample: int) -> str:
                    for t in range(G))
     lines = [f"<tr><th>index</th>{''.join(f'<td>{t}</td>' for t in range(G))}</tr>",
              f"<tr class='tokrow'><th>response token</th>{head}</tr>"]
-    gen = r.gen_logprobs[sample]
+    recompute = r.new_logprobs[sample]
+    extra = {"new_logprobs": recompute, "ratio": torch.exp(recompute - r.logprobs[sample])}
     for name, label in ROWS:
-        values = gen if name == "gen_logprobs" else getattr(step, name)[sample]
+        values = extra[name] if name in extra else getattr(step, name)[sample]
         cells = []
         for t in range(G):
             v = float(values[t])
@@ -96,26 +98,26 @@ def ppo_metrics_table(step: PPOStep) -> pd.DataFrame:
 
 
 def logprob_gap_figure(r: Rollout) -> go.Figure:
-    """Heatmap of gen_logprobs - logprobs (sampling time minus training-time recompute), valid tokens only."""
-    gap = (r.gen_logprobs - r.logprobs).numpy().astype(float)
+    """Heatmap of logprobs - new_logprobs (sampling time minus training-time recompute), valid tokens only."""
+    gap = (r.logprobs - r.new_logprobs).numpy().astype(float)
     gap = np.where(valid_mask(r).numpy() & np.isfinite(gap), gap, np.nan)
-    raw_gap = (r.raw_logprobs - r.logprobs).numpy().astype(float)
+    raw_gap = (r.raw_logprobs - r.new_logprobs).numpy().astype(float)
     B, G = gap.shape
     bound = float(np.nanmax(np.abs(gap))) if np.isfinite(gap).any() else 1e-6
     bound = max(bound, 1e-6)
     custom = np.stack([
         np.vectorize(lambda i: shown(r.token(int(i)), 16), otypes=[object])(r.responses.numpy()),
-        r.gen_logprobs.numpy(), r.logprobs.numpy(), raw_gap,
+        r.logprobs.numpy(), r.new_logprobs.numpy(), raw_gap,
     ], axis=-1)
     fig = go.Figure(go.Heatmap(
         z=gap, x=np.arange(G), y=np.arange(B), customdata=custom, zmid=0, zmin=-bound, zmax=bound, colorscale="RdBu",
-        hovertemplate="sample %{y} · index %{x}<br>token %{customdata[0]}<br>gen_logprobs %{customdata[1]:.5f}"
-                      "<br>logprobs (recompute) %{customdata[2]:.5f}<br>gap %{z:.2e}<br>raw - recompute %{customdata[3]:.2e}"
+        hovertemplate="sample %{y} · index %{x}<br>token %{customdata[0]}<br>logprobs (sampled-from) %{customdata[1]:.5f}"
+                      "<br>new_logprobs (recompute) %{customdata[2]:.5f}<br>gap %{z:.2e}<br>raw - recompute %{customdata[3]:.2e}"
                       "<extra></extra>",
         colorbar=dict(title=dict(text="gap (nats)"), thickness=12), xgap=1 if G <= 64 else 0, ygap=1,
     ))
     fig.update_layout(template="plotly_white", height=max(240, 130 + 24 * B), margin=dict(l=8, r=8, t=40, b=40),
-                      title=dict(text="gen_logprobs − logprobs (sampling time minus training-time recompute)", x=0,
+                      title=dict(text="logprobs − new_logprobs (sampling time minus training-time recompute)", x=0,
                                  font=dict(size=14)), plot_bgcolor="#c4c4c4")
     fig.update_xaxes(title="response index", showgrid=False, zeroline=False)
     fig.update_yaxes(tickvals=list(range(B)), ticktext=[esc(sample_label(r, i)) for i in range(B)],
@@ -124,21 +126,22 @@ def logprob_gap_figure(r: Rollout) -> go.Figure:
 
 
 def logprob_agreement_markdown(r: Rollout) -> str:
-    """The gap summarised: max / mean |gap|, the importance ratio exp(logprobs - gen_logprobs), and why."""
+    """The gap summarised: max / mean |gap|, PPO's first-epoch ratio exp(new_logprobs - logprobs), and why."""
     valid = valid_mask(r)
     if not valid.any():
         return "No response token to compare."
-    gap = (r.gen_logprobs - r.logprobs)[valid]
+    gap = (r.logprobs - r.new_logprobs)[valid]
     gap = gap[torch.isfinite(gap)]
-    ratio = torch.exp(r.logprobs[valid] - r.gen_logprobs[valid])
+    ratio = torch.exp(r.new_logprobs[valid] - r.logprobs[valid])
     ratio = ratio[torch.isfinite(ratio)]
-    no_temp = (r.raw_logprobs - r.logprobs)[valid].abs()
+    no_temp = (r.raw_logprobs - r.new_logprobs)[valid].abs()
     s = r.settings
     lines = [
         f"**max |gap|** {float(gap.abs().max()):.2e} · **mean |gap|** {float(gap.abs().mean()):.2e} nats over "
         f"{int(valid.sum())} tokens",
-        f"**importance ratio** exp(logprobs − gen_logprobs): min {float(ratio.min()):.4f}, max {float(ratio.max()):.4f}, "
-        f"mean {float(ratio.mean()):.4f} (1.0 means the trainer sees exactly what was sampled)",
+        f"**PPO's first-epoch ratio** exp(new_logprobs − logprobs): min {float(ratio.min()):.4f}, max "
+        f"{float(ratio.max()):.4f}, mean {float(ratio.mean()):.4f} (the ratio TRL clips in its first optimisation "
+        "step, before any update; 1.0 means the trainer recomputes exactly what was sampled)",
     ]
     temp = s.get("effective_temperature", 1.0)
     if abs(temp - 1.0) > 1e-6:

@@ -30,10 +30,10 @@ BATCH_COLUMNS = [
     Column("response length", "int", "sequence_lengths + 1: the tokens TRL trains on.", "8%"),
     Column("contains EOS", "bool", "contain_eos_token: the postprocessed response holds the EOS token.", "8%"),
     Column("score", "float", "The reward model's score, read at sequence_lengths.", "8%"),
-    Column("mean logprob", "float", "Mean of logprobs (training-time recompute) up to sequence_lengths; NaN if empty.", "8%"),
+    Column("mean logprob", "float", "Mean of logprobs (TRL's rollout logprobs, sampling time) up to sequence_lengths; NaN if empty.", "8%"),
     Column("mean entropy", "float", "Mean entropy (nats) of the sampled-from distribution over the same tokens.", "7%"),
     Column("KL", "float", "Sum over the response of logprobs - ref_logprobs (TRL's k1 estimator, before kl_coef).", "7%"),
-    Column("max logprob gap", "float", "Largest |gen_logprobs - logprobs| over the response: sampling vs recompute.", "7%"),
+    Column("max logprob gap", "float", "Largest |new_logprobs - logprobs| over the response: recompute vs sampling (log of PPO's first-epoch ratio).", "7%"),
 ]
 
 STOP_COLUMNS = [
@@ -97,7 +97,7 @@ def batch_table(r: Rollout) -> pd.DataFrame:
         "mean logprob": _row_means(r.logprobs, valid),
         "mean entropy": _row_means(r.entropy, valid),
         "KL": _row_sums(r.logprobs - r.ref_logprobs, valid),
-        "max logprob gap": _row_max_abs(r.gen_logprobs - r.logprobs, valid),
+        "max logprob gap": _row_max_abs(r.logprobs - r.new_logprobs, valid),
     })
 
 

@@ -1,0 +1,549 @@
+"""The GRPO step: hand-built cases, independent loop implementations of TRL's inline code, TRL 1.16's own
+functions and its real GRPOTrainer, and verl's functions lifted from its published wheel."""
+
+from __future__ import annotations
+
+import ast
+import math
+import zipfile
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+
+from inspector.errors import InputError
+from inspector.grpo import (
+    LOSS_TYPES,
+    SAMPLER_MODES,
+    VERL_LOSS_AGG_MODES,
+    GRPOConfig,
+    VerlGRPOConfig,
+    grpo_step,
+    high_entropy_mask,
+    make_config,
+    nanstd,
+    sampler_correction,
+    trl_completion_mask,
+    trl_eos_token_ids,
+    verl_agg_loss,
+    verl_grpo_advantages,
+    verl_sampler_correction,
+)
+
+NAN = float("nan")
+
+
+def _step(rewards, mask, truncated=None, logps=None, **cfg):
+    rewards = torch.tensor(rewards, dtype=torch.float32)
+    if rewards.dim() == 1:
+        rewards = rewards.unsqueeze(1)
+    mask = torch.tensor(mask, dtype=torch.long)
+    B, T = mask.shape
+    truncated = torch.zeros(B, dtype=torch.bool) if truncated is None else torch.tensor(truncated)
+    logps = -torch.linspace(0.1, 2.0, B * T).view(B, T) if logps is None else logps
+    cfg.setdefault("num_generations", 2)
+    return grpo_step(rewards, mask, truncated, logps, config=GRPOConfig(**cfg))
+
+
+# --------------------------------------------------------------------------------------- config
+
+
+def test_config_defaults_are_trl_1_16s():
+    from trl import GRPOConfig as TRLConfig
+
+    trl = TRLConfig(output_dir="/tmp/unused", report_to="none", use_cpu=True)
+    ours = GRPOConfig()
+    for name in ("num_generations", "multi_objective_aggregation", "scale_rewards", "mask_truncated_completions",
+                 "loss_type", "importance_sampling_level", "epsilon", "epsilon_high", "delta", "beta",
+                 "use_bias_correction_kl", "top_entropy_quantile", "max_completion_length",
+                 "vllm_importance_sampling_correction", "vllm_importance_sampling_mode",
+                 "vllm_importance_sampling_clip_min", "vllm_importance_sampling_clip_max",
+                 "off_policy_mask_threshold", "sapo_temperature_neg", "sapo_temperature_pos",
+                 "vespo_k_pos", "vespo_lambda_pos", "vespo_k_neg", "vespo_lambda_neg", "reward_weights"):
+        assert getattr(ours, name) == getattr(trl, name), name
+    assert TRLConfig(output_dir="/tmp/unused", report_to="none", use_cpu=True, scale_rewards=True).scale_rewards == \
+        GRPOConfig(scale_rewards=True).scale_rewards == "group"
+    assert TRLConfig(output_dir="/tmp/unused", report_to="none", use_cpu=True, scale_rewards=False).scale_rewards == \
+        GRPOConfig(scale_rewards=False).scale_rewards == "none"
+
+
+def test_loss_types_are_every_value_trl_accepts():
+    import inspect
+
+    from trl.trainer.grpo_trainer import GRPOTrainer
+
+    source = inspect.getsource(GRPOTrainer._compute_loss)
+    accepted = {t for t in ("grpo", "dr_grpo", "dapo", "bnpo", "cispo", "sapo", "luspo", "vespo", "gspo", "ppo")
+                if f'"{t}"' in source}
+    assert accepted == set(LOSS_TYPES)
+
+
+@pytest.mark.parametrize("field,value,allowed", [
+    ("loss_type", "ppo", "'dapo'"),
+    ("scale_rewards", "std", "'batch'"),
+    ("multi_objective_aggregation", "mean", "'normalize_then_sum'"),
+    ("importance_sampling_level", "seq", "'sequence'"),
+    ("vllm_importance_sampling_mode", "token", "'sequence_mask'"),
+])
+def test_invalid_values_name_the_field_and_the_allowed_ones(field, value, allowed):
+    with pytest.raises(InputError) as err:
+        GRPOConfig(**{field: value}).validate()
+    assert field in str(err.value) and allowed in str(err.value) and repr(value) in str(err.value)
+
+
+def test_num_generations_one_is_a_clear_error():
+    with pytest.raises(InputError, match="num_generations must be an integer of at least 2"):
+        make_config("grpo", num_generations=1)
+    with pytest.raises(InputError, match="rollout.n"):
+        make_config("verl", num_generations=1)
+    with pytest.raises(InputError, match="Unknown grpo setting"):
+        make_config("grpo", kl_coef=0.1)
+
+
+def test_truncate_mode_without_bounds_and_crossed_bounds_are_refused():
+    with pytest.raises(InputError, match="clip_min or vllm_importance_sampling_clip_max"):
+        GRPOConfig(vllm_importance_sampling_mode="token_truncate", vllm_importance_sampling_clip_max=None).validate()
+    with pytest.raises(InputError, match="must be less than"):
+        GRPOConfig(vllm_importance_sampling_clip_min=3.0, vllm_importance_sampling_clip_max=2.0).validate()
+    with pytest.raises(InputError, match="loss_agg_mode"):
+        VerlGRPOConfig(loss_agg_mode="token-sum-mean").validate()
+
+
+# --------------------------------------------------------------------------------------- edge cases
+
+
+def test_nan_rewards_unscorable_rows_get_advantage_zero_and_leave_the_baseline():
+    # group 0: rows (1, NaN), (NaN, NaN) -> row 1 unscorable; group 1: (2, 1), (0, NaN)
+    s = _step([[1.0, NAN], [NAN, NAN], [2.0, 1.0], [0.0, NAN]], [[1, 1]] * 4)
+    assert s.rewards[0] == 1.0 and math.isnan(s.rewards[1]) and s.rewards[2] == 3.0 and s.rewards[3] == 0.0
+    assert s.mean_grouped_rewards.tolist() == [1.0, 1.0, 1.5, 1.5]   # nanmean: the unscorable row is left out
+    assert math.isnan(s.std_rewards[0])                              # one scorable value: nanstd is NaN
+    assert s.advantages[:2].tolist() == [0.0, 0.0]                   # nan_to_num
+    std = math.sqrt(((3 - 1.5) ** 2 + (0 - 1.5) ** 2) / 1)
+    assert s.advantages[2].item() == pytest.approx(1.5 / (std + 1e-4))
+    assert s.metrics["rewards/reward_1/mean"] == pytest.approx(1.0)  # over the non-None values only
+    assert s.metrics["reward"] == pytest.approx((1 + 3 + 0) / 3)
+    assert not torch.isnan(s.token_weights).any() and not torch.isnan(s.loss)
+
+
+def test_a_group_with_equal_rewards_has_no_signal_under_every_loss_type():
+    for loss_type in LOSS_TYPES:
+        s = _step([0.5, 0.5, 1.0, 0.0], [[1, 1, 1], [1, 1, 0], [1, 1, 1], [1, 0, 0]], loss_type=loss_type,
+                  importance_sampling_level="sequence" if loss_type == "luspo" else "token")
+        assert s.is_std_zero.tolist() == [True, True, False, False]
+        assert s.metrics["frac_reward_zero_std"] == 0.5
+        assert s.advantages[:2].tolist() == [0.0, 0.0]
+        assert s.token_weights[:2].abs().sum() == 0, loss_type
+        assert s.token_weights[2:].abs().sum() > 0, loss_type
+
+
+def test_all_completions_truncated_and_masked():
+    s = _step([1.0, 0.0, 2.0, 3.0], [[1, 1]] * 4, truncated=[True] * 4, mask_truncated_completions=True)
+    assert s.completion_mask.sum() == 0
+    assert s.loss.item() == 0.0 and s.token_weights.abs().sum() == 0
+    assert s.metrics["completions/clipped_ratio"] == 1.0
+    assert s.metrics["completions/mean_terminated_length"] == 0.0   # TRL's edge case: zeros(1)
+    assert s.metrics["completions/mean_length"] == 2.0              # lengths before the mask
+    assert s.advantages.abs().sum() > 0                             # the advantages themselves are untouched
+
+
+def test_mask_truncated_zeroes_only_the_truncated_rows():
+    s = _step([1.0, 0.0], [[1, 1, 1], [1, 1, 0]], truncated=[True, False], mask_truncated_completions=True)
+    assert s.completion_mask.tolist() == [[0, 0, 0], [1, 1, 0]]
+    assert s.token_weights[0].abs().sum() == 0 and s.token_weights[1, :2].abs().min() > 0
+    s = _step([1.0, 0.0], [[1, 1, 1], [1, 1, 0]], truncated=[True, False], mask_truncated_completions=False)
+    assert s.completion_mask.tolist() == [[1, 1, 1], [1, 1, 0]]
+
+
+@pytest.mark.parametrize("loss_type", LOSS_TYPES)
+def test_an_empty_completion_gives_no_nan(loss_type):
+    rewards = torch.tensor([[1.0], [0.0], [0.5], [2.0]])
+    mask = torch.tensor([[0, 0, 0], [1, 1, 1], [1, 0, 0], [1, 1, 0]])
+    lp = -torch.rand(4, 3)
+    s = grpo_step(rewards, mask, torch.zeros(4, dtype=torch.bool), lp, lp + 0.1, lp - 0.2, torch.rand(4, 3),
+                  GRPOConfig(num_generations=2, loss_type=loss_type, beta=0.1, top_entropy_quantile=0.5,
+                             vllm_importance_sampling_mode="token_mask"))
+    assert not torch.isnan(s.loss) and not torch.isnan(s.token_weights).any()
+    assert s.token_weights[0].abs().sum() == 0
+    assert s.metrics["completions/min_length"] == 0.0
+
+
+def test_trl_completion_mask_stop_at_the_last_column_pad_equal_eos_and_no_stop():
+    eos, pad = 2, 0
+    ids = torch.tensor([
+        [5, 6, 7, eos],       # stop at the last column: whole row, terminated
+        [5, eos, pad, pad],   # stop early: EOS inside the mask
+        [5, 6, 7, 8],         # no stop: truncated
+        [eos, 9, 9, 9],       # EOS first: one token
+        [5, 6, 7, pad],       # generation ended on a pad id (not EOS): TRL does not call it truncated
+    ])
+    mask, truncated = trl_completion_mask(ids, [eos], pad)
+    assert mask.tolist() == [[1, 1, 1, 1], [1, 1, 0, 0], [1, 1, 1, 1], [1, 0, 0, 0], [1, 1, 1, 1]]
+    assert truncated.tolist() == [False, False, True, False, False]
+    # a second EOS id from the generation config ends a completion too
+    mask, truncated = trl_completion_mask(torch.tensor([[5, 7, 6, 6]]), [eos, 7], pad)
+    assert mask.tolist() == [[1, 1, 0, 0]] and truncated.tolist() == [False]
+    assert trl_eos_token_ids(2, [7, 2]) == [7, 2] and trl_eos_token_ids(2, 7) == [2, 7] and trl_eos_token_ids(2, None) == [2]
+
+
+# --------------------------------------------------------------------------------------- loss types, by hand
+
+
+def test_each_loss_types_aggregation_by_hand():
+    """Two groups, completions of 1, 3, 2 and 4 tokens; token_weights at ratio 1 (d loss / d logp)."""
+    mask = [[1, 0, 0, 0], [1, 1, 1, 0], [1, 1, 0, 0], [1, 1, 1, 1]]
+    rewards = [1.0, 0.0, 2.0, 0.0]
+    lens = torch.tensor([1.0, 3.0, 2.0, 4.0])
+    adv = _step(rewards, mask).advantages
+    B, N = 4, lens.sum()
+    per_token = {
+        "grpo": -adv / lens / B,
+        "sapo": -adv / lens / B,                      # sigmoid'(0) * 4 = 1
+        "bnpo": -adv / N,
+        "dapo": -adv / N,
+        "vespo": -adv / N,                            # phi(1) = 1
+        "cispo": -0.2 * adv / N,                      # the ratio clamped at epsilon_high = epsilon = 0.2
+        "dr_grpo": -adv / (B * 7),
+        "luspo": -adv / B,
+    }
+    for loss_type, expected in per_token.items():
+        s = _step(rewards, mask, loss_type=loss_type, max_completion_length=7)
+        m = torch.tensor(mask, dtype=torch.bool)
+        got = s.token_weights
+        assert torch.allclose(got, (expected.unsqueeze(1) * m), atol=1e-6), loss_type
+        assert (got[~m] == 0).all()
+    # length bias: same advantage, short vs long -> grpo weights the short one's tokens more, dapo equally
+    s = _step([1.0, 0.0, 1.0, 0.0], [[1, 0, 0, 0], [1, 0, 0, 0], [1, 1, 1, 1], [1, 0, 0, 0]], loss_type="grpo")
+    assert s.token_weights[0, 0] == pytest.approx(4 * s.token_weights[2, 0].item())
+    s = _step([1.0, 0.0, 1.0, 0.0], [[1, 0, 0, 0], [1, 0, 0, 0], [1, 1, 1, 1], [1, 0, 0, 0]], loss_type="dapo")
+    assert s.token_weights[0, 0] == pytest.approx(s.token_weights[2, 0].item())
+
+
+def test_clipping_shows_with_separate_old_logprobs():
+    lp = torch.zeros(2, 2)
+    old = torch.tensor([[0.0, -0.5], [0.0, 0.5]])  # ratios e^0.5 (up) and e^-0.5 (down)
+    s = grpo_step(torch.tensor([[1.0], [0.0]]), torch.ones(2, 2, dtype=torch.long), torch.zeros(2, dtype=torch.bool),
+                  lp, config=GRPOConfig(num_generations=2), old_per_token_logps=old)
+    assert s.advantages[0] > 0 > s.advantages[1]
+    assert s.token_weights[0, 1] == 0 and s.token_weights[1, 1] == 0   # clipped: no gradient
+    assert s.token_weights[0, 0] != 0 and s.token_weights[1, 0] != 0
+    assert s.metrics["clip_ratio/high_mean"] == 0.25 and s.metrics["clip_ratio/low_mean"] == 0.25
+    assert s.metrics["clip_ratio/region_mean"] == 0.5
+
+
+def test_kl_and_entropy_mask():
+    lp = torch.tensor([[-1.0, -2.0, -0.5], [-0.2, -0.3, -3.0]])
+    ref = lp + torch.tensor([[0.1, -0.2, 0.0], [0.3, 0.0, -0.1]])
+    ent = torch.tensor([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]])
+    mask = torch.tensor([[1, 1, 1], [1, 1, 0]])
+    s = grpo_step(torch.tensor([[1.0], [0.0]]), mask, torch.zeros(2, dtype=torch.bool), lp, None, ref, ent,
+                  GRPOConfig(num_generations=2, beta=0.5, top_entropy_quantile=0.4))
+    d = ref - lp
+    assert torch.allclose(s.per_token_kl, torch.exp(d) - d - 1)
+    assert s.metrics["kl"] == pytest.approx(float(((torch.exp(d) - d - 1) * mask).sum() / 5))
+    # the top 40 % by entropy of the 5 tokens in the mask: quantile 0.6 of [1, 2, 3, 4, 5] = 3.4 -> 4 and 5
+    assert s.entropy_mask.tolist() == [[False, False, False], [True, True, False]]
+    assert s.metrics["entropy"] == pytest.approx(3.0)
+
+
+def test_shapes_and_weights_are_checked():
+    with pytest.raises(InputError, match="whole groups"):
+        _step([1.0, 2.0, 3.0], [[1]] * 3)
+    with pytest.raises(InputError, match="reward_weights has 1 weights for 2"):
+        _step([[1.0, 2.0], [3.0, 4.0]], [[1]] * 2, reward_weights=[1.0])
+    with pytest.raises(InputError, match="ref_per_token_logps"):
+        _step([1.0, 2.0], [[1]] * 2, beta=0.1)
+
+
+# --------------------------------------------------------------------------------------- independent loops
+
+
+def _loop_advantages(rewards_per_func, weights, G, scale):
+    """A plain-Python reading of TRL's sum_then_normalize block, one group at a time."""
+    B, F = len(rewards_per_func), len(rewards_per_func[0])
+    rewards = []
+    for row in rewards_per_func:
+        vals = [w * r for w, r in zip(weights, row) if not math.isnan(r)]
+        rewards.append(sum(vals) if vals else NAN)
+
+    def mean_std(xs):
+        xs = [x for x in xs if not math.isnan(x)]
+        if not xs:
+            return NAN, NAN
+        m = sum(xs) / len(xs)
+        return m, (math.sqrt(sum((x - m) ** 2 for x in xs) / (len(xs) - 1)) if len(xs) > 1 else NAN)
+
+    batch_std = mean_std(rewards)[1]
+    out = []
+    for g in range(B // G):
+        chunk = rewards[g * G:(g + 1) * G]
+        m, s = mean_std(chunk)
+        s = batch_std if scale == "batch" else s
+        for r in chunk:
+            a = r - m if scale == "none" else (r - m) / (s + 1e-4)
+            out.append(0.0 if math.isnan(a) else a)
+    return out
+
+
+@pytest.mark.parametrize("scale", ["group", "batch", "none"])
+def test_advantages_match_a_loop(scale):
+    g = torch.Generator().manual_seed(3)
+    rpf = torch.randn(12, 3, generator=g)
+    rpf[torch.rand(12, 3, generator=g) < 0.25] = NAN
+    rpf[5] = NAN
+    rpf[6:9, :] = 2.0  # a zero-std group
+    weights = [1.0, 0.5, 2.0]
+    s = grpo_step(rpf, torch.ones(12, 2, dtype=torch.long), torch.zeros(12, dtype=torch.bool), torch.zeros(12, 2),
+                  config=GRPOConfig(num_generations=3, reward_weights=weights, scale_rewards=scale))
+    assert s.advantages.tolist() == pytest.approx(_loop_advantages(rpf.tolist(), weights, 3, scale), abs=1e-5)
+
+
+def test_normalize_then_sum_matches_a_loop():
+    g = torch.Generator().manual_seed(4)
+    rpf = torch.randn(8, 2, generator=g) * torch.tensor([1.0, 100.0])
+    weights = [1.0, 2.0]
+    s = grpo_step(rpf, torch.ones(8, 1, dtype=torch.long), torch.zeros(8, dtype=torch.bool), torch.zeros(8, 1),
+                  config=GRPOConfig(num_generations=4, reward_weights=weights,
+                                    multi_objective_aggregation="normalize_then_sum"))
+    summed = [0.0] * 8
+    for k in range(2):
+        for gi in range(2):
+            col = [rpf[gi * 4 + j, k].item() for j in range(4)]
+            m = sum(col) / 4
+            sd = math.sqrt(sum((c - m) ** 2 for c in col) / 3)
+            for j in range(4):
+                summed[gi * 4 + j] += weights[k] * (col[j] - m) / (sd + 1e-4)
+    m = sum(summed) / 8
+    sd = math.sqrt(sum((x - m) ** 2 for x in summed) / 7)
+    assert s.advantages.tolist() == pytest.approx([(x - m) / (sd + 1e-4) for x in summed], abs=1e-5)
+
+
+def _loop_sampler(trainer, sampler, mask, mode, lo, hi):
+    out, flags = [], []
+    for t_row, s_row, m_row in zip(trainer.tolist(), sampler.tolist(), mask.tolist()):
+        diffs = [(t - s) * m for t, s, m in zip(t_row, s_row, m_row)]
+        diffs = [0.0 if math.isnan(d) else d for d in diffs]
+        raws = [math.exp(sum(diffs))] if mode.startswith("sequence") else [math.exp(d) for d in diffs]
+        row, frow = [], []
+        for r in raws:
+            outside = (lo is not None and r < lo) or (hi is not None and r > hi)
+            if mode.endswith("truncate"):
+                row.append(min(max(r, lo if lo is not None else -math.inf), hi if hi is not None else math.inf))
+            else:
+                row.append(0.0 if outside else r)
+            frow.append(outside)
+        out.append(row)
+        flags.append(frow)
+    return out, flags
+
+
+@pytest.mark.parametrize("mode", SAMPLER_MODES)
+@pytest.mark.parametrize("bounds", [(None, 3.0), (0.5, 1.5)])
+def test_sampler_correction_matches_a_loop(mode, bounds):
+    g = torch.Generator().manual_seed(5)
+    trainer = -torch.rand(6, 5, generator=g) * 2
+    sampler = trainer + torch.randn(6, 5, generator=g) * 0.6
+    sampler[0] = trainer[0] - 0.5             # every token 1.65 above, the sequence e^2.5
+    sampler[3, 1] = trainer[3, 1] - 1.5       # one token e^1.5 above
+    sampler[1, 2] = NAN                       # a token the engine could not score: ratio 1 there
+    mask = torch.ones(6, 5, dtype=torch.long)
+    mask[2, 3:] = 0
+    c = sampler_correction(trainer, sampler, mask, mode, *bounds)
+    ratio, flags = _loop_sampler(trainer, sampler, mask, mode, *bounds)
+    assert torch.allclose(c.ratio, torch.tensor(ratio), rtol=1e-5)
+    assert (c.clamped | c.dropped).tolist() == flags
+    assert (c.dropped.any() if mode.endswith("mask") else c.clamped.any())
+    assert c.ratio.shape == ((6, 1) if mode.startswith("sequence") else (6, 5))
+
+
+def _loop_loss(per_token_loss, mask, loss_type, max_len):
+    rows = [[x * m for x, m in zip(r, mr)] for r, mr in zip(per_token_loss, mask)]
+    n_tok = sum(sum(mr) for mr in mask)
+    if loss_type in ("grpo", "sapo"):
+        return sum(sum(r) / max(sum(mr), 1) for r, mr in zip(rows, mask)) / len(rows)
+    if loss_type in ("bnpo", "dapo", "cispo", "vespo"):
+        return sum(map(sum, rows)) / max(n_tok, 1)
+    if loss_type == "dr_grpo":
+        return sum(map(sum, rows)) / (len(rows) * max_len)
+    return sum(map(sum, rows)) / len(rows)  # luspo
+
+
+@pytest.mark.parametrize("loss_type", LOSS_TYPES)
+def test_loss_aggregation_matches_a_loop(loss_type):
+    g = torch.Generator().manual_seed(6)
+    mask = (torch.rand(8, 6, generator=g) < 0.7).long()
+    lp = -torch.rand(8, 6, generator=g)
+    old = lp + torch.randn(8, 6, generator=g) * 0.3
+    s = grpo_step(torch.randn(8, 1, generator=g), mask, torch.zeros(8, dtype=torch.bool), lp,
+                  config=GRPOConfig(num_generations=4, loss_type=loss_type, max_completion_length=9),
+                  old_per_token_logps=old)
+    assert s.loss.item() == pytest.approx(_loop_loss(s.per_token_loss.tolist(), mask.tolist(), loss_type, 9), rel=1e-5)
+
+
+# --------------------------------------------------------------------------------------- TRL's plain functions
+
+
+def test_nanstd_and_entropy_mask_equal_trls():
+    from trl.trainer.utils import nanstd as trl_nanstd
+
+    x = torch.tensor([[1.0, NAN, 3.0, 4.0], [NAN, NAN, NAN, 2.0], [1.0, 1.0, 1.0, 1.0]])
+    assert torch.allclose(nanstd(x, dim=1), trl_nanstd(x, dim=1), equal_nan=True)
+    assert torch.allclose(nanstd(x), trl_nanstd(x), equal_nan=True)
+
+
+def test_off_policy_mask_and_gamma_weights_equal_trls():
+    from trl.trainer.grpo_trainer import GRPOTrainer
+
+    from inspector.grpo import gamma_weights, off_policy_mask
+
+    g = torch.Generator().manual_seed(7)
+    adv = torch.randn(6, 1, generator=g)
+    lp = -torch.rand(6, 4, generator=g)
+    samp = lp + torch.randn(6, 4, generator=g)
+    mask = torch.ones(6, 4)
+    mask[0, 2:] = 0
+    assert torch.equal(off_policy_mask(adv, lp, samp, mask, 0.3),
+                       GRPOTrainer.get_off_policy_mask(adv, lp, samp, mask, 0.3))
+    isr = torch.exp(torch.randn(6, 4, generator=g) * 0.2)
+    for ratio in (None, isr):
+        assert torch.allclose(gamma_weights(adv, lp - samp, mask, ratio, 2.0, 3.0, 3.0, 2.0),
+                              GRPOTrainer.get_gamma_weights(adv, lp - samp, mask, ratio, 2.0, 3.0, 3.0, 2.0))
+
+
+def test_high_entropy_mask_equals_trls_method():
+    from accelerate import Accelerator
+    from trl.trainer.grpo_trainer import GRPOTrainer
+
+    holder = SimpleNamespace(accelerator=Accelerator(cpu=True))
+    g = torch.Generator().manual_seed(8)
+    ent = torch.rand(5, 7, generator=g) * 4
+    mask = (torch.rand(5, 7, generator=g) < 0.8).long()
+    for q in (0.0, 0.2, 0.5, 0.9):
+        assert torch.equal(high_entropy_mask(ent, mask, 1 - q), GRPOTrainer.get_high_entropy_mask(holder, ent, mask, 1 - q))
+
+
+# --------------------------------------------------------------------------------------- verl, from its wheel
+
+VERL_VERSION = "0.9.1"
+
+
+def _verl_wheel() -> Path:
+    from inspector.models import cache_dir
+
+    wheel = cache_dir() / "wheels" / f"verl-{VERL_VERSION}-py3-none-any.whl"
+    assert wheel.is_file(), f"{wheel} is missing: run `bash scripts/setup.sh --dev` (it downloads verl's wheel)"
+    return wheel
+
+
+def _lift(source: str, names: set[str], namespace: dict, filename: str) -> dict:
+    """Exec the named top-level functions and constants of `source` (decorators dropped) into `namespace`."""
+    tree = ast.parse(source)
+    body = []
+    for node in tree.body:
+        if isinstance(node, ast.FunctionDef) and node.name in names:
+            node.decorator_list = []
+            body.append(node)
+        elif isinstance(node, ast.Assign) and any(getattr(t, "id", None) in names for t in node.targets):
+            body.append(node)
+    found = {getattr(n, "name", None) or n.targets[0].id for n in body}
+    assert found == names, f"not in {filename}: {names - found}"
+    exec(compile(ast.Module(body=body, type_ignores=[]), filename, "exec"), namespace)
+    return namespace
+
+
+@pytest.fixture(scope="module")
+def verl():
+    from collections import defaultdict
+    from typing import Any, Optional
+
+    with zipfile.ZipFile(_verl_wheel()) as z:
+        read = lambda p: z.read(p).decode()  # noqa: E731
+        tf = _lift(read("verl/utils/torch_functional.py"), {"masked_sum", "masked_mean"}, {"torch": torch},
+                   "verl/utils/torch_functional.py")
+        verl_F = SimpleNamespace(masked_sum=tf["masked_sum"], masked_mean=tf["masked_mean"])
+
+        class AlgoConfig:  # only an isinstance check in compute_policy_loss_vanilla
+            pass
+
+        ns = {"torch": torch, "np": np, "defaultdict": defaultdict, "Optional": Optional, "Any": Any,
+              "verl_F": verl_F, "AlgoConfig": AlgoConfig, "ActorConfig": object}
+        _lift(read("verl/trainer/ppo/core_algos.py"),
+              {"compute_grpo_outcome_advantage", "agg_loss", "compute_policy_loss_vanilla", "kl_penalty_forward"},
+              ns, "verl/trainer/ppo/core_algos.py")
+        _lift(read("verl/trainer/ppo/rollout_corr_helper.py"),
+              {"compute_rollout_correction_weights", "_parse_rollout_is_threshold", "compute_is_metrics", "SAFETY_BOUND"},
+              ns, "verl/trainer/ppo/rollout_corr_helper.py")
+    return SimpleNamespace(**{k: v for k, v in ns.items() if callable(v) or k == "SAFETY_BOUND"})
+
+
+@pytest.mark.parametrize("norm", [True, False])
+def test_verl_advantages_equal_compute_grpo_outcome_advantage(verl, norm):
+    g = torch.Generator().manual_seed(9)
+    scores = torch.randn(10, generator=g)
+    scores[4:7] = 1.5                                      # a zero-std group
+    index = np.array(["a", "a", "a", "a", "b", "b", "b", "c", "d", "d"], dtype=object)  # "c": a group of one
+    mask = torch.ones(10, 5)
+    mask[1, 3:] = 0
+    token_rewards = torch.zeros(10, 5)
+    token_rewards[:, 2] = scores                           # the score at one token, as verl places it
+    theirs, _ = verl.compute_grpo_outcome_advantage(token_rewards, mask, index, 1e-6, norm)
+    ours, means, stds = verl_grpo_advantages(scores, list(index), 1e-6, norm)
+    assert torch.allclose(ours.unsqueeze(1) * mask, theirs, atol=1e-6)
+    assert means[7] == 0 and stds[7] == 1                  # a group of one: mean 0, std 1 -> advantage = score
+    assert theirs[7, 0] == pytest.approx(scores[7].item() / (1 + 1e-6) if norm else scores[7].item())
+
+
+@pytest.mark.parametrize("mode", VERL_LOSS_AGG_MODES)
+def test_verl_agg_loss_equals_verls(verl, mode):
+    g = torch.Generator().manual_seed(10)
+    loss_mat = torch.randn(6, 8, generator=g)
+    mask = (torch.rand(6, 8, generator=g) < 0.6).float()
+    mask[3] = 0                                            # a fully masked sequence is excluded
+    loss_mat[0, ~mask[0].bool()] = NAN                     # NaN outside the mask
+    theirs = verl.agg_loss(loss_mat, mask, mode)
+    assert torch.allclose(verl_agg_loss(loss_mat, mask, mode), theirs, equal_nan=True)
+
+
+@pytest.mark.parametrize("level", ["token", "sequence"])
+@pytest.mark.parametrize("threshold", [2.0, "0.5_1.5"])
+def test_verl_rollout_correction_equals_verls(verl, level, threshold):
+    g = torch.Generator().manual_seed(11)
+    old = -torch.rand(6, 5, generator=g) * 2
+    rollout = old + torch.randn(6, 5, generator=g) * 0.5
+    mask = torch.ones(6, 5)
+    mask[2, 2:] = 0
+    theirs, _ = verl.compute_rollout_correction_weights(old - rollout, mask, level, threshold)
+    ours = verl_sampler_correction(old, rollout, mask, level, threshold)
+    assert torch.allclose(ours.ratio, theirs)
+    assert (ours.clamped | ours.dropped).any()
+
+
+@pytest.mark.parametrize("mode", VERL_LOSS_AGG_MODES)
+@pytest.mark.parametrize("rollout_is", [None, "token", "sequence"])
+def test_verl_step_loss_equals_verls_policy_loss(verl, mode, rollout_is):
+    g = torch.Generator().manual_seed(12)
+    B, T = 8, 6
+    rewards = torch.randn(B, 1, generator=g)
+    mask = (torch.rand(B, T, generator=g) < 0.8).long()
+    mask[:, 0] = 1
+    lp = -torch.rand(B, T, generator=g)
+    old = lp + torch.randn(B, T, generator=g) * 0.4
+    sampler = old + torch.randn(B, T, generator=g) * 0.3
+    ref = lp + torch.randn(B, T, generator=g) * 0.2
+    cfg = VerlGRPOConfig(num_generations=4, loss_agg_mode=mode, rollout_is=rollout_is, use_kl_loss=True)
+    s = grpo_step(rewards, mask, torch.zeros(B, dtype=torch.bool), lp, sampler, ref, config=cfg, old_per_token_logps=old)
+    token_rewards = torch.zeros(B, T)
+    token_rewards[:, 0] = rewards[:, 0]
+    adv, _ = verl.compute_grpo_outcome_advantage(token_rewards, mask.float(), np.arange(B) // 4)
+    is_w = None
+    if rollout_is:
+        is_w, _ = verl.compute_rollout_correction_weights(old - sampler, mask.float(), rollout_is, 2.0)
+    actor = SimpleNamespace(clip_ratio=0.2, clip_ratio_low=0.2, clip_ratio_high=0.2, global_batch_info={},
+                            get=lambda k, d=None: 3.0 if k == "clip_ratio_c" else d)
+    pg, pg_metrics = verl.compute_policy_loss_vanilla(old, lp, adv, mask.float(), mode, actor, is_w)
+    kl = verl.agg_loss(verl.kl_penalty_forward(lp, ref, "low_var_kl"), mask.float(), mode)
+    assert s.loss.item() == pytest.approx((pg + kl * 0.001).item(), rel=1e-5, abs=1e-7)
+    assert s.metrics["actor/pg_clipfrac"] == pytest.approx(pg_metrics["actor/pg_clipfrac"], abs=1e-6)
+    assert s.metrics["actor/pg_clipfrac_lower"] == pytest.approx(pg_metrics["actor/pg_clipfrac_lower"], abs=1e-6)
