@@ -15,6 +15,7 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
+from ..diagnostics import length_bias_pair, weight_per_advantage
 from ..errors import InputError
 from ..grpo import GRPOConfig, GRPOStep, LOSS_TYPES, rollout_grpo_step
 from ..rollout import Rollout
@@ -153,17 +154,6 @@ def token_weights_heatmap(r: Rollout, step: GRPOStep) -> go.Figure:
     return fig
 
 
-def length_bias_pair(step: GRPOStep) -> tuple[int, int] | None:
-    """The shortest and the longest completion (in loss tokens) among those with a nonzero advantage, or None."""
-    counts = step.completion_mask.sum(1)
-    live = [i for i in range(len(counts)) if int(counts[i]) > 0 and abs(float(step.advantages[i])) > 1e-9]
-    if len(live) < 2:
-        return None
-    short = min(live, key=lambda i: (int(counts[i]), i))
-    long = max(live, key=lambda i: (int(counts[i]), -i))
-    return (short, long) if int(counts[long]) > int(counts[short]) else None
-
-
 def loss_type_table(r: Rollout, rewards_per_func, config: GRPOConfig, *, inputs: dict | None = None,
                     reward_func_names=None, use_sampler_logprobs: bool = True) -> pd.DataFrame:
     """The same rollout under every TRL loss type: for the shortest and the longest completion with a nonzero
@@ -178,10 +168,7 @@ def loss_type_table(r: Rollout, rewards_per_func, config: GRPOConfig, *, inputs:
         pair = length_bias_pair(step)
         if pair is None:
             return pd.DataFrame(columns=columns)
-        per_adv = []
-        for i in pair:
-            m = step.completion_mask[i].bool()
-            per_adv.append(float(-step.token_weights[i][m].mean()) / float(step.advantages[i]))
+        per_adv = [weight_per_advantage(step, i) for i in pair]
         counts = [int(step.completion_mask[i].sum()) for i in pair]
         rows.append([loss_type, f"#{pair[0]} ({counts[0]})", f"#{pair[1]} ({counts[1]})", per_adv[0], per_adv[1],
                      per_adv[1] / per_adv[0] if per_adv[0] else float("nan")])
