@@ -160,18 +160,22 @@ def loss_type_table(r: Rollout, rewards_per_func, config: GRPOConfig, *, inputs:
     advantage, the mean per-token weight divided by the completion's advantage (how much one of its tokens
     counts per unit of advantage), and long / short: 1.0 means no length bias. Empty when no such pair exists."""
     columns = ["loss_type", "short (tokens)", "long (tokens)", "short: weight / advantage", "long: weight / advantage",
-               "long / short"]
+               "long / short", "note"]
     rows = []
     for loss_type in LOSS_TYPES:
-        step = rollout_grpo_step(r, rewards_per_func, replace(config, loss_type=loss_type), inputs=inputs,
-                                 reward_func_names=reward_func_names, use_sampler_logprobs=use_sampler_logprobs)
+        try:
+            step = rollout_grpo_step(r, rewards_per_func, replace(config, loss_type=loss_type), inputs=inputs,
+                                     reward_func_names=reward_func_names, use_sampler_logprobs=use_sampler_logprobs)
+        except InputError as exc:  # a loss type these settings do not allow (e.g. vespo with a sequence-level mode)
+            rows.append([loss_type, "", "", math.nan, math.nan, math.nan, str(exc)])
+            continue
         pair = length_bias_pair(step)
         if pair is None:
             return pd.DataFrame(columns=columns)
         per_adv = [weight_per_advantage(step, i) for i in pair]
         counts = [int(step.completion_mask[i].sum()) for i in pair]
         rows.append([loss_type, f"#{pair[0]} ({counts[0]})", f"#{pair[1]} ({counts[1]})", per_adv[0], per_adv[1],
-                     per_adv[1] / per_adv[0] if per_adv[0] else float("nan")])
+                     per_adv[1] / per_adv[0] if per_adv[0] else math.nan, ""])
     return pd.DataFrame(rows, columns=columns)
 
 
@@ -186,7 +190,7 @@ def loss_type_figure(table: pd.DataFrame) -> go.Figure:
         short, long = table["short: weight / advantage"].to_numpy(float), table["long: weight / advantage"].to_numpy(float)
         mean = (short + long) / 2
         mean[mean == 0] = 1.0
-        s_label, l_label = table["short (tokens)"].iloc[0], table["long (tokens)"].iloc[0]
+        s_label, l_label = table["short (tokens)"].max(), table["long (tokens)"].max()
         fig.add_bar(x=table["loss_type"], y=short / mean, name=f"short completion {s_label}", marker_color="#2563eb",
                     customdata=short, hovertemplate="%{x}: %{customdata:.3e} per unit advantage<extra>short</extra>")
         fig.add_bar(x=table["loss_type"], y=long / mean, name=f"long completion {l_label}", marker_color="#f59e0b",
