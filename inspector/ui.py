@@ -80,6 +80,20 @@ CSS = TOKEN_CSS + PPO_CSS + """
 
 STOP_CHOICES = ["EOS token", "No truncation", "Custom token"]
 
+PAGE_JS = """
+() => {
+  // Ctrl+Enter (Cmd+Enter on a Mac) in the prompts runs the rollout, as the Run button does.
+  document.addEventListener('keydown', (e) => {
+    if (e.key !== 'Enter' || !(e.ctrlKey || e.metaKey) || !e.target.closest || !e.target.closest('#prompts')) return;
+    const run = document.querySelector('#run');
+    if (!run) return;
+    e.preventDefault();
+    e.target.dispatchEvent(new Event('input', {bubbles: true}));
+    run.click();
+  }, true);
+}
+"""
+
 
 # ---------------------------------------------------------------------------------------------- core calls
 
@@ -360,129 +374,180 @@ def _df(spec, label, elem_id):
     )
 
 
+def _controls(p: dict) -> None:
+    """The left column: prompts and the Run button first (inside the first screen on a laptop and a phone),
+    then the settings, folded."""
+    p["prompts"] = gr.Textbox(
+        "\n".join(EXAMPLES["Sentiment contrast"]), lines=5, max_lines=14,
+        label="Prompts (one per line)", elem_id="prompts",
+    )
+    p["run"] = gr.Button("Run rollout", variant="primary", elem_id="run")
+    gr.Markdown("Ctrl+Enter (⌘+Enter) in the prompts runs.", elem_classes="panel-note", elem_id="run-hint")
+    p["run_message"] = gr.Markdown("", elem_id="run-message")
+    p["example_set"] = gr.Dropdown(list(EXAMPLES), value=None, label="Example prompt sets", elem_id="example-set")
+    p["use_chat"] = gr.Checkbox(True, label="Apply the chat template")
+    with gr.Accordion("Generation settings", open=False, elem_id="generation-settings"):
+        p["max_new_tokens"] = gr.Slider(1, 512, value=48, step=1, label="max_new_tokens", elem_id="max-new-tokens")
+        p["do_sample"] = gr.Checkbox(True, label="do_sample (off = greedy)", elem_id="do-sample")
+        p["temperature"] = gr.Slider(0, 2.0, value=0.7, step=0.05, label="temperature", elem_id="temperature")
+        p["top_k"] = gr.Slider(0, 200, value=0, step=1, label="top_k (0 = off)", elem_id="top-k")
+        p["top_p"] = gr.Slider(0, 1.0, value=1.0, step=0.01, label="top_p (1 = off)", elem_id="top-p")
+        p["seed"] = gr.Number(0, precision=0, label="seed", elem_id="seed")
+        p["samples"] = gr.Slider(1, 8, value=1, step=1, label="samples per prompt", elem_id="samples")
+        p["stop_choice"] = gr.Radio(STOP_CHOICES, value=STOP_CHOICES[0], label="Stop token (truncation)",
+                                    elem_id="stop-choice")
+        p["stop_custom"] = gr.Textbox("", label="Custom stop token", placeholder="e.g. .", visible=False,
+                                      elem_id="stop-custom")
+        p["attention"] = gr.Radio(
+            [("TRL mask (ids != pad)", "trl"), ("Tokenizer's true mask", "tokenizer")], value="trl",
+            label="Attention mask",
+        )
+        p["compare_masks"] = gr.Checkbox(False, label="Also score under the true mask (one more reward pass)",
+                                         elem_id="compare-masks")
+    with gr.Accordion("Models", open=False, elem_id="models"):
+        p["policy"] = gr.Textbox(DEFAULT_POLICY, label="Policy (Hub id or local folder)")
+        p["reward"] = gr.Textbox(DEFAULT_REWARD, label="Reward model")
+        p["value"] = gr.Textbox("", label="Value model", placeholder="blank = the reward model")
+        p["reference"] = gr.Textbox("", label="Reference model", placeholder="blank = the policy", elem_id="reference")
+        p["load"] = gr.Button("Load models")
+        p["models_md"] = gr.Markdown("Models load on the first run (the defaults work offline).")
+    with gr.Accordion("Open a file", open=False, elem_id="open-file"):
+        p["upload"] = gr.File(label="A rollout .json, or completions (.jsonl / .csv / .parquet)",
+                              file_types=[".json", ".jsonl", ".csv", ".parquet"], elem_id="upload")
+        gr.Markdown("TRL completion tables (`prompt`, `completion`, `reward`) and verl dumps (`input`, "
+                    "`output`, `score`) are re-scored with the models above.", elem_classes="panel-note")
+        p["import"] = gr.Button("Open and inspect", elem_id="import")
+
+
+def _overview(p: dict) -> None:
+    """Above the tabs: what is on screen, the traps found in it, and the sample every per-sample view shows."""
+    p["status"] = gr.Markdown("Press **Run rollout**.", elem_id="status-line")
+    p["diagnostics"] = gr.HTML(elem_id="panel-diagnostics")
+    p["sample"] = gr.Dropdown(choices=[], value=None, label="Sample", elem_id="sample-picker")
+
+
+def _sequences_tab(p: dict) -> None:
+    with gr.Tab("Sequences", id="sequences", elem_id="tab-sequences"):
+        gr.Markdown("#### Raw `output.sequences`")
+        p["seq_html"] = gr.HTML(elem_id="panel-sequences")
+        gr.Markdown("#### The manual split at `context_length` (the picked sample)")
+        p["split_view"] = gr.HTML(elem_id="panel-split")
+        gr.Markdown("#### Stop and pad")
+        p["stops"] = _df(STOP_COLUMNS, "Stop and pad positions", "panel-stops")
+
+
+def _logprobs_tab(p: dict) -> None:
+    with gr.Tab("Logprobs", id="logprobs", elem_id="tab-logprobs"):
+        p["heatmap"] = gr.Plot(elem_id="panel-logprobs", show_label=False)
+        p["entropy"] = gr.Plot(elem_id="panel-entropy", show_label=False)
+        gr.Markdown("#### Logprob agreement: `logprobs` (sampling time) versus `new_logprobs` (the training forward pass) "
+                    "and PPO's first-epoch ratio")
+        p["gap_md"] = gr.Markdown(elem_id="panel-agreement")
+        p["gap_plot"] = gr.Plot(elem_id="panel-gap", show_label=False)
+
+
+def _value_reward_tab(p: dict) -> None:
+    with gr.Tab("Value & reward", id="value-reward", elem_id="tab-value-reward"):
+        gr.Markdown("#### Value model input versus reward model input (the picked sample)")
+        p["vr_html"] = gr.HTML(elem_id="panel-value-reward")
+        p["values_plot"] = gr.Plot(elem_id="panel-values", show_label=False)
+
+
+def _ppo_tab(p: dict) -> None:
+    with gr.Tab("PPO step", id="ppo", elem_id="tab-ppo"):
+        gr.Markdown("#### The PPO step, token by token (TRL's semantics, fed the rollout's sampling-time `logprobs`), "
+                    "for the picked sample")
+        with gr.Row(elem_id="ppo-settings"):
+            p["kl_coef"] = gr.Number(0.05, label="kl_coef", min_width=90, elem_id="kl-coef")
+            p["kl_estimator"] = gr.Radio(["k1", "k3"], value="k1", label="kl_estimator", min_width=120,
+                                         elem_id="kl-estimator")
+            p["gamma"] = gr.Number(1.0, label="gamma", min_width=90, elem_id="gamma")
+            p["lam"] = gr.Number(0.95, label="lam", min_width=90, elem_id="lam")
+            with gr.Column(min_width=200):
+                p["whiten_rewards"] = gr.Checkbox(False, label="whiten_rewards")
+                p["penalty_on"] = gr.Checkbox(False, label="apply missing_eos_penalty")
+            p["penalty"] = gr.Number(1.0, label="missing_eos_penalty", min_width=170, elem_id="missing-eos-penalty")
+        p["ppo_html"] = gr.HTML(elem_id="panel-ppo")
+        p["ppo_metrics"] = gr.Dataframe(headers=["metric", "value"], datatype=["str", "str"], interactive=False,
+                                        label="What TRL logs for this batch", elem_id="panel-ppo-metrics")
+
+
+def _batch_tab(p: dict) -> None:
+    with gr.Tab("Batch & compare", id="batch", elem_id="tab-batch"):
+        p["table"] = _df(BATCH_COLUMNS, "Batch", "panel-batch")
+        with gr.Row():
+            p["table_file"] = gr.File(label="Batch table (CSV)", elem_id="download-table")
+            p["record_file"] = gr.File(label="Whole rollout (JSON record; JSONL and Parquet rows)",
+                                       file_count="multiple", elem_id="download-record")
+        gr.Markdown("#### Compare two samples")
+        with gr.Row():
+            p["compare_a"] = gr.Dropdown(choices=[], value=None, label="Left", elem_id="compare-a")
+            p["compare_b"] = gr.Dropdown(choices=[], value=None, label="Right", elem_id="compare-b")
+        p["compare_out"] = gr.HTML(elem_id="panel-compare")
+
+
+TABS = [_sequences_tab, _logprobs_tab, _value_reward_tab, _ppo_tab, _batch_tab]
+"""The views, one tab each, in the order of the tab bar. A tab is a function that adds its components to the
+page's dict of components; its events are wired in `_wire`."""
+
+PPO_INPUTS = ["kl_coef", "kl_estimator", "gamma", "lam", "whiten_rewards", "penalty_on", "penalty"]
+ROLLOUT_OUTPUTS = ["session_rollout", "models_md", "sample", "status", "diagnostics", "seq_html", "heatmap", "entropy",
+                   "stops", "table", "table_file", "record_file", "gap_plot", "gap_md", "split_view", "vr_html",
+                   "values_plot"]
+"""The components a new rollout fills, in the order of `rollout_views`."""
+RUN_INPUTS = ["policy", "reward", "value", "reference", "prompts", "use_chat", "max_new_tokens", "do_sample",
+              "temperature", "top_k", "top_p", "seed", "samples", "stop_choice", "stop_custom", "attention",
+              "compare_masks"]
+
+
+def _wire(p: dict) -> None:
+    """Every event of the page."""
+    c = lambda names: [p[n] for n in names]  # noqa: E731
+    ppo_inputs, rollout_outputs = c(PPO_INPUTS), c(ROLLOUT_OUTPUTS)
+    p["example_set"].change(lambda k: "\n".join(EXAMPLES[k]) if k else gr.update(), p["example_set"], p["prompts"],
+                            api_visibility="private")
+    p["stop_choice"].change(lambda choice: gr.update(visible=choice == "Custom token"), p["stop_choice"],
+                            p["stop_custom"], api_visibility="private")
+    p["load"].click(load_callback, c(["policy", "reward", "value", "reference"]), [p["models_md"]],
+                    api_visibility="private")
+    ppo = dict(fn=ppo_views, inputs=[p["session_rollout"], p["sample"], *ppo_inputs],
+               outputs=[p["ppo_html"], p["ppo_metrics"]], api_visibility="private")
+    p["run"].click(run_callback, c(RUN_INPUTS), rollout_outputs, api_visibility="private").then(**ppo)
+    p["import"].click(
+        import_callback,
+        c(["upload", "policy", "reward", "value", "reference", "use_chat", "stop_choice", "stop_custom", "attention"]),
+        rollout_outputs,
+        api_visibility="private",
+    ).then(**ppo)
+    p["session_rollout"].change(compare_choices, p["session_rollout"], c(["compare_a", "compare_b"]),
+                                api_visibility="private")
+    for picker in ("compare_a", "compare_b"):
+        p[picker].change(compare_view, c(["session_rollout", "compare_a", "compare_b"]), p["compare_out"],
+                         api_visibility="private")
+    p["sample"].change(sample_views, c(["session_rollout", "sample"]), c(["split_view", "vr_html", "values_plot"]),
+                       api_visibility="private")
+    for control in (p["sample"], *ppo_inputs):
+        control.change(**ppo)
+
+
 def build_app() -> gr.Blocks:
     """The Blocks of the app. Nothing loads at build time; models load on the first click."""
     with gr.Blocks(title="Rollout Inspector", fill_width=True) as demo:
         gr.Markdown(
-            "# Rollout Inspector\nSee exactly what a PPO trainer trains on: the raw `output.sequences`, the split "
-            "at `context_length`, per-token logprobs, where the stop and the pads are, and what the value and "
-            "reward models each see."
+            "## Rollout Inspector\nSee exactly what a PPO trainer trains on, token by token: the raw "
+            "`output.sequences`, the split at `context_length`, per-token logprobs, where the stop and the pads are, "
+            "what the value and reward models each see, and the PPO step.", elem_id="page-intro",
         )
-        session_rollout = gr.State(None, time_to_live=6 * 3600)
-        with gr.Row(equal_height=False):
-            with gr.Column(scale=1, min_width=340):
-                with gr.Accordion("Models", open=False):
-                    policy = gr.Textbox(DEFAULT_POLICY, label="Policy (Hub id or local folder)")
-                    reward = gr.Textbox(DEFAULT_REWARD, label="Reward model")
-                    value = gr.Textbox("", label="Value model", placeholder="blank = the reward model")
-                    reference = gr.Textbox("", label="Reference model", placeholder="blank = the policy")
-                    load_btn = gr.Button("Load models")
-                    models_md = gr.Markdown("Models load on the first run (the defaults work offline).")
-                prompts = gr.Textbox(
-                    "\n".join(EXAMPLES["Sentiment contrast"]), lines=5, max_lines=14,
-                    label="Prompts (one per line)", elem_id="prompts",
-                )
-                example_set = gr.Dropdown(list(EXAMPLES), value=None, label="Example prompt sets")
-                use_chat = gr.Checkbox(True, label="Apply the chat template")
-                with gr.Accordion("Generation", open=True):
-                    max_new_tokens = gr.Slider(1, 512, value=48, step=1, label="max_new_tokens", elem_id="max-new-tokens")
-                    do_sample = gr.Checkbox(True, label="do_sample (off = greedy)")
-                    temperature = gr.Slider(0.05, 2.0, value=0.7, step=0.05, label="temperature")
-                    top_k = gr.Slider(0, 200, value=0, step=1, label="top_k (0 = off)")
-                    top_p = gr.Slider(0.05, 1.0, value=1.0, step=0.01, label="top_p (1 = off)")
-                    seed = gr.Number(0, precision=0, label="seed", elem_id="seed")
-                    samples = gr.Slider(1, 8, value=1, step=1, label="samples per prompt")
-                    stop_choice = gr.Radio(STOP_CHOICES, value=STOP_CHOICES[0], label="Stop token (truncation)")
-                    stop_custom = gr.Textbox("", label="Custom stop token", placeholder="e.g. .", visible=False,
-                                             elem_id="stop-custom")
-                    attention = gr.Radio(
-                        [("TRL mask (ids != pad)", "trl"), ("Tokenizer's true mask", "tokenizer")], value="trl",
-                        label="Attention mask",
-                    )
-                    compare_masks = gr.Checkbox(False, label="Also score under the true mask (one more reward pass)",
-                                                elem_id="compare-masks")
-                run_btn = gr.Button("Run rollout", variant="primary", elem_id="run")
-                with gr.Accordion("Open a file", open=False):
-                    upload = gr.File(label="A rollout .json, or completions (.jsonl / .csv / .parquet)",
-                                     file_types=[".json", ".jsonl", ".csv", ".parquet"], elem_id="upload")
-                    gr.Markdown("TRL completion tables (`prompt`, `completion`, `reward`) and verl dumps (`input`, "
-                                "`output`, `score`) are re-scored with the models above.", elem_classes="panel-note")
-                    import_btn = gr.Button("Open and inspect", elem_id="import")
-            with gr.Column(scale=3, min_width=600):
-                status = gr.Markdown("Press **Run rollout**.", elem_id="status-line")
-                diagnostics = gr.HTML(elem_id="panel-diagnostics")
-                sample = gr.Dropdown(choices=[], value=None, label="Sample", elem_id="sample-picker")
-                gr.Markdown("### 1 · Raw `output.sequences`")
-                seq_html = gr.HTML(elem_id="panel-sequences")
-                gr.Markdown("### 2 · The manual split at `context_length`")
-                split_view = gr.HTML(elem_id="panel-split")
-                gr.Markdown("### 3 · Per-token logprobs and entropy")
-                with gr.Row():
-                    heatmap = gr.Plot(elem_id="panel-logprobs", show_label=False)
-                    entropy = gr.Plot(elem_id="panel-entropy", show_label=False)
-                gr.Markdown("### 4 · Stop and pad")
-                stops = _df(STOP_COLUMNS, "Stop and pad positions", "panel-stops")
-                gr.Markdown("### 5 · Value model input versus reward model input")
-                vr_html = gr.HTML(elem_id="panel-value-reward")
-                values_plot = gr.Plot(elem_id="panel-values", show_label=False)
-                gr.Markdown("### 6 · Batch")
-                table = _df(BATCH_COLUMNS, "Batch", "panel-batch")
-                with gr.Row():
-                    table_file = gr.File(label="Batch table (CSV)", elem_id="download-table")
-                    record_file = gr.File(label="Whole rollout (JSON record; JSONL and Parquet rows)",
-                                          file_count="multiple", elem_id="download-record")
-                gr.Markdown("### Compare two samples")
-                with gr.Row():
-                    compare_a = gr.Dropdown(choices=[], value=None, label="Left", elem_id="compare-a")
-                    compare_b = gr.Dropdown(choices=[], value=None, label="Right", elem_id="compare-b")
-                compare_out = gr.HTML(elem_id="panel-compare")
-                gr.Markdown("### 7 · The PPO step, token by token (TRL's semantics, fed the rollout's sampling-time `logprobs`)")
-                with gr.Row():
-                    kl_coef = gr.Number(0.05, label="kl_coef", minimum=0, min_width=90)
-                    kl_estimator = gr.Radio(["k1", "k3"], value="k1", label="kl_estimator", min_width=120)
-                    gamma = gr.Number(1.0, label="gamma", minimum=0, maximum=1, min_width=90)
-                    lam = gr.Number(0.95, label="lam", minimum=0, maximum=1, min_width=90)
-                    with gr.Column(min_width=200):
-                        whiten_rewards = gr.Checkbox(False, label="whiten_rewards")
-                        penalty_on = gr.Checkbox(False, label="apply missing_eos_penalty")
-                    penalty = gr.Number(1.0, label="missing_eos_penalty", minimum=0, min_width=140)
-                ppo_html = gr.HTML(elem_id="panel-ppo")
-                ppo_metrics = gr.Dataframe(headers=["metric", "value"], datatype=["str", "str"], interactive=False,
-                                           label="What TRL logs for this batch", elem_id="panel-ppo-metrics")
-                gr.Markdown("### 8 · Logprob agreement: `logprobs` (sampling time) versus `new_logprobs` (the training forward pass) and PPO's first-epoch ratio")
-                gap_md = gr.Markdown(elem_id="panel-agreement")
-                gap_plot = gr.Plot(elem_id="panel-gap", show_label=False)
-
-        ppo_inputs = [kl_coef, kl_estimator, gamma, lam, whiten_rewards, penalty_on, penalty]
-        rollout_outputs = [session_rollout, models_md, sample, status, diagnostics, seq_html, heatmap, entropy, stops,
-                           table, table_file, record_file, gap_plot, gap_md, split_view, vr_html, values_plot]
-        example_set.change(lambda k: "\n".join(EXAMPLES[k]) if k else gr.update(), example_set, prompts,
-                           api_visibility="private")
-        stop_choice.change(lambda c: gr.update(visible=c == "Custom token"), stop_choice, stop_custom,
-                           api_visibility="private")
-        load_btn.click(load_callback, [policy, reward, value, reference], [models_md],
-                       api_visibility="private")
-        run_btn.click(
-            run_callback,
-            [policy, reward, value, reference, prompts, use_chat, max_new_tokens, do_sample, temperature, top_k, top_p, seed, samples,
-             stop_choice, stop_custom, attention, compare_masks],
-            rollout_outputs,
-            api_visibility="private",
-        ).then(ppo_views, [session_rollout, sample, *ppo_inputs], [ppo_html, ppo_metrics], api_visibility="private")
-        import_btn.click(
-            import_callback,
-            [upload, policy, reward, value, reference, use_chat, stop_choice, stop_custom, attention],
-            rollout_outputs,
-            api_visibility="private",
-        ).then(ppo_views, [session_rollout, sample, *ppo_inputs], [ppo_html, ppo_metrics], api_visibility="private")
-        session_rollout.change(compare_choices, session_rollout, [compare_a, compare_b], api_visibility="private")
-        for picker in (compare_a, compare_b):
-            picker.change(compare_view, [session_rollout, compare_a, compare_b], compare_out, api_visibility="private")
-        sample.change(sample_views, [session_rollout, sample], [split_view, vr_html, values_plot],
-                      api_visibility="private")
-        for control in (sample, *ppo_inputs):
-            control.change(ppo_views, [session_rollout, sample, *ppo_inputs], [ppo_html, ppo_metrics],
-                           api_visibility="private")
+        p: dict = {"session_rollout": gr.State(None, time_to_live=6 * 3600)}
+        with gr.Row(equal_height=False, elem_id="page-row"):
+            with gr.Column(scale=1, min_width=300, elem_id="controls"):
+                _controls(p)
+            with gr.Column(scale=3, min_width=300, elem_id="results"):
+                _overview(p)
+                with gr.Tabs(elem_id="views", overflow_behavior="wrap"):
+                    for tab in TABS:
+                        tab(p)
+        _wire(p)
         gr.api(rollout_api, api_name="rollout")
         with gr.Row(visible=False):  # the file endpoint: a File input so that clients upload as they should
             api_file = gr.File()
@@ -495,4 +560,4 @@ def build_app() -> gr.Blocks:
 
 def launch_kwargs() -> dict:
     """What `launch()` takes in Gradio 6 besides the server settings: the page's CSS and theme."""
-    return {"css": CSS, "theme": gr.themes.Soft()}
+    return {"css": CSS, "theme": gr.themes.Soft(), "js": PAGE_JS}

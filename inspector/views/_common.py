@@ -75,6 +75,11 @@ def shorten(text: str, limit: int) -> str:
     return text if len(text) <= limit else text[: limit - 1].rstrip() + "…"
 
 
+def plural(n: int, noun: str, nouns: str | None = None) -> str:
+    """'1 sample', '2 samples', '0 samples' (`nouns` for an irregular plural)."""
+    return f"{n} {noun if n == 1 else nouns or noun + 's'}"
+
+
 def sample_label(r: Rollout, i: int, limit: int = 26) -> str:
     """'3: first words of the prompt…' (plain text)."""
     return f"{i}: {shorten(r.prompts[i], limit)}"

@@ -12,7 +12,7 @@ import torch
 from ..diagnostics import Finding
 from ..ppo import PPOStep
 from ..rollout import Rollout
-from ._common import esc, sample_label, shown, valid_mask
+from ._common import esc, plural, sample_label, shown, valid_mask
 
 PPO_CSS = """
 .ppo-wrap { overflow-x: auto; max-width: 100%; border: 1px solid #e5e7eb; border-radius: 6px; background: #fff; }
@@ -23,11 +23,14 @@ PPO_CSS = """
 .ppo-table td.pad { color: #9ca3af; background: #f3f4f6; }
 .ppo-table td.scored { outline: 2px solid #7c3aed; outline-offset: -2px; font-weight: 700; }
 .ppo-table td.neg { color: #b91c1c; } .ppo-table td.pos { color: #047857; }
-.diag-list { display: flex; flex-direction: column; gap: 6px; }
+.diag-list { display: flex; flex-direction: column; gap: 4px; }
 .diag { border-left: 4px solid #f59e0b; background: #fffbeb; padding: 6px 10px; border-radius: 4px; color: #111827; }
 .diag.info { border-left-color: #3b82f6; background: #eff6ff; }
 .diag.ok { border-left-color: #10b981; background: #ecfdf5; }
 .diag h4 { margin: 0 0 3px; font-size: 14px; }
+.diag summary { cursor: pointer; font-size: 14px; }
+.diag summary .more { color: #2563eb; font-size: 12px; margin-left: 6px; }
+.diag[open] summary .more { display: none; }
 .diag p { margin: 2px 0; font-size: 13px; }
 .diag .where { color: #4b5563; font-size: 12px; }
 """
@@ -166,20 +169,24 @@ def logprob_agreement_markdown(r: Rollout) -> str:
 
 
 def diagnostics_html(findings: list[Finding]) -> str:
-    """The findings as cards: the trap, where it is, why it matters, the fix."""
+    """The findings as folded cards: the trap and the samples it touches on one line; opened, the detail, why it
+    matters and the fix."""
     if not findings:
         return "<div class='diag-list'><div class='diag ok'><h4>No trap found in this rollout</h4></div></div>"
     cards = []
     for f in findings:
         where = ""
         if f.samples:
-            where = f"<p class='where'>samples {', '.join(map(str, f.samples[:20]))}{' …' if len(f.samples) > 20 else ''}"
-            if f.positions:
-                where += f" · positions {', '.join(f'{b}:{t}' for b, t in f.positions[:12])}{' …' if len(f.positions) > 12 else ''}"
-            where += "</p>"
+            where = f"{plural(len(f.samples), 'sample')} {', '.join(map(str, f.samples[:20]))}{' …' if len(f.samples) > 20 else ''}"
+        positions = ""
+        if f.positions:
+            positions = (f"<p class='where'>positions (sample:index) {', '.join(f'{b}:{t}' for b, t in f.positions[:12])}"
+                         f"{' …' if len(f.positions) > 12 else ''}</p>")
         cards.append(
-            f"<div class='diag {esc(f.severity)}' data-code='{esc(f.code)}'><h4>{'⚠' if f.severity == 'warning' else 'ℹ'} "
-            f"{esc(f.title)}</h4><p>{esc(f.detail)}</p>{where}<p><b>Why it matters:</b> {esc(f.why)}</p>"
-            f"<p><b>Fix:</b> {esc(f.fix)}</p></div>"
+            f"<details class='diag {esc(f.severity)}' data-code='{esc(f.code)}'><summary><b>"
+            f"{'⚠' if f.severity == 'warning' else 'ℹ'} {esc(f.title)}</b>"
+            f"{f' <span class=where>· {where}</span>' if where else ''} <span class='more'>why and fix</span></summary>"
+            f"<p>{esc(f.detail)}</p>{positions}<p><b>Why it matters:</b> {esc(f.why)}</p>"
+            f"<p><b>Fix:</b> {esc(f.fix)}</p></details>"
         )
     return f"<div class='diag-list'>{''.join(cards)}</div>"
