@@ -254,6 +254,7 @@ def rescore(models, parsed: Completions, *, stop_token_id="eos", use_chat_templa
             "encoding need not give back the same tokens)."
         )
     elif parsed.kind == "trl-grpo":
+        rollout.settings["reward_columns"] = list(parsed.reward_columns)
         rollout.notes.append(
             f"TRL GRPO log: {len(parsed.reward_columns)} reward column(s) ({', '.join(parsed.reward_columns)}) and the "
             f"logged advantages are kept; groups of {groups or '?'} completions. Completions were decoded without "

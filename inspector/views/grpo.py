@@ -47,6 +47,10 @@ def _num(x: float, spec: str = "+.4f") -> str:
     return format(x, spec)
 
 
+def _sig(x: float, digits: int = 5) -> float:
+    return float(f"{x:.{digits}g}") if math.isfinite(x) else x
+
+
 def _check(r: Rollout, step: GRPOStep) -> None:
     if step.advantages.shape[0] != r.batch_size or step.token_weights.shape[1] != r.response_width:
         raise InputError("This GRPO step was computed for another rollout: recompute it.")
@@ -132,7 +136,7 @@ def token_weights_heatmap(r: Rollout, step: GRPOStep) -> go.Figure:
     bound = float(np.nanmax(np.abs(z))) if np.isfinite(z).any() else 1e-9
     fig = go.Figure(go.Heatmap(
         z=z, x=np.arange(T), y=np.arange(B), customdata=custom, zmid=0.0, zmin=-max(bound, 1e-9),
-        zmax=max(bound, 1e-9), colorscale="RdBu", hoverongaps=False, xgap=1 if T <= 64 else 0, ygap=1,
+        zmax=max(bound, 1e-9), colorscale="RdBu_r", hoverongaps=False, xgap=1 if T <= 64 else 0, ygap=1,
         colorbar=dict(title=dict(text="d loss / d logp", side="right"), thickness=12),
         hovertemplate=("<b>%{customdata[0]}</b><br>completion %{y} · position %{x}<br>token weight %{z:.3e}<br>"
                        "advantage %{customdata[1]}<br>sampler ratio %{customdata[2]} · policy ratio %{customdata[3]}<br>"
@@ -174,8 +178,8 @@ def loss_type_table(r: Rollout, rewards_per_func, config: GRPOConfig, *, inputs:
             return pd.DataFrame(columns=columns)
         per_adv = [weight_per_advantage(step, i) for i in pair]
         counts = [int(step.completion_mask[i].sum()) for i in pair]
-        rows.append([loss_type, f"#{pair[0]} ({counts[0]})", f"#{pair[1]} ({counts[1]})", per_adv[0], per_adv[1],
-                     per_adv[1] / per_adv[0] if per_adv[0] else math.nan, ""])
+        ratio = per_adv[1] / per_adv[0] if per_adv[0] else math.nan
+        rows.append([loss_type, f"#{pair[0]} ({counts[0]})", f"#{pair[1]} ({counts[1]})", *(_sig(x) for x in (*per_adv, ratio)), ""])
     return pd.DataFrame(rows, columns=columns)
 
 
@@ -195,10 +199,10 @@ def loss_type_figure(table: pd.DataFrame) -> go.Figure:
                     customdata=short, hovertemplate="%{x}: %{customdata:.3e} per unit advantage<extra>short</extra>")
         fig.add_bar(x=table["loss_type"], y=long / mean, name=f"long completion {l_label}", marker_color="#f59e0b",
                     customdata=long, hovertemplate="%{x}: %{customdata:.3e} per unit advantage<extra>long</extra>")
-    fig.update_layout(template="plotly_white", barmode="group", height=300, margin=dict(l=8, r=8, t=48, b=40),
+    fig.update_layout(template="plotly_white", barmode="group", height=320, margin=dict(l=8, r=8, t=64, b=40),
                       title=dict(text="Per-token weight per unit of advantage, short vs long completion, under each "
                                       "loss_type (equal bars: no length bias)", x=0, font=dict(size=13)),
-                      legend=dict(orientation="h", y=1.02, yanchor="bottom", x=0))
+                      legend=dict(orientation="h", y=1.0, yanchor="bottom", x=0))
     fig.update_yaxes(title="relative to the pair's mean")
     return fig
 
