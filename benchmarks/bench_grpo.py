@@ -5,7 +5,8 @@ This times it for P prompts x G completions x T tokens (default 16 x 8 x 256), o
 offers, on tensors of the recorded shapes: completion ids with EOS at random places (some completions cut),
 trainer, sampler and reference logprobs, entropies, and three reward functions with some None.
 Each setting is timed `--reps` times after one warm-up; the median and the max are printed, with the
-one-off cost of reading the rollout's inputs and the ratio to a one-second budget.
+one-off cost of reading the rollout's inputs, beside the same run on one thread (on a
+busy machine torch's thread pool costs more than these small tensors' work).
 
     python benchmarks/bench_grpo.py [--prompts 16] [--generations 8] [--tokens 256] [--reps 7]
 """
@@ -75,21 +76,28 @@ def main() -> int:
     print(f"GRPO step recompute: {a.prompts} prompts x {a.generations} completions x {a.tokens} tokens, "
           f"torch {torch.__version__}, {torch.get_num_threads()} threads, {platform.processor() or platform.machine()}")
     print(f"reading the rollout's inputs (once per rollout): {read * 1000:.1f} ms")
-    print(f"{'setting':40s} {'median ms':>10s} {'max ms':>8s} {'share of 1 s':>13s}")
+    default_threads = torch.get_num_threads()
+    print(f"{'setting':40s} {'median ms':>10s} {'max ms':>8s} {f'median ms, 1 thread':>20s} {'1 thread / default':>19s}")
     worst = 0.0
     for name, config in SETTINGS.items():
         config = type(config)(**{**config.__dict__, "num_generations": a.generations})
         r = rewards.nan_to_num(0.0) if isinstance(config, VerlGRPOConfig) else rewards  # verl takes no None
-        rollout_grpo_step(rollout, r, config, inputs=inputs)  # warm-up
-        times = []
-        for _ in range(a.reps):
-            t = time.perf_counter()
-            rollout_grpo_step(rollout, r, config, inputs=inputs)
-            times.append(time.perf_counter() - t)
-        med = statistics.median(times)
-        worst = max(worst, max(times))
-        print(f"{name:40s} {med * 1000:10.1f} {max(times) * 1000:8.1f} {med:12.1%}")
-    print(f"slowest single recompute: {worst * 1000:.1f} ms ({worst:.1%} of one second)")
+        medians = []
+        for threads in (default_threads, 1):  # alternating would not change the picture: both sides timed here
+            torch.set_num_threads(threads)
+            rollout_grpo_step(rollout, r, config, inputs=inputs)  # warm-up
+            times = []
+            for _ in range(a.reps):
+                t = time.perf_counter()
+                rollout_grpo_step(rollout, r, config, inputs=inputs)
+                times.append(time.perf_counter() - t)
+            medians.append(statistics.median(times))
+            if threads == default_threads:
+                top = max(times)
+                worst = max(worst, top)
+        torch.set_num_threads(default_threads)
+        print(f"{name:40s} {medians[0] * 1000:10.1f} {top * 1000:8.1f} {medians[1] * 1000:20.1f} {medians[1] / medians[0]:19.2f}")
+    print(f"slowest single recompute at {default_threads} threads: {worst * 1000:.1f} ms ({worst:.1%} of one second)")
     return 0
 
 

@@ -27,6 +27,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--stop", default="eos", help="'eos' (default), 'none', a token id, or the text of one token")
     p.add_argument("--no-chat-template", action="store_true")
     p.add_argument("--attention", choices=("trl", "tokenizer"), default="trl")
+    p.add_argument("--trainer", choices=("ppo", "grpo", "verl"), default="ppo",
+                   help="whose step to compute: PPO (TRL 0.x, default), GRPO (TRL 1.16) or verl's GRPO")
+    p.add_argument("--num-generations", type=int, default=None,
+                   help="completions per prompt for grpo/verl (default 8, TRL's); replaces --samples")
     p.add_argument("--json", metavar="FILE", help="write the whole rollout record as JSON")
     return p
 
@@ -38,6 +42,22 @@ def main(argv: list[str] | None = None) -> int:
     from .report import format_rollout
     from .rollout import EOS, run_rollout
 
+    grpo_config = None
+    if args.trainer != "ppo":
+        from .grpo import make_config
+
+        if args.samples != 1 and args.num_generations not in (None, args.samples):
+            print("error: give --num-generations for grpo/verl, not --samples: it is the samples per prompt.", file=sys.stderr)
+            return 1
+        try:
+            grpo_config = make_config(args.trainer, num_generations=args.num_generations or (args.samples if args.samples != 1 else 8))
+        except InspectorError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+        args.samples = grpo_config.num_generations
+    elif args.num_generations is not None:
+        print("error: --num-generations is for --trainer grpo or verl; PPO takes --samples.", file=sys.stderr)
+        return 1
     named = {"eos": EOS, "none": None}
     stop = named[args.stop.lower()] if args.stop.lower() in named else int(args.stop) if args.stop.isdigit() else args.stop
     try:
@@ -55,10 +75,28 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     print(format_rollout(rollout))
+    step = None
+    if grpo_config is not None:
+        from .grpo import rollout_grpo_step
+        from .report import format_grpo_step
+
+        # the reward model's score is the one reward function here
+        try:
+            step = rollout_grpo_step(rollout, rollout.scores.float().unsqueeze(1), grpo_config,
+                                     reward_func_names=["reward_model"])
+        except InspectorError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+        print("\n" + format_grpo_step(rollout, step))
     print(f"\nmodels loaded in {loaded:.1f} s; rollout in {rollout.timings['total']:.1f} s")
     if args.json:
+        text = rollout_to_json(rollout)
+        if step is not None:
+            import json
+
+            text = json.dumps(json.loads(text) | {"grpo_step": step.to_dict()}, ensure_ascii=False)
         with open(args.json, "w", encoding="utf-8") as fh:
-            fh.write(rollout_to_json(rollout))
+            fh.write(text)
         print(f"wrote {args.json}")
     return 0
 

@@ -415,23 +415,28 @@ class GRPOStep:
         return i // self.num_generations
 
     def to_dict(self) -> dict:
-        """Plain lists and numbers, for JSON."""
+        """Plain lists and numbers, for JSON; NaN and infinities (a None reward, an unscorable row) become null."""
         out = {}
         for f in fields(self):
             v = getattr(self, f.name)
-            if isinstance(v, torch.Tensor):
-                v = torch.where(torch.isnan(v), torch.zeros_like(v), v).tolist() if v.is_floating_point() else v.tolist()
-                out[f.name] = v
-            elif isinstance(v, SamplerCorrection):
-                out[f.name] = {k: (x.tolist() if isinstance(x, torch.Tensor) else x) for k, x in asdict(v).items()}
+            if isinstance(v, SamplerCorrection):
+                v = asdict(v)
             elif f.name == "config":
-                out[f.name] = v.to_dict()
-            else:
-                out[f.name] = v
-        if self.rewards_per_func.numel():  # None rewards as null, not 0
-            out["rewards_per_func"] = [[None if math.isnan(x) else x for x in row] for row in self.rewards_per_func.tolist()]
-        out["rewards"] = [None if math.isnan(x) else x for x in self.rewards.tolist()]
+                v = v.to_dict()
+            out[f.name] = _plain(v)
         return out
+
+
+def _plain(v):
+    if isinstance(v, torch.Tensor):
+        return _plain(v.tolist())
+    if isinstance(v, dict):
+        return {k: _plain(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_plain(x) for x in v]
+    if isinstance(v, float) and not math.isfinite(v):
+        return None
+    return v
 
 
 def _check_inputs(rewards_per_func, completion_mask, is_truncated, per_token_logps, num_generations, weights, others):

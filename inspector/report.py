@@ -46,3 +46,23 @@ def format_rollout(r: Rollout) -> str:
     for note in r.notes:
         lines.append(f"note: {note}")
     return "\n".join(lines)
+
+
+def format_grpo_step(r: Rollout, step) -> str:
+    """The GRPO step per group: each completion's rewards, advantage, length and whether it was cut, the
+    group's mean and std (zero-std groups flagged), then the numbers the trainer logs."""
+    names = step.reward_func_names
+    lines = [f"{step.trainer} step: {step.num_groups} groups x {step.num_generations} completions | "
+             f"loss {float(step.loss):.6g}"]
+    for g in range(step.num_groups):
+        first = g * step.num_generations
+        flag = "  ZERO STD: no learning signal" if bool(step.is_std_zero[first]) else ""
+        lines.append(f"\ngroup {g}: {_show(r.prompts[first], 80)!r}  mean {float(step.mean_grouped_rewards[first]):.4g} "
+                     f"std {float(step.std_rewards[first]):.4g}{flag}")
+        for i in range(first, first + step.num_generations):
+            rewards = ", ".join(f"{n}={'None' if v != v else f'{v:.4g}'}" for n, v in zip(names, step.rewards_per_func[i].tolist()))
+            cut = " cut" if bool(step.is_truncated[i]) else ""
+            lines.append(f"  [{i}] advantage {float(step.advantages[i]):+.4f} | {rewards} | {int(step.lengths[i])} tokens"
+                         f"{cut} | {_show(r.response_texts[i], 60)!r}")
+    lines.append("\n" + "\n".join(f"{k}: {v:.6g}" for k, v in step.metrics.items()))
+    return "\n".join(lines)

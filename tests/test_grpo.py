@@ -248,6 +248,20 @@ def test_kl_and_entropy_mask():
     assert s.metrics["entropy"] == pytest.approx(3.0)
 
 
+def test_bias_corrected_kl_carries_the_policy_ratio():
+    lp = torch.tensor([[-1.0, -2.0]])
+    old = lp + torch.tensor([[0.3, -0.2]])
+    ref = lp + 0.1
+    args = (torch.tensor([[1.0], [0.0]]), torch.ones(2, 2, dtype=torch.long), torch.zeros(2, dtype=torch.bool),
+            lp.repeat(2, 1), None, ref.repeat(2, 1))
+    k3 = torch.exp(ref - lp) - (ref - lp) - 1
+    s = grpo_step(*args, config=GRPOConfig(num_generations=2, beta=0.1), old_per_token_logps=old.repeat(2, 1))
+    assert torch.allclose(s.per_token_kl[0], (k3 * torch.exp(lp - old))[0])
+    s = grpo_step(*args, config=GRPOConfig(num_generations=2, beta=0.1, use_bias_correction_kl=False),
+                  old_per_token_logps=old.repeat(2, 1))
+    assert torch.allclose(s.per_token_kl[0], k3[0])
+
+
 def test_shapes_and_weights_are_checked():
     with pytest.raises(InputError, match="whole groups"):
         _step([1.0, 2.0, 3.0], [[1]] * 3)
@@ -609,10 +623,13 @@ def trl_run(tmp_path_factory):
              "raw_completions": recorded["sequences"][:, recorded["prompt_width"]:].clone(),
              "rewards_per_func": recorded["rewards_per_func"].clone()}
     trainer.model.generate = generate
+    first["policy_logps"], first["entropies"] = _trl_policy_logps(trainer, out)
     return SimpleNamespace(trainer=trainer, inputs=inputs, recorded=recorded, first=first)
 
 
 def _trl_policy_logps(trainer, out):
+    """TRL's own per-token logprobs and entropies of the completions under the policy (what `_compute_loss`
+    computes, without the gradient)."""
     input_ids = torch.cat([out["prompt_ids"], out["completion_ids"]], dim=1)
     attention_mask = torch.cat([out["prompt_mask"], out["completion_mask"]], dim=1)
     with torch.no_grad():
@@ -636,6 +653,7 @@ def _settings_on_trainer(trainer, cfg: GRPOConfig, use_vllm: bool):
     trainer._last_loaded_step = trainer.state.global_step  # nothing to sync: the "engine" is the replay below
 
 
+@pytest.mark.integration
 def test_trl_generate_path_mask_rewards_and_advantages(trl_run):
     """The plain transformers-generate path: TRL's completion mask from the raw ids `generate` returned,
     TRL's own rewards, advantages and logged numbers, against ours."""
@@ -646,7 +664,7 @@ def test_trl_generate_path_mask_rewards_and_advantages(trl_run):
     assert torch.equal(mask[:, :T], out["completion_mask"]) and mask[:, T:].sum() == 0
     assert 0 < truncated.sum() < len(truncated), "the run should hold both finished and cut completions"
     assert torch.isnan(f["rewards_per_func"][:, 1]).any(), "r_has_e should have returned None somewhere"
-    logps, entropies = _trl_policy_logps(tr, out)
+    logps, entropies = f["policy_logps"], f["entropies"]
     s = grpo_step(f["rewards_per_func"], mask[:, :T], truncated, logps, None, out["ref_per_token_logps"], entropies,
                   GRPOConfig(num_generations=4, beta=0.04, max_completion_length=24),
                   reward_func_names=tr.reward_func_names)
@@ -678,16 +696,19 @@ TRL_CASES = {
 }
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("case", list(TRL_CASES))
 def test_trl_step_and_loss_on_the_same_completions(trl_run, case):
     """TRL's `_generate_and_score_completions` on the first step's completions, replayed through TRL's
     `rollout_func` hook (with constructed sampler logprobs where TRL would take vLLM's), then TRL's
-    `_compute_loss` on its output: completion mask, advantages, importance ratios, loss and logged numbers."""
+    `_compute_loss` on its output: completion mask, advantages, importance ratios, loss and logged numbers.
+    Without a sampler, old logprobs 0.3 nats (sd) away from the policy's make the clipping, delta, sapo,
+    cispo and sequence-level ratios act."""
     settings, sampler = TRL_CASES[case]
     tr, f = trl_run.trainer, trl_run.first
     out0 = f["out"]
     cfg = GRPOConfig(num_generations=4, max_completion_length=24, **{"beta": 0.0, **settings})
-    policy_logps, entropies = _trl_policy_logps(tr, out0)
+    policy_logps, entropies = f["policy_logps"], f["entropies"]
     mask0 = out0["completion_mask"].bool()
     g = torch.Generator().manual_seed(13)
     sampling = policy_logps + torch.randn(policy_logps.shape, generator=g) * 0.05
@@ -701,6 +722,8 @@ def test_trl_step_and_loss_on_the_same_completions(trl_run, case):
     tr._metrics["train"].clear()
     try:
         out = tr._generate_and_score_completions(trl_run.inputs)
+        if not sampler:  # a later iteration on the batch: old logprobs away from the policy's, so clipping acts
+            out["old_per_token_logps"] = policy_logps + torch.randn(policy_logps.shape, generator=g) * 0.3
         loss = tr._compute_loss(tr.model, out).detach()
     finally:
         tr.rollout_func = None
@@ -722,7 +745,53 @@ def test_trl_step_and_loss_on_the_same_completions(trl_run, case):
     for key in compared:
         assert s.metrics[key] == pytest.approx(metrics[key], rel=1e-4, abs=1e-6), key
     assert len(compared) >= 12
+    if not sampler and cfg.loss_type in ("dapo", "dr_grpo") and cfg.importance_sampling_level == "token":
+        assert metrics["clip_ratio/region_mean"] > 0   # the clipping did act
     if case == "cispo-zero-std":
         assert s.is_std_zero.all() and metrics["frac_reward_zero_std"] == 1.0
     if case == "sampler-sequence_mask":
         assert s.sampler.dropped[1].all() and out["importance_sampling_ratio"][1].item() == 0.0
+
+
+# --------------------------------------------------------------------------------------- over a real Rollout, the CLI
+
+
+@pytest.fixture(scope="module")
+def grouped_rollout(models):
+    from inspector import run_rollout
+
+    return run_rollout(models, ["What is 2 + 2? Answer with one number.", "Say hi."], max_new_tokens=12,
+                       do_sample=True, temperature=0.9, seed=3, samples_per_prompt=2)
+
+
+@pytest.mark.integration
+def test_rollout_grpo_step_reads_the_rollouts_tensors(grouped_rollout):
+    from inspector.grpo import rollout_grpo_inputs, rollout_grpo_step
+
+    r = grouped_rollout
+    inputs = rollout_grpo_inputs(r)
+    trainer = r.new_logprobs if hasattr(r, "new_logprobs") else r.logprobs      # the forward recompute
+    sampler = r.logprobs if hasattr(r, "new_logprobs") else r.gen_logprobs     # generation-time
+    assert inputs["per_token_logps"] is trainer and inputs["sampling_per_token_logps"] is sampler
+    mask, truncated = trl_completion_mask(r.responses, [r.eos_token_id], r.pad_token_id)
+    assert torch.equal(inputs["completion_mask"], mask) and torch.equal(inputs["is_truncated"], truncated)
+    # TRL's GRPO mask keeps the EOS token; PPO's sequence_lengths end before the first pad, which is
+    # the EOS itself when pad == EOS (SmolLM2)
+    stopped = r.contain_eos_token
+    assert stopped.any()
+    assert torch.equal(mask.sum(1)[stopped], (r.sequence_lengths + (2 if r.pad_equals_eos else 1))[stopped])
+    s = rollout_grpo_step(r, r.scores.float().unsqueeze(1), GRPOConfig(num_generations=2), inputs=inputs)
+    assert s.advantages.shape == (4,) and s.token_weights.shape == r.responses.shape
+    assert s.config.max_completion_length == 12                                # the rollout's max_new_tokens
+    assert s.sampler is not None and s.metrics["sampling/sampling_logp_difference/max"] < 1e-3
+    with pytest.raises(InputError, match="2 samples per prompt"):
+        rollout_grpo_step(r, r.scores.float().unsqueeze(1), GRPOConfig(num_generations=4))
+
+
+def test_cli_refuses_one_generation_before_loading_models(capsys):
+    from inspector.__main__ import main
+
+    assert main(["--trainer", "grpo", "--num-generations", "1", "hi"]) == 1
+    assert "num_generations must be an integer of at least 2" in capsys.readouterr().err
+    assert main(["--num-generations", "2", "hi"]) == 1
+    assert "--num-generations is for --trainer grpo or verl" in capsys.readouterr().err
