@@ -161,3 +161,26 @@ def test_reward_model_func_gives_trls_grpo_rewards(models, greedy_rollout):
                                           inputs=[{"prompt": p} for p in plain])
     ours_plain = RewardModelFunc(models.reward, models.reward_tokenizer)(plain, texts, ids)
     torch.testing.assert_close(torch.tensor(ours_plain), theirs_plain[:, 0].float(), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.integration
+def test_the_cli_takes_reward_functions_by_name(models, tmp_path, monkeypatch, capsys):
+    import json
+
+    from inspector.__main__ import main
+
+    (tmp_path / "my_rewards.py").write_text(
+        "def shouting(prompts, completions, completion_ids, **kwargs):\n"
+        "    return [float(sum(ch.isupper() for ch in c[-1]['content'])) for c in completions]\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    out = tmp_path / "r.json"
+    argv = ["What is 2 + 2? Answer with one number.", "--trainer", "grpo", "--num-generations", "2",
+            "--max-new-tokens", "6", "--reward-func", "exact_answer", "--reward-func", "my_rewards:shouting",
+            "--reward-weights", "1", "0.5", "--json", str(out)]
+    assert main(argv) == 0
+    step = json.loads(out.read_text())["grpo_step"]
+    assert step["reward_func_names"] == ["exact_answer_reward", "shouting"]
+    assert step["config"]["reward_weights"] == [1.0, 0.5] and len(step["rewards_per_func"]) == 2
+    monkeypatch.setenv("INSPECTOR_HOSTED", "1")
+    assert main(argv) == 1
+    assert "only the built-in reward functions" in capsys.readouterr().err
