@@ -459,8 +459,10 @@ def _controls(p: dict) -> None:
     with gr.Accordion("Open a file", open=False, elem_id="open-file"):
         p["upload"] = gr.File(label="A rollout .json, or completions (.jsonl / .csv / .parquet)",
                               file_types=[".json", ".jsonl", ".csv", ".parquet"], elem_id="upload")
-        gr.Markdown("TRL completion tables (`prompt`, `completion`, `reward`) and verl dumps (`input`, "
-                    "`output`, `score`) are re-scored with the models above.", elem_classes="panel-note")
+        gr.Markdown("TRL completion tables (`prompt`, `completion`, `reward`), TRL GRPO logs "
+                    "(`completions_00001.parquet`: its reward columns and advantages appear in the GRPO tab beside "
+                    "the recomputed ones) and verl dumps (`input`, `output`, `gts`, `score`) are re-scored with the "
+                    "models above.", elem_classes="panel-note")
         p["import"] = gr.Button("Open and inspect", elem_id="import")
 
 

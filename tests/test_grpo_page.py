@@ -109,3 +109,32 @@ def test_the_rollout_endpoint_takes_the_trainer_choice(client):
 def test_bad_grpo_requests_through_the_api(client, kwargs, message):
     with pytest.raises(Exception, match=message):
         client.predict(prompts=["Say hi."], max_new_tokens=3, api_name="/rollout", **kwargs)
+
+
+GRPO_DEFAULTS = dict(loss_type="dapo", scale_rewards="group", multi_objective_aggregation="sum_then_normalize",
+                     mask_truncated_completions=False, importance_sampling_level="token", epsilon=0.2, epsilon_high=None,
+                     delta=None, beta=0.0, top_entropy_quantile=1.0, use_sampler_logprobs=False,
+                     vllm_importance_sampling_correction=True, vllm_importance_sampling_mode="sequence_mask",
+                     vllm_importance_sampling_clip_min=None, vllm_importance_sampling_clip_max=3.0,
+                     loss_agg_mode="token-mean", norm_adv_by_std_in_grpo=True, rollout_is="off", rollout_is_threshold=2.0)
+
+
+def test_an_opened_trl_grpo_log_shows_its_rewards_beside_the_recomputed_ones(models):
+    from pathlib import Path
+
+    log = Path(__file__).parent / "data" / "trl_grpo_completions_00001.parquet"
+    outputs = ui.import_callback(str(log), "", "", "", "", True, "EOS token", "", "trl")
+    r = outputs[0]
+    state = ui.grpo_rewards(r)
+    assert state["from_file"] and state["table"].names == ["smollm2-sentiment", "length_reward", "format_reward",
+                                                           "exact_answer_reward"]
+    settings = [GRPO_DEFAULTS[k] for k in ui.GRPO_SETTINGS]
+    status, diag, groups, log_update, *_ = ui.grpo_views(r, state, "grpo", ["sentiment"], 1, 1, 1, 1, *settings)
+    assert log_update["visible"] is True
+    frame = log_update["value"]
+    assert {"advantage (file)", "advantage (recomputed)", "smollm2-sentiment (file)"} <= set(frame.columns)
+    assert (frame["advantage (file)"] - frame["advantage (recomputed)"]).abs().max() < 1e-5
+    # the decoded completions re-tokenized with an EOS count one token more than the trainer's cut ones: named
+    assert "The file and the recompute disagree:** length_reward:" in status
+    assert "advantage:" not in status and "smollm2-sentiment:" not in status
+    assert groups.count(" data-group=") == 4
