@@ -69,13 +69,17 @@ def test_completions_dropped_by_a_sequence_ratio():
     assert f.samples == [0] and "7.39" in f.detail and "sequence_mask" in f.detail
     assert "grpo_sequence_dropped" not in _codes(*_case(rows, [1.0, 0.0, 0.0, 1.0], sampler_gap=0.0))
     token_level = GRPOConfig(num_generations=2, vllm_importance_sampling_mode="token_mask")
-    assert "grpo_sequence_dropped" not in _codes(*_case(rows, [1.0, 0.0, 0.0, 1.0], sampler_gap=0.5, config=token_level))
+    # a token-level mode drops tokens, not whole completions (1.5 nats: exp(1.5) = 4.5 > 3 on every token)
+    token_case = _case(rows, [1.0, 0.0, 0.0, 1.0], sampler_gap=1.5, config=token_level)
+    assert bool(token_case[1].sampler.dropped.any())
+    assert "grpo_sequence_dropped" not in _codes(*token_case)
 
 
 def test_a_reward_function_that_returned_none():
     rewards = [[1.0, math.nan], [0.0, 1.0], [math.nan, math.nan], [1.0, 0.0]]
     f = _codes(*_case(ROWS, rewards))["grpo_reward_none"]
-    assert f.samples == [0, 2] and "'reward_1' on sample(s) 0, 2" in f.detail and "advantage 0" in f.detail
+    assert f.samples == [0, 2] and "'reward_1' on sample(s) 0, 2" in f.detail
+    assert "Sample(s) 2 got None from every function" in f.detail and "advantage 0" in f.detail
     assert "grpo_reward_none" not in _codes(*_case(ROWS, [[1.0, 0.0], [0.0, 1.0], [0.5, 0.5], [1.0, 0.0]]))
 
 
@@ -100,4 +104,7 @@ def test_pad_equals_eos_and_the_completion_mask():
     rows = [[X, X, EOS, EOS], [X, EOS, EOS, EOS], [X, X, X, EOS], [X, EOS, EOS, EOS]]
     f = _codes(*_case(rows, [1.0, 0.0, 0.0, 1.0], pad=EOS))["grpo_pad_equals_eos"]
     assert f.samples == [0, 1, 2, 3] and "drops the 5 after it" in f.detail
+    # the EOS tokens after the first (padding) are outside the loss mask, and not reported as inside it
+    inside = _codes(*_case(rows, [1.0, 0.0, 0.0, 1.0], pad=EOS))["grpo_eos_in_loss_mask"]
+    assert inside.positions == [(0, 2), (1, 1), (2, 3), (3, 1)]
     assert "grpo_pad_equals_eos" not in _codes(*_case(ROWS, [1.0, 0.0, 0.0, 1.0], pad=PAD))
