@@ -35,6 +35,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="grpo/verl reward function, repeatable: a built-in (sentiment, length, format, exact_answer) "
                         "or module:function with TRL's signature (default: the reward model's score)")
     p.add_argument("--reward-weights", type=float, nargs="+", default=None, help="one weight per --reward-func")
+    p.add_argument("--ignore-generation-config", action="store_true",
+                   help="sample without the model's generation_config.json (repetition penalty, n-gram bans, ...)")
     p.add_argument("--json", metavar="FILE", help="write the whole rollout record as JSON")
     return p
 
@@ -73,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
             models, args.prompts, max_new_tokens=args.max_new_tokens, do_sample=not args.greedy,
             temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed,
             stop_token_id=stop, use_chat_template=not args.no_chat_template, attention=args.attention,
-            samples_per_prompt=args.samples,
+            samples_per_prompt=args.samples, ignore_generation_config=args.ignore_generation_config,
         )
     except InspectorError as exc:
         print(f"error: {exc}", file=sys.stderr)

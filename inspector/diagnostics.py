@@ -65,19 +65,32 @@ def _mask_changes_reward(r: Rollout) -> Finding | None:
     if r.scores_true_mask is None:
         return None
     diff = r.scores - r.scores_true_mask
-    per_sample = ", ".join(f"{i}: {float(r.scores[i]):+.3f} vs {float(r.scores_true_mask[i]):+.3f}"
-                           for i in range(min(r.batch_size, 12)))
+    at_end = r.scores_true_mask_at_end
+    per_sample = ", ".join(
+        f"{i}: {float(r.scores[i]):+.3f} vs {float(r.scores_true_mask[i]):+.3f}"
+        + (f" ({float(at_end[i]):+.3f} on the EOS)" if at_end is not None else "")
+        for i in range(min(r.batch_size, 12)))
     worst = float(diff.abs().max())
+    read = float((at_end - r.scores_true_mask).abs().max()) if at_end is not None else None
+    total = float((at_end - r.scores).abs().max()) if at_end is not None else worst
+    detail = (f"Read where TRL reads (the token before the EOS when pad == EOS), the same responses scored under "
+              f"TRL's mask (ids != pad) and under the true attention mask get different rewards: the mask alone "
+              f"changes them by up to {worst:.3f}.")
+    if read is not None:
+        detail += (f" Read on the EOS itself under the true mask (where a reward model trained with that mask "
+                   f"reads), they move by up to {read:.3f} more: the read position's effect (both together: up to "
+                   f"{total:.3f}).")
+    detail += (f" Per sample, TRL's mask vs the true mask at TRL's position: {per_sample}"
+               f"{' …' if r.batch_size > 12 else ''}.")
     return Finding(
-        code="mask_changes_reward", title="TRL's mask changes the reward", severity="warning" if worst > 0.05 else "info",
-        detail=f"Scored under TRL's mask (ids != pad) and under the true attention mask, the same responses get "
-               f"different rewards (largest difference {worst:.3f}). Per sample, TRL's mask vs the true mask: "
-               f"{per_sample}{' …' if r.batch_size > 12 else ''}.",
+        code="mask_changes_reward", title="TRL's mask changes the reward",
+        severity="warning" if max(worst, total) > 0.05 else "info", detail=detail,
         why="The reward model was trained with some mask; if that was the tokenizer's, PPO optimises a reward the "
             "model never gave during its training.",
         fix="Use a pad token distinct from EOS so that both masks agree, or score with the mask the reward model "
             "was trained with.",
-        samples=[i for i in range(r.batch_size) if abs(float(diff[i])) > 1e-4],
+        samples=[i for i in range(r.batch_size) if abs(float(diff[i])) > 1e-4
+                 or (at_end is not None and abs(float(at_end[i] - r.scores[i])) > 1e-4)],
     )
 
 
@@ -177,6 +190,9 @@ def _logprob_gap(r: Rollout) -> Finding | None:
         causes.append(f"top_k={s['top_k']} renormalises the sampling distribution over the top tokens")
     if s.get("do_sample") and s.get("top_p", 1.0) < 1.0:
         causes.append(f"top_p={s['top_p']} renormalises it over the nucleus")
+    for e in (e for e in _acting(r) if e["max_effect"] > LOGPROB_GAP):
+        causes.append(f"{_setting(e)} from the model's generation_config.json moves the sampled token's logprob by up "
+                      f"to {e['max_effect']:.3g} nats")
     if not causes:
         causes.append("numerical differences between the cached generation pass and the full forward pass "
                       "(or lower precision)")
@@ -190,6 +206,40 @@ def _logprob_gap(r: Rollout) -> Finding | None:
         fix="Sample with top_k=0 and top_p=1.0 during PPO rollouts (TRL's defaults), or apply the same "
             "truncation in the training forward pass.",
         samples=rows,
+    )
+
+
+def _setting(e: dict) -> str:
+    return f"{e['setting']}={e['value']!r}"
+
+
+def _acting(r: Rollout) -> list[dict]:
+    """The processors inherited from the model's generation config, one entry each (not their sum)."""
+    return [e for e in r.inherited_processors if e.get("processor")]
+
+
+def _inherited_settings(r: Rollout) -> Finding | None:
+    acting = _acting(r)
+    if not acting:
+        return None
+    both = next((e for e in r.inherited_processors if not e.get("processor")), None)
+    parts = [f"{_setting(e)} ({e['processor']}): changes the sampled token's logprob by up to {e['max_effect']:.3g} "
+             f"nats (mean {e['mean_effect']:.3g}, {e['tokens_changed']} of {e['tokens']} tokens changed)"
+             for e in acting]
+    rest = (both or acting[0])["max_gap_to_new_logprobs_without_it"]
+    detail = ("The policy's generation_config.json adds logits processors that `generate` merges into every call: "
+              + "; ".join(parts) + (f"; all of them together: up to {both['max_effect']:.3g} nats" if both else "")
+              + f". Without {'them' if both else 'it'}, logprobs and new_logprobs would agree to {rest:.3g} nats.")
+    worst = max(e["max_effect"] for e in acting)
+    return Finding(
+        code="inherited_generation_config", title="The model's own generation settings change what is sampled",
+        severity="warning" if worst > LOGPROB_GAP else "info", detail=detail,
+        why="TRL's rollout logprobs (and so its KL, rewards and advantages) come from the processed distribution, "
+            "which includes these processors; its training forward pass (new_logprobs) applies only the "
+            "temperature, so PPO's ratio starts away from 1 where they act.",
+        fix="Set these fields to neutral values in the policy's generation_config.json for PPO rollouts, or tick "
+            "'ignore the model's generation config' to see the rollout without them.",
+        samples=sorted({i for e in acting for i, v in enumerate(e["sample_max_effect"]) if v > LOGPROB_GAP}),
     )
 
 
@@ -207,7 +257,7 @@ def _tokenizer_differs(r: Rollout) -> Finding | None:
 
 
 CHECKS = (_pad_equals_eos, _mask_changes_reward, _right_padding, _no_stop, _empty, _reward_on_special, _chat_template, _logprob_gap,
-          _tokenizer_differs)
+          _inherited_settings, _tokenizer_differs)
 
 
 def diagnose(r: Rollout) -> list[Finding]:

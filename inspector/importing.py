@@ -14,6 +14,8 @@ import csv
 import io
 import json
 import math
+import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -85,10 +87,59 @@ def _is_number(value) -> bool:
     return value is None or (isinstance(value, (int, float)) and not isinstance(value, bool))
 
 
-def _check_bytes(data: bytes, name: str, limits: Limits) -> None:
-    if len(data) > limits.max_upload_bytes:
-        raise InputError(f"{name} is {len(data):,} bytes, over the upload limit of {limits.max_upload_bytes:,} "
+def _check_size(size: int, name: str, limits: Limits) -> None:
+    if size > limits.max_upload_bytes:
+        raise InputError(f"{name} is {size:,} bytes, over the upload limit of {limits.max_upload_bytes:,} "
                          "(max_upload_bytes, set by INSPECTOR_MAX_UPLOAD_BYTES).")
+
+
+_JSON_TOKENS = re.compile(r'"(?:[^"\\]|\\.)*"|[\[\]{}]')
+
+
+def _check_depth(text: str, name: str, limits: Limits) -> None:
+    """Refuse JSON nested deeper than max_upload_depth, before a recursive parser sees it.
+
+    One pass without recursion over the brackets outside strings (a record nests 4 levels, a chat cell 3).
+    """
+    if text.count("[") + text.count("{") <= limits.max_upload_depth:
+        return
+    depth = 0
+    for match in _JSON_TOKENS.finditer(text):
+        c = match.group()
+        if c in "[{":
+            depth += 1
+            if depth > limits.max_upload_depth:
+                line = text.count("\n", 0, match.start()) + 1
+                raise InputError(
+                    f"{name} nests arrays or objects more than {limits.max_upload_depth} levels deep (line {line}); "
+                    "a rollout record or a table of completions needs a few levels "
+                    "(max_upload_depth, set by INSPECTOR_MAX_UPLOAD_DEPTH)."
+                )
+        elif c in "]}":
+            depth -= 1
+
+
+def _type_depth(t) -> int:
+    """How deep an Arrow type nests (a list of structs of strings: 3), without recursion."""
+    deepest, stack = 0, [(t, 1)]
+    while stack:
+        t, d = stack.pop()
+        deepest = max(deepest, d)
+        stack.extend((t.field(i).type, d + 1) for i in range(t.num_fields))
+    return deepest
+
+
+def _loads(text: str, where: str):
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise InputError(f"{where} is not JSON (line {exc.lineno}: {exc.msg}).") from None
+    except (ValueError, RecursionError) as exc:  # e.g. an integer over Python's 4300-digit limit
+        raise InputError(f"{where} holds a value that cannot be read: {str(exc).splitlines()[0][:200]}") from None
+
+
+def _check_bytes(data: bytes, name: str, limits: Limits) -> None:
+    _check_size(len(data), name, limits)
     if not data.strip():
         raise InputError(f"{name} is empty.")
     for magic, what in _REFUSED.items():
@@ -118,6 +169,12 @@ def _rows_from(data: bytes, name: str, limits: Limits) -> list[dict] | dict:
             raise InputError(f"{name} is not a readable Parquet file: {exc}") from None
         if table.num_rows > limits.max_upload_rows:
             raise _too_many(name, table.num_rows, limits)
+        for column in table.schema:
+            if _type_depth(column.type) > limits.max_upload_depth:
+                raise InputError(
+                    f"{name}: column {column.name!r} nests more than {limits.max_upload_depth} levels deep; a table "
+                    "of completions holds text or chat messages (max_upload_depth, set by INSPECTOR_MAX_UPLOAD_DEPTH)."
+                )
         return table.to_pylist()
     text = _text(data, name)
     if suffix == ".csv":
@@ -128,6 +185,7 @@ def _rows_from(data: bytes, name: str, limits: Limits) -> list[dict] | dict:
         if len(rows) > limits.max_upload_rows:
             raise _too_many(name, len(rows), limits)
         return rows
+    _check_depth(text, name, limits)
     stripped = text.lstrip()
     if suffix == ".jsonl" or (stripped.startswith("{") and "\n{" in stripped):
         rows = []
@@ -136,18 +194,12 @@ def _rows_from(data: bytes, name: str, limits: Limits) -> list[dict] | dict:
                 continue
             if len(rows) >= limits.max_upload_rows:
                 raise _too_many(name, f"more than {limits.max_upload_rows}", limits)
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise InputError(f"{name}, line {n}, is not JSON: {exc.msg}.") from None
+            row = _loads(line, f"{name}, line {n},")
             if not isinstance(row, dict):
                 raise InputError(f"{name}, line {n}, is not a JSON object.")
             rows.append(row)
         return rows
-    try:
-        data_obj = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise InputError(f"{name} is not JSON (line {exc.lineno}: {exc.msg}).") from None
+    data_obj = _loads(text, name)
     if isinstance(data_obj, list) and len(data_obj) > limits.max_upload_rows:
         raise _too_many(name, len(data_obj), limits)
     return data_obj
@@ -170,8 +222,25 @@ def _as_text(value) -> str:
     if isinstance(value, str):
         return value
     if isinstance(value, list) and value and isinstance(value[-1], dict) and "content" in value[-1]:
-        return str(value[-1]["content"])
+        content = value[-1]["content"]
+        if isinstance(content, str):
+            return content
+        raise InputError(f"A chat message's content must be text, got {type(content).__name__}.")
     raise InputError(f"Expected text or a list of chat messages, got {type(value).__name__}.")
+
+
+def read_upload_file(path: str | os.PathLike, limits: Limits | None = None) -> dict | Completions:
+    """`read_upload` of a file on disk, its size checked before a byte of it is read."""
+    limits = limits or Limits.from_env()
+    path = os.fspath(path)
+    name = os.path.basename(path)
+    try:
+        _check_size(os.stat(path).st_size, name, limits)
+        with open(path, "rb") as f:
+            data = f.read(limits.max_upload_bytes + 1)  # a file that grew since: still refused by read_upload
+    except OSError as exc:
+        raise InputError(f"The uploaded file {name} cannot be read ({exc.strerror}); upload it again.") from None
+    return read_upload(data, name, limits)
 
 
 def read_upload(data: bytes, name: str, limits: Limits | None = None) -> dict | Completions:
@@ -227,12 +296,14 @@ def read_upload(data: bytes, name: str, limits: Limits | None = None) -> dict | 
 
 
 def rescore(models, parsed: Completions, *, stop_token_id="eos", use_chat_template: bool = True,
-            attention: str = "trl", max_completion_length: int | None = None, progress=None):
+            attention: str = "trl", max_completion_length: int | None = None, temperature: float = 1.0,
+            progress=None):
     """Re-score a file's completions with the loaded models (`rollout.score_completions`), keeping its columns.
 
     A verl dump's prompt is tokenized as the text it is (the trainer's chat template is already in it); a TRL
     GRPO log keeps its groups (`samples_per_prompt` = the group size) so that its GRPO step can be recomputed.
-    `max_completion_length` (the trainer's, when known): a completion that re-tokenizes to that many tokens
+    `temperature`: the one the completions were sampled at in training. `max_completion_length` (the
+    trainer's, when known): a completion that re-tokenizes to that many tokens
     was cut there and gets no EOS. The notes say what rebuilding ids from decoded text can change."""
     from .rollout import score_completions
 
@@ -244,7 +315,7 @@ def rescore(models, parsed: Completions, *, stop_token_id="eos", use_chat_templa
     rollout = score_completions(
         models, parsed.prompts, parsed.completions, ended=ended, stop_token_id=stop_token_id,
         use_chat_template=use_chat_template and not parsed.prompt_is_text, attention=attention, source=parsed.source,
-        samples_per_prompt=groups or 1, columns=parsed.columns, progress=progress,
+        samples_per_prompt=groups or 1, columns=parsed.columns, temperature=temperature, progress=progress,
     )
     if parsed.prompt_is_text:
         rollout.notes.append(

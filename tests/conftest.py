@@ -13,6 +13,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads: see i
 def pytest_configure(config):
     config.addinivalue_line("markers", "integration: runs the real default models")
     config.addinivalue_line("markers", "browser: drives the real app in headless Chromium")
+    config.addinivalue_line("markers", "slow: minutes (builds an environment); CI runs it too")
 
 
 @pytest.fixture(scope="session")

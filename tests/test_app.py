@@ -12,6 +12,7 @@ import torch
 
 from inspector import ui
 from inspector.export import rollout_from_dict
+from inspector.ppo import PPOConfig, rollout_ppo_step
 
 pytestmark = pytest.mark.integration
 
@@ -39,7 +40,7 @@ def test_run_callback_returns_every_view(outputs):
     (r, models_md, sample_update, status, diagnostics, seq_html, heatmap, entropy, stops, table, table_csv,
      record_json, gap_plot, gap_md, split, vr_html, values) = outputs
     assert 'data-code="pad_equals_eos"' in diagnostics.replace("'", '"')
-    assert isinstance(gap_plot, go.Figure) and "importance ratio" in gap_md
+    assert isinstance(gap_plot, go.Figure) and "first-epoch ratio" in gap_md and "Effective generation settings" in gap_md
     assert r.batch_size == 2
     assert "pad token == EOS token" in models_md and "SmolLM2" in models_md
     assert [c[1] for c in sample_update["choices"]] == [0, 1]
@@ -73,10 +74,16 @@ def test_ppo_views_follow_the_settings(outputs):
     html_k1, metrics_k1 = ui.ppo_views(r, 0, 0.05, "k1", 1.0, 0.95, False, False, 1.0)
     assert "data-row='advantages'" in html_k1 and "data-row='rewards'" in html_k1
     assert set(metrics_k1["metric"]) >= {"objective/kl", "objective/rlhf_reward", "val/num_eos_tokens"}
-    kl = float(metrics_k1.set_index("metric").loc["objective/kl", "value"])
-    assert kl == 0.0  # the reference is the policy: zero KL, as it must be
+    shown = metrics_k1.set_index("metric")["value"]
+    step = rollout_ppo_step(r, PPOConfig())
+    for key in ("objective/kl", "objective/entropy", "objective/rlhf_reward", "val/num_eos_tokens"):
+        assert float(shown[key]) == pytest.approx(step.metrics[key], abs=1e-6), key
     _, penalised = ui.ppo_views(r, 1, 0.05, "k3", 0.9, 0.8, True, True, 5.0)
-    assert "config/missing_eos_penalty" in set(penalised["metric"])
+    expected = rollout_ppo_step(r, PPOConfig(kl_estimator="k3", gamma=0.9, lam=0.8, whiten_rewards=True,
+                                             missing_eos_penalty=5.0))
+    penalised = penalised.set_index("metric")["value"]
+    assert float(penalised["objective/scores"]) == pytest.approx(expected.metrics["objective/scores"], abs=1e-6)
+    assert penalised["config/missing_eos_penalty"] == 5.0
     with pytest.raises(gr.Error, match="kl_estimator"):
         ui.ppo_views(r, 0, 0.05, "k9", 1.0, 0.95, False, False, 1.0)
 
@@ -107,11 +114,15 @@ def test_bad_model_id_keeps_the_loaded_models(models):
     assert run(["Say hi."], max_new_tokens=4)[0].batch_size == 1
 
 
-def test_custom_stop_token_truncates(models):
-    r = run(["Write three short sentences about dogs."], stop_choice="Custom token", stop_custom=".",
-            max_new_tokens=40, do_sample=False)[0]
+def test_custom_stop_token_ends_generation(models):
+    r = run(["Write three short sentences about dogs.", "Name two animals."], stop_choice="Custom token",
+            stop_custom=".", max_new_tokens=40, do_sample=False)[0]
     period = models.tokenizer.convert_tokens_to_ids(".")
     assert r.stop_token_id == period
+    for row in r.responses.tolist():  # the raw sequences end at the first '.', then only padding (TRL 0.14+)
+        end = row.index(period)
+        assert all(t == r.pad_token_id for t in row[end + 1:])
+    assert r.generation_config["values"]["eos_token_id"] == period
 
 
 def test_rollout_api_function(models):
@@ -186,11 +197,14 @@ def test_compare_two_samples(outputs):
     assert left["value"] == 0 and right["value"] == 1
 
 
-def test_batch_table_sorts_by_kl_and_gap(outputs):
-    table = outputs[9]
-    assert {"KL", "max logprob gap", "score", "response length"} <= set(table.columns)
-    assert (table["KL"].abs() < 1e-6).all()  # the reference is the policy
-    assert table.sort_values("score")["score"].is_monotonic_increasing
+def test_batch_table_holds_the_rollouts_kl_gap_and_scores(outputs):
+    r, table = outputs[0], outputs[9]
+    valid = ~r.padding_mask
+    kl = ((r.logprobs - r.ref_logprobs) * valid).sum(1)  # TRL's k1 KL, summed: sampling-time logprobs
+    gap = ((r.logprobs - r.new_logprobs).abs() * valid).max(1).values
+    assert table["KL"].tolist() == pytest.approx(kl.tolist(), abs=1e-4)
+    assert table["max logprob gap"].tolist() == pytest.approx(gap.tolist(), abs=1e-4)
+    assert table["score"].tolist() == pytest.approx(r.scores.tolist(), abs=1e-4)
 
 
 @pytest.mark.parametrize(

@@ -124,7 +124,7 @@ def test_default_rollout_renders_every_panel(page):
                            ".getBoundingClientRect().width, document.querySelector(s + ' .main-svg').getBoundingClientRect().width])")
     for panel_width, svg_width in widths:
         assert svg_width == pytest.approx(panel_width, abs=40)
-    assert "importance ratio" in page.inner_text("#panel-agreement")
+    assert "first-epoch ratio" in page.inner_text("#panel-agreement")
 
     # raw sequences: one row per sample, the context_length boundary and the stop / reward marks
     show_tab(page, "sequences")

@@ -7,7 +7,7 @@ import dataclasses
 import pytest
 import torch
 
-from inspector import run_rollout
+from inspector import get_reward, run_rollout
 from inspector.diagnostics import diagnose
 
 pytestmark = pytest.mark.integration
@@ -73,8 +73,8 @@ def test_reward_on_special(clean):
     ids[0, int(r.score_positions[0])] = r.eos_token_id
     assert "reward_on_special" in codes(dataclasses.replace(r, reward_query_responses=ids))
     normal = [int(r.reward_query_responses[i, int(r.score_positions[i])]) not in r.special_ids for i in range(r.batch_size)]
-    if all(normal):
-        assert "reward_on_special" not in codes(r)
+    assert all(normal)  # the clean rollout reads every score on an ordinary token
+    assert "reward_on_special" not in codes(r)
 
 
 def test_no_chat_template(models, clean):
@@ -98,8 +98,8 @@ def test_reward_tokenizer_differs(clean):
 
 def test_warnings_come_first(greedy_rollout):
     severities = [f.severity for f in diagnose(dataclasses.replace(greedy_rollout, chat_template_applied=False))]
+    assert "warning" in severities and "info" in severities
     assert severities == sorted(severities, key=lambda s: s != "warning")
-    assert torch.is_tensor(greedy_rollout.scores)
 
 
 def test_trl_mask_versus_true_mask(models, greedy_rollout, clean):
@@ -107,10 +107,22 @@ def test_trl_mask_versus_true_mask(models, greedy_rollout, clean):
     assert "Turn on" in {f.code: f for f in diagnose(greedy_rollout)}["pad_equals_eos"].detail
     r = run_rollout(models, greedy_rollout.prompts, max_new_tokens=24, do_sample=False, seed=0, compare_masks=True)
     assert torch.equal(r.scores, greedy_rollout.scores)
-    assert r.scores_true_mask is not None and r.scores_true_mask.shape == r.scores.shape
+    # one reward pass under the true mask, read at TRL's position (the mask's effect alone) and at the EOS the
+    # true mask keeps (the read position's effect on top)
+    true = torch.cat((r.query_attention_mask.bool(), ~r.padding_mask | (torch.arange(r.response_width) ==
+                      (r.sequence_lengths + 1).unsqueeze(1)) & r.contain_eos_token.unsqueeze(1)), dim=1)
+    logits, at_end, ends = get_reward(models.reward, r.postprocessed_query_responses, r.pad_token_id, r.context_length,
+                                      attention_mask=true)
+    rows = torch.arange(r.batch_size)
+    assert torch.allclose(r.scores_true_mask, logits[rows, r.score_positions, 0], atol=1e-5)
+    assert torch.allclose(r.scores_true_mask_at_end, at_end, atol=1e-5)
+    assert torch.equal(ends[r.contain_eos_token], r.score_positions[r.contain_eos_token] + 1)  # one later
     f = {f.code: f for f in diagnose(r)}["mask_changes_reward"]
-    assert "true attention mask" in f.detail
-    assert not torch.allclose(r.scores, r.scores_true_mask)  # the hidden EOS tokens do change the reward
+    mask_effect = float((r.scores_true_mask - r.scores).abs().max())
+    read_effect = float((r.scores_true_mask_at_end - r.scores_true_mask).abs().max())
+    assert f"mask alone changes them by up to {mask_effect:.3f}" in f.detail
+    assert f"up to {read_effect:.3f} more: the read position's effect" in f.detail
+    assert not torch.allclose(r.scores, r.scores_true_mask)  # the hidden prompt EOS tokens do change the reward
     assert "mask_changes_reward" not in codes(dataclasses.replace(clean, scores_true_mask=None))
     # the same scores under attention="tokenizer" directly
     tok = run_rollout(models, r.prompts, max_new_tokens=24, do_sample=False, seed=0, attention="tokenizer",

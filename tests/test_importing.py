@@ -114,6 +114,21 @@ def test_completions_are_rescored(models, sampled_rollout):
 
 
 @pytest.mark.integration
+def test_imported_completions_take_the_training_temperature(models):
+    prompts, completions = ["How was your day?"], ["It was wonderful, I loved every minute of it!"]
+    hot = score_completions(models, prompts, completions, temperature=0.7)
+    plain = score_completions(models, prompts, completions)
+    valid = ~hot.padding_mask
+    assert plain.settings["temperature"] == 1.0 and hot.settings["temperature"] == 0.7
+    # logprobs under logits / 0.7, the recompute under logits / (0.7 + 1e-7): they agree, and differ from T = 1
+    assert (hot.logprobs - hot.new_logprobs)[valid].abs().max() < 1e-4
+    assert (hot.logprobs - plain.logprobs)[valid].abs().max() > 0.05
+    assert torch.allclose(hot.raw_logprobs, plain.logprobs, atol=1e-5)  # the raw logits' logprobs are T = 1's
+    with pytest.raises(InputError, match="temperature"):
+        score_completions(models, prompts, completions, temperature=0)
+
+
+@pytest.mark.integration
 def test_rescoring_orders_sentiment(models):
     r = score_completions(
         models, ["How was your day?"] * 2,

@@ -1,4 +1,5 @@
-"""PPO quantities against an independent, loop-by-loop implementation of TRL's rollout math."""
+"""PPO quantities against TRL 0.x's own rollout code (the block of `PPOTrainer.train`, run from its wheel)
+and against an independent, loop-by-loop implementation of the same math."""
 
 from __future__ import annotations
 
@@ -7,12 +8,17 @@ import math
 import pytest
 import torch
 
+from types import SimpleNamespace
+
+import trl0
 from inspector.errors import InputError
 from inspector.ppo import PPOConfig, ppo_step
 
+PAD = EOS = 2
+
 
 def reference_step(logprobs, ref_logprobs, values, scores, seq_lens, has_eos, cfg: PPOConfig):
-    """Written from TRL's description, one sample and one position at a time, in plain Python floats."""
+    """An independent loop: one sample and one position at a time, in plain Python floats."""
     B, G = len(logprobs), len(logprobs[0])
     scores = [s - cfg.missing_eos_penalty if (cfg.missing_eos_penalty is not None and not e) else s
               for s, e in zip(scores, has_eos)]
@@ -61,15 +67,42 @@ def batch():
     return logprobs, ref_logprobs, values, scores, seq_lens, has_eos
 
 
-@pytest.mark.parametrize(
-    "cfg",
-    [
-        PPOConfig(),
-        PPOConfig(kl_estimator="k3"),
-        PPOConfig(missing_eos_penalty=1.0, kl_coef=0.2),
-        PPOConfig(gamma=0.9, lam=0.8),
-    ],
-)
+def responses():
+    """Token ids that give `batch()`'s sequence lengths and EOS flags under pad == eos."""
+    return torch.tensor([[5, 6, 7, EOS, PAD, PAD], [5, 6, 7, 8, 9, 10], [EOS, PAD, PAD, PAD, PAD, PAD],
+                         [5, 6, 7, 8, 9, EOS]])
+
+
+CONFIGS = [
+    PPOConfig(),
+    PPOConfig(kl_estimator="k3"),
+    PPOConfig(missing_eos_penalty=1.0, kl_coef=0.2),
+    PPOConfig(gamma=0.9, lam=0.8),
+    PPOConfig(whiten_rewards=True),
+    PPOConfig(whiten_rewards=True, kl_estimator="k3", missing_eos_penalty=0.5, gamma=0.95, lam=0.9),
+]
+
+
+@pytest.mark.parametrize("cfg", CONFIGS)
+def test_parity_with_trls_own_rollout_code(cfg):
+    """The block of TRL 0.x's PPOTrainer.train from the EOS filter to the whitened advantages, and the metrics
+    it logs, executed from the wheel on the same tensors."""
+    lp, rp, v, s, L, e = batch()
+    resp = responses()
+    step = ppo_step(lp, rp, v, s, L, e, num_eos_tokens=int((resp == EOS).sum()), config=cfg)
+    trl = trl0.post_rollout(cfg, SimpleNamespace(pad_token_id=PAD, eos_token_id=EOS), responses=resp,
+                            postprocessed_responses=resp, logprobs=lp, ref_logprobs=rp, sequence_lengths=L, scores=s,
+                            values=v)
+    assert torch.equal(trl["contain_eos_token"], e)
+    for mine, theirs in (("logprobs", "logprobs"), ("ref_logprobs", "ref_logprobs"), ("values", "values"),
+                         ("kl", "kl"), ("non_score_reward", "non_score_reward"), ("scores", "scores"),
+                         ("rewards", "rewards"), ("advantages", "advantages"), ("returns", "returns"),
+                         ("padding_mask", "padding_mask"), ("padding_mask_p1", "padding_mask_p1")):
+        assert torch.allclose(getattr(step, mine).float(), trl[theirs].float(), atol=1e-6), mine
+    assert step.metrics == pytest.approx(trl["metrics"], abs=1e-6)
+
+
+@pytest.mark.parametrize("cfg", [c for c in CONFIGS if not c.whiten_rewards])
 def test_parity_with_the_loop_reference(cfg):
     lp, rp, v, s, L, e = batch()
     step = ppo_step(lp, rp, v, s, L, e, config=cfg)
@@ -90,14 +123,6 @@ def test_where_the_score_goes():
     assert step.reward_positions.tolist() == [3, 5, 0, 5]
     assert step.padding_mask[2].all()  # the empty response: every position is padding
     assert torch.all(step.logprobs[step.padding_mask] == 1.0)
-
-
-def test_same_model_reference_gives_zero_kl():
-    lp, _, v, s, L, e = batch()
-    step = ppo_step(lp, lp.clone(), v, s, L, e)
-    assert torch.all(step.kl == 0)
-    assert step.metrics["objective/kl"] == 0.0
-    assert step.metrics["objective/rlhf_reward"] == pytest.approx(float(s.mean()))
 
 
 def test_missing_eos_penalty_only_touches_samples_without_eos():

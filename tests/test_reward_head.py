@@ -45,12 +45,14 @@ def test_head_file_holds_weight_and_bias():
     assert tensors["weight"].abs().sum() > 0
 
 
-def test_head_loads_into_a_linear_score_layer():
+@pytest.mark.integration
+def test_the_loaded_reward_model_scores_with_the_shipped_head(models):
+    """The built-in reward model as `load_models` builds it: the policy's own backbone and the file's head."""
     tensors, _ = _read_head()
-    score = torch.nn.Linear(HIDDEN, 1, bias=True)
-    score.load_state_dict({"weight": tensors["weight"], "bias": tensors["bias"]})
-    h = torch.randn(2, 3, HIDDEN)
-    torch.testing.assert_close(score(h), h @ tensors["weight"].T + tensors["bias"])
+    reward = models.reward
+    assert getattr(reward, reward.base_model_prefix) is getattr(models.policy, models.policy.base_model_prefix)
+    assert torch.equal(reward.score.weight.detach().cpu(), tensors["weight"])
+    assert torch.equal(reward.score.bias.detach().cpu(), tensors["bias"])
 
 
 def test_head_metadata_records_how_it_was_built():

@@ -6,6 +6,8 @@ import pytest
 import torch
 from transformers import GenerationConfig
 
+import trl0
+
 from inspector import EOS, InputError, first_true_indices, forward_logprobs, get_reward, run_rollout, truncate_response
 
 pytestmark = pytest.mark.integration
@@ -66,7 +68,18 @@ def test_greedy_logprobs_equal_the_recompute(greedy_rollout):
     gap = (r.logprobs - r.new_logprobs)[valid(r)].abs().max().item()
     assert gap < 1e-4
     assert torch.all(r.ranks[valid(r)] == 0)  # greedy takes the most likely token
-    assert torch.equal(r.ref_logprobs, r.new_logprobs)  # the reference is the policy
+
+
+def test_recompute_and_reference_equal_trls_forward(models, sampled_rollout):
+    """TRL 0.x's `forward` and `selective_log_softmax` with logits / (temperature + 1e-7), as its rollout
+    computes `ref_logprobs` and its optimisation loop `new_logprobs`."""
+    fn = trl0.functions()
+    r = sampled_rollout
+    out = fn.forward(models.policy, r.query_responses, r.pad_token_id)
+    logits = out.logits[:, r.context_length - 1 : -1] / (r.settings["temperature"] + 1e-7)
+    theirs = fn.selective_log_softmax(logits, r.responses)
+    assert torch.allclose(r.new_logprobs, theirs, atol=1e-4)
+    assert torch.allclose(r.ref_logprobs, theirs, atol=1e-4)
 
 
 def test_sampling_logprobs_need_the_temperature(models, sampled_rollout):
@@ -91,7 +104,7 @@ def test_values_and_scores_equal_trls_get_reward(models, sampled_rollout):
 
 
 def test_parity_with_trl_get_reward_on_the_default_reward_model(models, sampled_rollout):
-    trl_utils = pytest.importorskip("trl.experimental.utils")
+    trl_utils = trl0.functions()
     r = sampled_rollout
     ours = get_reward(models.reward, r.postprocessed_query_responses, r.pad_token_id, r.context_length)
     theirs = trl_utils.get_reward(models.reward, r.postprocessed_query_responses, r.pad_token_id, r.context_length)
@@ -122,11 +135,18 @@ def test_same_seed_same_rollout(models, sampled_rollout):
 
 def test_no_truncation_and_a_custom_stop_token(models):
     period = models.tokenizer.convert_tokens_to_ids(".")
-    r = run_rollout(models, ["Write two short sentences about cats."], max_new_tokens=20, do_sample=False, stop_token_id=period)
+    r = run_rollout(models, ["Write three short sentences about dogs."], max_new_tokens=30, do_sample=False, stop_token_id=period)
     assert r.stop_token_id == period
-    assert torch.equal(r.postprocessed_responses, truncate_response(period, r.pad_token_id, r.responses))
+    assert r.responses[0, -1] == period and (r.responses[0, :-1] != period).all()  # generation ended at it
+    # in TRL 0.11 to 0.13 generation never stopped early and the truncation cut after the first stop token
+    old = run_rollout(models, ["Write three short sentences about dogs."], max_new_tokens=30, do_sample=False,
+                      stop_token_id=period, generation_stop="never")
+    assert old.response_width == 30
+    cut = truncate_response(period, old.pad_token_id, old.responses)
+    assert torch.equal(old.postprocessed_responses, cut) and not torch.equal(cut, old.responses)
+    assert torch.equal(old.responses[0, : r.response_width], r.responses[0])
     plain = run_rollout(models, ["Write two short sentences about cats."], max_new_tokens=20, do_sample=False, stop_token_id=None)
-    assert plain.stop_token_id is None
+    assert plain.stop_token_id is None and plain.response_width == 20
     assert torch.equal(plain.postprocessed_responses, plain.responses)
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
+
+import trl0
 from transformers import LlamaConfig, LlamaForCausalLM, LlamaForSequenceClassification
 
 from inspector import first_true_indices, forward_logprobs, get_reward
@@ -51,7 +53,7 @@ def test_get_reward_reads_where_trl_reads(reward_model):
 
 
 def test_get_reward_matches_trl(reward_model):
-    trl_utils = pytest.importorskip("trl.experimental.utils")
+    trl_utils = trl0.functions()
     ours = get_reward(reward_model, QUERY_RESPONSES, PAD, CONTEXT)
     theirs = trl_utils.get_reward(reward_model, QUERY_RESPONSES, PAD, CONTEXT)
     for a, b in zip(ours, theirs):
@@ -59,7 +61,7 @@ def test_get_reward_matches_trl(reward_model):
 
 
 def test_get_reward_matches_trl_on_random_batches(reward_model):
-    trl_utils = pytest.importorskip("trl.experimental.utils")
+    trl_utils = trl0.functions()
     gen = torch.Generator().manual_seed(5)
     for _ in range(5):
         ids = torch.randint(3, 32, (6, 12), generator=gen)

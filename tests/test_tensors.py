@@ -19,6 +19,8 @@ from inspector import (
 )
 from inspector.tensors import response_padding_mask
 
+import trl0
+
 PAD, EOS, STOP = 0, 2, 7
 
 
@@ -73,7 +75,7 @@ class TestFirstTrueIndices:
             assert torch.equal(first_true_indices(bools), loop_first_true(bools))
 
     def test_parity_with_trl(self):
-        trl_utils = pytest.importorskip("trl.experimental.utils")
+        trl_utils = trl0.functions()
         gen = torch.Generator().manual_seed(1)
         for density in (0.0, 0.05, 0.3, 1.0):
             bools = torch.rand(16, 33, generator=gen) < density
@@ -181,4 +183,31 @@ class TestMaskedStatistics:
 
 
 def test_invalid_logprob_is_trls():
-    assert INVALID_LOGPROB == 1.0
+    assert INVALID_LOGPROB == trl0.functions().INVALID_LOGPROB
+
+
+def test_truncate_response_parity_with_trl():
+    fn = trl0.functions()
+    gen = torch.Generator().manual_seed(3)
+    for stop in (STOP, PAD):
+        responses = torch.randint(0, 8, (12, 10), generator=gen)
+        assert torch.equal(truncate_response(stop, PAD, responses), fn.truncate_response(stop, PAD, responses))
+
+
+def test_token_logprobs_parity_with_trls_selective_log_softmax():
+    gen = torch.Generator().manual_seed(6)
+    logits = torch.randn(3, 7, 50, generator=gen) * 4
+    ids = torch.randint(0, 50, (3, 7), generator=gen)
+    assert torch.allclose(token_logprobs(logits, ids), trl0.functions().selective_log_softmax(logits, ids), atol=1e-6)
+
+
+def test_masked_statistics_parity_with_trl():
+    fn = trl0.functions()
+    gen = torch.Generator().manual_seed(4)
+    values = torch.randn(5, 9, generator=gen)
+    mask = torch.rand(5, 9, generator=gen) < 0.6
+    assert torch.allclose(masked_mean(values, mask), fn.masked_mean(values, mask))
+    assert torch.allclose(masked_var(values, mask), fn.masked_var(values, mask))
+    assert torch.allclose(masked_var(values, mask, unbiased=False), fn.masked_var(values, mask, unbiased=False))
+    for shift in (True, False):
+        assert torch.allclose(masked_whiten(values, mask, shift_mean=shift), fn.masked_whiten(values, mask, shift_mean=shift))

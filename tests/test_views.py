@@ -122,10 +122,11 @@ def r(greedy_rollout):
 
 @pytest.fixture(scope="module")
 def truncated(models):
-    """Greedy, with '.' as the stop token: the response goes on after the first '.', which truncation cuts."""
+    """Greedy, with '.' as the stop token and no early stop (TRL 0.11 to 0.13): the response goes on after the
+    first '.', which truncation cuts."""
     period = models.tokenizer.convert_tokens_to_ids(".")
     out = run_rollout(models, ["Write three short sentences about dogs.", "Hi"], max_new_tokens=20,
-                      do_sample=False, seed=0, stop_token_id=period)
+                      do_sample=False, seed=0, stop_token_id=period, generation_stop="never")
     assert out.stop_token_id == period
     return out
 
@@ -266,15 +267,15 @@ def test_logprob_heatmap(r, which):
 def test_heatmap_markers_and_hover_escaping(r):
     fig = logprob_heatmap(r)
     stops = [(stop_index(r, i), i) for i in range(r.batch_size) if stop_index(r, i) is not None]
-    if stops:
-        trace = named(fig, "stop token")
-        assert list(zip(trace.x, trace.y)) == stops
+    assert stops  # the greedy rollout has samples that stop
+    trace = named(fig, "stop token")
+    assert list(zip(trace.x, trace.y)) == stops
     reward = named(fig, "reward read")
     assert list(reward.x) == (r.score_positions - r.context_length).tolist()
     custom = np.asarray(heatmap_trace(fig).customdata, dtype=object)
     pads = (r.responses == r.pad_token_id).numpy()
-    if pads.any():
-        assert set(custom[..., 0][pads]) == {_escape(r.token(r.pad_token_id))}
+    assert pads.any()  # samples of different lengths: the shorter ones are padded
+    assert set(custom[..., 0][pads]) == {_escape(r.token(r.pad_token_id))}
     assert not any("<" in str(text) for text in custom[..., 0].flatten())
     with pytest.raises(InputError, match="which must be one of"):
         logprob_heatmap(r, "probs")

@@ -155,6 +155,10 @@ def logprob_agreement_markdown(r: Rollout) -> str:
         causes.append(f"top_k={s['top_k']}: sampling renormalised over the top {s['top_k']} tokens")
     if s.get("do_sample") and s.get("top_p", 1.0) < 1.0:
         causes.append(f"top_p={s['top_p']}: sampling renormalised over the nucleus")
+    for e in r.inherited_processors:
+        if e.get("processor") and e["max_effect"] > 1e-3:
+            causes.append(f"{e['setting']}={e['value']!r} from the model's generation_config.json: up to "
+                          f"{e['max_effect']:.3g} nats")
     if causes:
         lines.append("**Why there is a gap:** " + "; ".join(causes) + ". The training forward pass applies only the "
                      "temperature, so these tokens' probabilities differ.")
@@ -165,7 +169,26 @@ def logprob_agreement_markdown(r: Rollout) -> str:
     else:
         lines.append("**Gap without truncation settings:** numerical differences between the cached generation and "
                      "the full forward pass (dtype, kernels).")
+    lines.append(generation_settings_markdown(r))
     return "  \n".join(lines)
+
+
+def generation_settings_markdown(r: Rollout) -> str:
+    """The effective generation settings (the page's merged with the model's generation_config.json), the
+    non-neutral ones, each marked where the model set it."""
+    g = r.generation_config
+    if not g:
+        return "**Generation settings:** not recorded (a record from before they were)."
+    inherited = set(g.get("from_model", []))
+    neutral = {"repetition_penalty": 1.0, "no_repeat_ngram_size": 0, "min_length": 0, "typical_p": 1.0,
+               "epsilon_cutoff": 0.0, "eta_cutoff": 0.0, "remove_invalid_values": False, "top_p": 1.0, "top_k": 0,
+               "num_beams": 1}
+    shown = [f"`{k}={v!r}`" + (" (from the model)" if k in inherited else "")
+             for k, v in g.get("values", {}).items() if v is not None and neutral.get(k, object()) != v]
+    source = ("the page's merged with the model's generation_config.json, as `generate` merges them"
+              if g.get("model_config_used", True) else "the page's only: the model's generation_config.json was ignored")
+    return (f"**Effective generation settings** ({source}): " + ", ".join(shown)
+            + ". Generation stops at `eos_token_id`, the stop token (TRL 0.14+; `None`: no early stop).")
 
 
 def diagnostics_html(findings: list[Finding]) -> str:
