@@ -168,7 +168,7 @@ def builtin_reward(name: str, models=None, *, length_target: int = DEFAULT_LENGT
 def load_reward_func(spec: str) -> RewardFunc:
     """A reward function named `module:function` (or a built-in name). Imports user code, so a hosted
     deployment (SPACE_ID or INSPECTOR_HOSTED=1) refuses it. Raises InputError with what to fix."""
-    from .models import _hosted
+    from .limits import hosted
 
     if spec in BUILTIN_REWARDS and spec != "sentiment":
         return builtin_reward(spec)
@@ -176,7 +176,7 @@ def load_reward_func(spec: str) -> RewardFunc:
     if not sep or not module_name or not attr:
         raise InputError(f"--reward-func {spec!r}: write module:function (e.g. my_rewards:accuracy) or one of "
                          f"{', '.join(BUILTIN_REWARDS)}.")
-    if _hosted():
+    if hosted():
         raise InputError("This deployment offers only the built-in reward functions: it never imports code by name.")
     try:
         module = importlib.import_module(module_name)

@@ -642,6 +642,7 @@ def check_trainer(trainer: str, samples_per_prompt: int) -> None:
             f"not {samples_per_prompt}. Set samples per prompt to 2 or more, or choose PPO.")
 
 
+@gpu
 def grpo_rewards(r: Rollout | None, policy="", reward="", value="", reference="", length_target=DEFAULT_LENGTH_TARGET,
                  format_pattern=DEFAULT_FORMAT_PATTERN) -> dict | None:
     """Every built-in reward function over the rollout's completions (one reward-model pass), or, for an opened
@@ -822,7 +823,7 @@ def wire_grpo(p: dict) -> None:
     c = lambda names: [p[n] for n in names]  # noqa: E731
     rewards = dict(fn=grpo_rewards, inputs=c(["session_rollout", "policy", "reward", "value", "reference",
                                               "length_target", "format_pattern"]),
-                   outputs=p["grpo_state"], api_visibility="private")
+                   outputs=p["grpo_state"], api_visibility="private", **model_event())
     views = dict(fn=grpo_views, inputs=c(["session_rollout", "grpo_state", "trainer", *REWARD_INPUTS, *GRPO_SETTINGS]),
                  outputs=c(GRPO_OUTPUTS), api_visibility="private")
     p["session_rollout"].change(**rewards).then(**views)

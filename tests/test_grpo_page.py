@@ -17,7 +17,7 @@ PROMPTS = arithmetic_prompts(3)  # at a low temperature the model answers 3 + 5 
 def test_grpo_with_one_sample_per_prompt_is_refused_before_generating():
     with pytest.raises(Exception, match="num_generations .* must be at least 2"):
         ui.run_callback("", "", "", "", "Say hi.", True, 8, True, 0.7, 0, 1.0, 0, 1, "EOS token", "", "trl",
-                        False, "grpo")
+                        trainer="grpo")
     with pytest.raises(Exception, match="trainer must be one of"):
         ui.check_trainer("dpo", 4)
 
