@@ -69,10 +69,14 @@ def test_token_weight_heatmap_has_a_row_per_completion_and_a_column_per_position
     assert np.isnan(z[~mask]).all() and np.isfinite(z[mask]).all()
     np.testing.assert_allclose(z[mask], step.token_weights.numpy()[mask])
     assert (z[4:][mask[4:]] == 0).all()  # zero-std groups weigh nothing
-    cell = heat.customdata[0][0]
-    assert cell[0] == "The" or cell[0].strip()  # the token
-    assert cell[1] == f"{float(step.advantages[0]):+.4f}" and cell[4] == "in the loss"
-    assert "advantage" in heat.hovertemplate and "sampler ratio" in heat.hovertemplate
+    first = grpo_rollout.token(int(grpo_rollout.responses[0, 0]))
+    assert heat.text[0][0].strip() and heat.text[0][0] in (first, first.replace("Ġ", "␣"))  # the token
+    custom = np.array(heat.customdata, dtype=float)
+    assert custom.shape == (12, grpo_rollout.response_width, 5)
+    np.testing.assert_allclose(custom[:, 0, 0], step.advantages.numpy(), rtol=1e-6)  # its advantage
+    np.testing.assert_array_equal(custom[..., 3], mask.astype(float))  # its mask
+    np.testing.assert_allclose(custom[..., 1], step.importance_sampling_ratio.expand(12, grpo_rollout.response_width).numpy(), rtol=1e-6)
+    assert "advantage" in heat.hovertemplate and "sampler ratio %{customdata[1]" in heat.hovertemplate
 
 
 def test_loss_types_side_by_side_show_the_length_bias(grpo_rollout, table):
