@@ -20,7 +20,7 @@ from ..errors import InputError
 from ..grpo import GRPOConfig, GRPOStep, LOSS_TYPES, rollout_grpo_step
 from ..rollout import Rollout
 from ._common import esc, sample_label, shorten, shown
-from .figures import MASK_GREY, _hover_tokens
+from .figures import MASK_GREY
 
 GRPO_CSS = """
 .grpo-groups { display: flex; flex-direction: column; gap: 10px; }
@@ -54,6 +54,14 @@ def _sig(x: float, digits: int = 5) -> float:
 def _check(r: Rollout, step: GRPOStep) -> None:
     if step.advantages.shape[0] != r.batch_size or step.token_weights.shape[1] != r.response_width:
         raise InputError("This GRPO step was computed for another rollout: recompute it.")
+
+
+def _token_texts(r: Rollout) -> list[list[str]]:
+    """(B, T) the readable text of every response token, escaped for plotly's hover labels (nested lists:
+    plotly validates those far faster than an object array)."""
+    ids = r.responses.tolist()
+    table = {i: esc(shown(r.token(i), 24)) for i in {t for row in ids for t in row}}
+    return [[table[t] for t in row] for row in ids]
 
 
 def _sequence_ratio(step: GRPOStep) -> np.ndarray | None:
@@ -118,29 +126,23 @@ def token_weights_heatmap(r: Rollout, step: GRPOStep) -> go.Figure:
     mask = step.completion_mask.bool().numpy()
     z = step.token_weights.float().numpy().astype(np.float64, copy=True)
     z[~mask] = np.nan
-    toks = _hover_tokens(r)
-    ids = r.responses.numpy()
     ratio = _sequence_ratio(step)
     coef = step.coef_1.expand(B, T).float().numpy()
-    ent = step.entropy_mask.bool().numpy() if step.entropy_mask is not None else None
-    custom = np.empty((B, T, 6), dtype=object)
-    for i in range(B):
-        adv = _num(float(step.advantages[i]))
-        for t in range(T):
-            custom[i, t] = (
-                toks.get(int(ids[i, t]), str(int(ids[i, t]))), adv,
-                "none" if ratio is None else _num(float(ratio[i, t]), ".4f"), _num(float(coef[i, t]), ".4f"),
-                "in the loss" if mask[i, t] else "masked out",
-                "" if ent is None else (" · entropy mask 1" if ent[i, t] else " · entropy mask 0"),
-            )
+    ent = step.entropy_mask.float().numpy() if step.entropy_mask is not None else np.full((B, T), np.nan)
+    adv = np.repeat(step.advantages.float().numpy()[:, None], T, axis=1)
+    # numbers travel as one float array (plotly sends it base64-packed); only the token texts are strings
+    custom = np.stack([adv, np.full((B, T), np.nan) if ratio is None else ratio, coef, mask.astype(float), ent], axis=-1)
     bound = float(np.nanmax(np.abs(z))) if np.isfinite(z).any() else 1e-9
     fig = go.Figure(go.Heatmap(
-        z=z, x=np.arange(T), y=np.arange(B), customdata=custom, zmid=0.0, zmin=-max(bound, 1e-9),
+        z=z, x=np.arange(T), y=np.arange(B), customdata=custom, text=_token_texts(r), zmid=0.0, zmin=-max(bound, 1e-9),
         zmax=max(bound, 1e-9), colorscale="RdBu_r", hoverongaps=False, xgap=1 if T <= 64 else 0, ygap=1,
         colorbar=dict(title=dict(text="d loss / d logp", side="right"), thickness=12),
-        hovertemplate=("<b>%{customdata[0]}</b><br>completion %{y} · position %{x}<br>token weight %{z:.3e}<br>"
-                       "advantage %{customdata[1]}<br>sampler ratio %{customdata[2]} · policy ratio %{customdata[3]}<br>"
-                       "mask: %{customdata[4]}%{customdata[5]}<extra></extra>"),
+        hovertemplate=("<b>%{text}</b><br>completion %{y} · position %{x}<br>token weight %{z:.3e}<br>"
+                       "advantage %{customdata[0]:+.4f}<br>"
+                       + ("sampler ratio none" if ratio is None else "sampler ratio %{customdata[1]:.4f}")
+                       + " · policy ratio %{customdata[2]:.4f}<br>completion_mask %{customdata[3]:.0f}"
+                       + ("" if step.entropy_mask is None else " · entropy_mask %{customdata[4]:.0f}")
+                       + "<extra></extra>"),
     ))
     G = step.num_generations
     for g in range(1, step.num_groups):
@@ -219,7 +221,7 @@ def kl_entropy_figure(r: Rollout, step: GRPOStep) -> go.Figure:
     kl = np.where(mask, kl, np.nan)
     ent = np.ones((B, T)) if step.entropy_mask is None else step.entropy_mask.float().numpy().astype(np.float64)
     ent = np.where(mask, ent, np.nan)
-    toks = np.vectorize(lambda i: shown(r.token(int(i)), 16), otypes=[object])(r.responses.numpy())
+    toks = _token_texts(r)
     fig.add_trace(go.Heatmap(z=kl, customdata=toks, colorscale="Viridis", showscale=False, hoverongaps=False,
                              hovertemplate="%{customdata} · completion %{y}, position %{x}<br>kl %{z:.3e}<extra></extra>"),
                   row=1, col=1)
