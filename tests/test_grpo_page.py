@@ -54,6 +54,16 @@ def test_the_grpo_tab_shows_groups_token_weights_and_a_zero_std_group(browser, a
             "() => { const z = document.querySelector('#panel-grpo-weights .js-plotly-plot')._fullData[0].z;"
             " return [z.length, z[0].length]; }")
         assert z_shape == [12, 16]
+        # hover over the first cell: its token, its advantage, the ratios and the mask
+        page.locator("#panel-grpo-weights").scroll_into_view_if_needed()
+        area = page.locator("#panel-grpo-weights .nsewdrag").first.bounding_box()
+        page.mouse.move(area["x"] + area["width"] * 0.5 / 16, area["y"] + area["height"] * 0.5 / 12)
+        page.wait_for_selector("#panel-grpo-weights .hovertext", timeout=30_000)
+        hover = page.evaluate("() => document.querySelector('#panel-grpo-weights .hoverlayer').textContent")
+        for part in ("completion g0 · 0: What is 2 + 2?", "position 0", "advantage 0.4999", "sampler ratio", "policy ratio 1.0000",
+                     "completion_mask 1"):
+            assert part in hover, hover
+        page.screenshot(path=str(ARTIFACTS / "grpo-token-weights-hover.png"))
         assert "frac_reward_zero_std" in page.inner_text("#panel-grpo-metrics")
         assert "TRL 1.16 GRPOTrainer" in page.inner_text("#grpo-status")
         ARTIFACTS.mkdir(exist_ok=True)

@@ -138,7 +138,7 @@ def token_weights_heatmap(r: Rollout, step: GRPOStep) -> go.Figure:
         zmax=max(bound, 1e-9), colorscale="RdBu_r", hoverongaps=False, xgap=1 if T <= 64 else 0, ygap=1,
         colorbar=dict(title=dict(text="d loss / d logp", side="right"), thickness=12),
         hovertemplate=("<b>%{text}</b><br>completion %{y} · position %{x}<br>token weight %{z:.3e}<br>"
-                       "advantage %{customdata[0]:+.4f}<br>"
+                       "advantage %{customdata[0]:.4f}<br>"
                        + ("sampler ratio none" if ratio is None else "sampler ratio %{customdata[1]:.4f}")
                        + " · policy ratio %{customdata[2]:.4f}<br>completion_mask %{customdata[3]:.0f}"
                        + ("" if step.entropy_mask is None else " · entropy_mask %{customdata[4]:.0f}")
