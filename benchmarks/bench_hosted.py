@@ -51,9 +51,9 @@ def one_click(models, prompts: list[str], tokens: int, samples: int):
 
 
 def main() -> None:
-    import torch
+    from inspector import load_models, ui  # first: it sets OMP_WAIT_POLICY before torch loads
 
-    from inspector import load_models, ui
+    import torch
     from inspector.errors import LimitError
     from inspector.limits import HOSTED, Limits
 

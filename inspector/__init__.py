@@ -12,7 +12,7 @@ import os as _os
 # It takes effect only if torch has not been imported yet; set OMP_WAIT_POLICY yourself to override.
 _os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from .errors import InputError, InspectorError, LimitError, ModelLoadError
+from .errors import EngineError, InputError, InspectorError, LimitError, ModelLoadError
 from .generation import SamplingSettings, encode_prompts, generate
 from .models import DEFAULT_POLICY, DEFAULT_REWARD, Models, load_models
 from .rollout import EOS, Rollout, run_rollout
@@ -32,6 +32,7 @@ __all__ = [
     "DEFAULT_POLICY",
     "DEFAULT_REWARD",
     "EOS",
+    "EngineError",
     "INVALID_LOGPROB",
     "InputError",
     "InspectorError",

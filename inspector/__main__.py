@@ -27,6 +27,14 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--stop", default="eos", help="'eos' (default), 'none', a token id, or the text of one token")
     p.add_argument("--no-chat-template", action="store_true")
     p.add_argument("--attention", choices=("trl", "tokenizer"), default="trl")
+    p.add_argument("--engine-url", default=None, metavar="URL",
+                   help="sample with this OpenAI-compatible server (e.g. vLLM at http://127.0.0.1:8000) instead of "
+                        "in-process generate; the trainer-side passes stay in-process")
+    p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "bfloat16-fp32-head"),
+                   help="the trainer-side models' precision (bfloat16-fp32-head: TRL's cast_lm_head_to_fp32)")
+    p.add_argument("--device-map", default=None, help="e.g. 'auto': shard the models across the GPUs (accelerate)")
+    p.add_argument("--ignore-generation-config", action="store_true",
+                   help="sample without the model's generation_config.json (repetition penalty, n-gram bans, ...)")
     p.add_argument("--trainer", choices=("ppo", "grpo", "verl"), default="ppo",
                    help="whose step to compute: PPO (TRL 0.x, default), GRPO (TRL 1.16) or verl's GRPO")
     p.add_argument("--num-generations", type=int, default=None,
@@ -35,8 +43,6 @@ def _parser() -> argparse.ArgumentParser:
                    help="grpo/verl reward function, repeatable: a built-in (sentiment, length, format, exact_answer) "
                         "or module:function with TRL's signature (default: the reward model's score)")
     p.add_argument("--reward-weights", type=float, nargs="+", default=None, help="one weight per --reward-func")
-    p.add_argument("--ignore-generation-config", action="store_true",
-                   help="sample without the model's generation_config.json (repetition penalty, n-gram bans, ...)")
     p.add_argument("--json", metavar="FILE", help="write the whole rollout record as JSON")
     return p
 
@@ -68,19 +74,26 @@ def main(argv: list[str] | None = None) -> int:
     stop = named[args.stop.lower()] if args.stop.lower() in named else int(args.stop) if args.stop.isdigit() else args.stop
     try:
         started = time.perf_counter()
-        models = load_models(args.policy, args.reward, args.value, args.reference,
-                             progress=lambda m: print(f"... {m}", file=sys.stderr))
+        models = load_models(args.policy, args.reward, args.value, args.reference, dtype=args.dtype,
+                             device_map=args.device_map, progress=lambda m: print(f"... {m}", file=sys.stderr))
         loaded = time.perf_counter() - started
         rollout = run_rollout(
             models, args.prompts, max_new_tokens=args.max_new_tokens, do_sample=not args.greedy,
             temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed,
             stop_token_id=stop, use_chat_template=not args.no_chat_template, attention=args.attention,
             samples_per_prompt=args.samples, ignore_generation_config=args.ignore_generation_config,
+            engine_url=args.engine_url,
         )
     except InspectorError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     print(format_rollout(rollout))
+    if args.engine_url:
+        from .mismatch import sampler_mismatch
+
+        mm = sampler_mismatch(rollout)
+        print(f"\nsampled by the engine at {rollout.engine['url']} serving {rollout.engine['served_model']}; "
+              f"sampler mismatch: {mm.diagnosis.text}")
     step = None
     if grpo_config is not None:
         from .grpo import rollout_grpo_step

@@ -17,3 +17,7 @@ class InputError(InspectorError):
 
 class LimitError(InputError):
     """A request over one of the configured limits (the message names the limit and its value)."""
+
+
+class EngineError(InspectorError):
+    """A serving engine that is unreachable, refuses the request, or answers without what a rollout needs."""

@@ -231,6 +231,11 @@ def trl_eos_token_ids(tokenizer_eos_token_id: int | None, generation_eos_token_i
     return [i for i in ids if i is not None]
 
 
+def model_eos_token_ids(models) -> list[int]:
+    """TRL's `eos_token_ids` for loaded `Models`: the policy tokenizer's EOS and its generation config's."""
+    return trl_eos_token_ids(models.tokenizer.eos_token_id, getattr(models.policy.generation_config, "eos_token_id", None))
+
+
 def trl_completion_mask(completion_ids: torch.Tensor, eos_token_ids: list[int], pad_token_id: int | None):
     """TRL 1.16's plain-generate path (`_generate_single_turn`) then its `mask_truncated_completions` test.
 
@@ -903,8 +908,8 @@ def rollout_grpo_inputs(rollout, eos_token_ids: list[int] | None = None) -> dict
     """The tensors `grpo_step` takes, read from a Rollout without any model pass.
 
     completion_mask and is_truncated follow TRL 1.16's plain-generate path on `rollout.responses`, with
-    `eos_token_ids` (default: the tokenizer's EOS plus `rollout.settings["generation_eos_token_ids"]` when
-    recorded, TRL's `eos_token_ids`). Trainer logprobs are the forward recompute (`new_logprobs`), sampler
+    `eos_token_ids` (TRL's: pass `model_eos_token_ids(models)` when the models are at hand; default: the
+    tokenizer's EOS, plus `rollout.settings["generation_eos_token_ids"]` when recorded). Trainer logprobs are the forward recompute (`new_logprobs`), sampler
     logprobs the generation-time ones (`logprobs`), the reference's `ref_logprobs`, entropies `entropy`.
     Rollouts from before the rename (`gen_logprobs` + `logprobs`) are read with their old names.
     """

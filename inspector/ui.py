@@ -27,6 +27,7 @@ from .limits import Limits
 from .models import DEFAULT_POLICY, DEFAULT_REWARD, load_models
 from .rollout import EOS, Rollout, run_rollout
 from .diagnostics import diagnose
+from .mismatch import sampler_mismatch
 from .ppo import PPOConfig, rollout_ppo_step
 from .diagnostics import diagnose_grpo
 from .grpo import LOSS_TYPES, MULTI_OBJECTIVE_AGGREGATIONS, SAMPLER_MODES, SCALE_REWARDS, VERL_LOSS_AGG_MODES, make_config, rollout_grpo_step
@@ -41,6 +42,14 @@ from .views.grpo import (
     loss_type_table,
     sampler_correction_figure,
     token_weights_heatmap,
+)
+from .views.mismatch import (
+    SEQUENCE_COLUMNS,
+    metrics_table,
+    mismatch_figure,
+    mismatch_markdown,
+    sequence_table,
+    token_table,
 )
 from .views import (
     BATCH_COLUMNS,
@@ -325,7 +334,8 @@ def _status(r: Rollout) -> str:
 
 @gpu
 def run_callback(policy, reward, value, reference, prompts_text, use_chat, max_new_tokens, do_sample, temperature, top_k, top_p, seed,
-                 samples, stop_choice, stop_custom, attention, compare_masks=False, ignore_generation_config=False, trainer="ppo",
+                 samples, stop_choice, stop_custom, attention, compare_masks=False, ignore_generation_config=False,
+                 engine_url="", precision="float32", trainer="ppo",
                  request: gr.Request = None, progress=gr.Progress()):
     """Run one rollout for this session and return every view of it."""
     try:
@@ -335,9 +345,10 @@ def run_callback(policy, reward, value, reference, prompts_text, use_chat, max_n
             top_k=int(top_k), top_p=float(top_p), seed=int(seed), samples_per_prompt=int(samples),
             use_chat_template=bool(use_chat), attention=str(attention), compare_masks=bool(compare_masks),
             ignore_generation_config=bool(ignore_generation_config), stop=_stop_value(stop_choice, stop_custom),
+            engine_url=(engine_url or "").strip() or None,
         )
-        m, r = _rollout(_names(policy, reward, value, reference), parse_prompts(prompts_text), settings,
-                        progress=lambda f, msg: progress(f, desc=msg))
+        m, r = _rollout(_names(policy, reward, value, reference) | {"dtype": precision or "float32"},
+                        parse_prompts(prompts_text), settings, progress=lambda f, msg: progress(f, desc=msg))
     except Exception as exc:
         raise _friendly(exc) from exc
     return rollout_views(r, models_markdown(m), _session(request))
@@ -431,10 +442,12 @@ def rollout_api(
     reward_funcs: list[str] | None = None,
     reward_weights: list[float] | None = None,
     grpo_settings: dict | None = None,
+    engine_url: str = "",
 ) -> dict:
     """Run a rollout and return the whole record as JSON: every tensor as nested lists, with texts and settings.
 
-    stop_token: "eos", "none", or one token of the policy's tokenizer.
+    stop_token: "eos", "none", or one token of the policy's tokenizer. engine_url: sample with that
+    OpenAI-compatible server (on a hosted deployment only one of INSPECTOR_ENGINE_URLS); blank: in-process.
     trainer: "ppo" (default), "grpo" (TRL 1.16) or "verl"; with GRPO, samples_per_prompt is num_generations (>= 2)
     and the answer also holds `grpo` (the step under TRL's names) and `grpo_diagnostics`. reward_funcs: built-in
     reward functions by name (sentiment, length, format, exact_answer; default sentiment), reward_weights one
@@ -451,7 +464,8 @@ def rollout_api(
             dict(max_new_tokens=max_new_tokens, do_sample=do_sample, temperature=temperature, top_k=top_k,
                  top_p=top_p, seed=seed, samples_per_prompt=samples_per_prompt,
                  use_chat_template=use_chat_template, attention=attention, compare_masks=bool(compare_masks),
-                 ignore_generation_config=bool(ignore_generation_config), stop=stop),
+                 ignore_generation_config=bool(ignore_generation_config), stop=stop,
+                 engine_url=(engine_url or "").strip() or None),
         )
         record = rollout_to_dict(r)
         if trainer != "ppo":
@@ -526,11 +540,16 @@ def _controls(p: dict) -> None:
         p["ignore_generation_config"] = gr.Checkbox(
             False, label="Ignore the model's generation_config.json (its repetition penalty, n-gram bans, ...: "
                          "generate merges them in, as in TRL)", elem_id="ignore-generation-config")
+        p["engine_url"] = gr.Textbox("", label="Sampling engine URL (blank = in-process transformers)",
+                                     placeholder="http://127.0.0.1:8000 (an OpenAI-compatible server, e.g. vLLM)",
+                                     elem_id="engine-url")
     with gr.Accordion("Models", open=False, elem_id="models"):
         p["policy"] = gr.Textbox(DEFAULT_POLICY, label="Policy (Hub id or local folder)")
         p["reward"] = gr.Textbox(DEFAULT_REWARD, label="Reward model")
         p["value"] = gr.Textbox("", label="Value model", placeholder="blank = the reward model; none = no value model")
         p["reference"] = gr.Textbox("", label="Reference model", placeholder="blank = the policy", elem_id="reference")
+        p["precision"] = gr.Radio(list(model_registry.PRECISIONS), value="float32", elem_id="precision",
+                                  label="Trainer precision (bfloat16-fp32-head: TRL's cast_lm_head_to_fp32)")
         p["vocab_note"] = gr.Markdown("", elem_id="vocab-note")
         p["no_value"] = gr.Button("Use no value model (values 0)", visible=False, elem_id="no-value")
         p["load"] = gr.Button("Load models")
@@ -842,7 +861,41 @@ def wire_grpo(p: dict) -> None:
                         api_visibility="private")
 
 
-TABS = [_sequences_tab, _logprobs_tab, _value_reward_tab, _ppo_tab, grpo_tab, _batch_tab]
+def _mismatch_tab(p: dict) -> None:
+    with gr.Tab("Sampler mismatch", id="mismatch", elem_id="tab-mismatch"):
+        gr.Markdown("#### The sampler's logprobs (the engine's, or `generate`'s) against the trainer's recompute, "
+                    "and what TRL 1.16's and verl's corrections do with them")
+        with gr.Row(elem_id="mismatch-settings"):
+            inputs = [p["session_rollout"],
+                      gr.Dropdown(list(SAMPLER_MODES), value="sequence_mask", min_width=160,
+                                  label="vllm_importance_sampling_mode", elem_id="is-mode"),
+                      gr.Number(0, label="clip_min (0 = None)", min_width=110, elem_id="is-clip-min"),
+                      gr.Number(3.0, label="clip_max", min_width=90, elem_id="is-clip-max"),
+                      gr.Number(2.0, label="verl rollout_is_threshold", min_width=120, elem_id="verl-threshold")]
+        outputs = [gr.Markdown(elem_id="panel-mismatch"), gr.Plot(elem_id="panel-mismatch-plot", show_label=False),
+                   gr.Dataframe(interactive=False, label="Per sequence", elem_id="panel-mismatch-sequences",
+                                headers=SEQUENCE_COLUMNS, column_widths=["200px"] + ["110px"] * (len(SEQUENCE_COLUMNS) - 1)),
+                   gr.Dataframe(interactive=False, label="Per token, largest gap first", max_height=480,
+                                elem_id="panel-mismatch-tokens"),
+                   gr.Dataframe(interactive=False, label="What TRL and verl log for this batch",
+                                elem_id="panel-mismatch-metrics")]
+        for control in inputs:
+            control.change(mismatch_views, inputs, outputs, api_visibility="private")
+
+
+def mismatch_views(r: Rollout | None, mode, clip_min, clip_max, verl_threshold):
+    """The mismatch tab of a rollout under the chosen correction settings (no model pass)."""
+    if r is None:
+        return ("Run a rollout; give an engine URL to sample with a server.", None, None, None, None)
+    try:
+        mm = sampler_mismatch(r, clip_min=clip_min or None, clip_max=clip_max, mode=mode, verl_threshold=verl_threshold)
+    except Exception as exc:
+        raise _friendly(exc) from exc
+    return (mismatch_markdown(r, mm), mismatch_figure(r, mm, "token_mask"), sequence_table(r, mm),
+            token_table(r, mm), metrics_table(mm))
+
+
+TABS = [_sequences_tab, _logprobs_tab, _value_reward_tab, _ppo_tab, grpo_tab, _mismatch_tab, _batch_tab]
 """The views, one tab each, in the order of the tab bar. A tab is a function that adds its components to the
 page's dict of components; its events are wired in `_wire`."""
 
@@ -853,7 +906,7 @@ ROLLOUT_OUTPUTS = ["session_rollout", "models_md", "sample", "status", "diagnost
 """The components a new rollout fills, in the order of `rollout_views`."""
 RUN_INPUTS = ["policy", "reward", "value", "reference", "prompts", "use_chat", "max_new_tokens", "do_sample",
               "temperature", "top_k", "top_p", "seed", "samples", "stop_choice", "stop_custom", "attention",
-              "compare_masks", "ignore_generation_config", "trainer"]
+              "compare_masks", "ignore_generation_config", "engine_url", "precision", "trainer"]
 
 
 def _wire(p: dict) -> None:

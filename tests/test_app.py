@@ -197,11 +197,13 @@ def test_compare_two_samples(outputs):
     assert left["value"] == 0 and right["value"] == 1
 
 
-def test_batch_table_holds_the_rollouts_kl_gap_and_scores(outputs):
-    r, table = outputs[0], outputs[9]
+def test_batch_table_holds_the_rollouts_kl_gap_and_scores(models):
+    out = run(["Write a happy sentence.", "Name a fruit."], top_k=20, max_new_tokens=24)
+    r, table = out[0], out[9]
     valid = ~r.padding_mask
-    kl = ((r.logprobs - r.ref_logprobs) * valid).sum(1)  # TRL's k1 KL, summed: sampling-time logprobs
-    gap = ((r.logprobs - r.new_logprobs).abs() * valid).max(1).values
+    kl = torch.where(valid, r.logprobs - r.ref_logprobs, 0).sum(1)  # TRL's k1 KL, summed: sampling-time logprobs
+    gap = torch.where(valid, (r.logprobs - r.new_logprobs).abs(), 0).max(1).values
+    assert gap.max() > 0.05  # top_k=20: the sampled-from distribution is not the recompute's
     assert table["KL"].tolist() == pytest.approx(kl.tolist(), abs=1e-4)
     assert table["max logprob gap"].tolist() == pytest.approx(gap.tolist(), abs=1e-4)
     assert table["score"].tolist() == pytest.approx(r.scores.tolist(), abs=1e-4)

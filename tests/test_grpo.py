@@ -221,16 +221,47 @@ def test_each_loss_types_aggregation_by_hand():
     assert s.token_weights[0, 0] == pytest.approx(s.token_weights[2, 0].item())
 
 
-def test_clipping_shows_with_separate_old_logprobs():
-    lp = torch.zeros(2, 2)
-    old = torch.tensor([[0.0, -0.5], [0.0, 0.5]])  # ratios e^0.5 (up) and e^-0.5 (down)
-    s = grpo_step(torch.tensor([[1.0], [0.0]]), torch.ones(2, 2, dtype=torch.long), torch.zeros(2, dtype=torch.bool),
-                  lp, config=GRPOConfig(num_generations=2), old_per_token_logps=old)
+def test_clipping_delta_and_epsilon_high_show_with_separate_old_logprobs():
+    lp = torch.zeros(2, 3)
+    old = torch.tensor([[0.0, -0.5, 0.5], [0.0, 0.5, -0.5]])  # ratios 1, e^0.5 = 1.65, e^-0.5 = 0.61
+
+    def run(**cfg):
+        return grpo_step(torch.tensor([[1.0], [0.0]]), torch.ones(2, 3, dtype=torch.long),
+                         torch.zeros(2, dtype=torch.bool), lp, config=GRPOConfig(num_generations=2, **cfg),
+                         old_per_token_logps=old)
+
+    s = run()
     assert s.advantages[0] > 0 > s.advantages[1]
-    assert s.token_weights[0, 1] == 0 and s.token_weights[1, 1] == 0   # clipped: no gradient
-    assert s.token_weights[0, 0] != 0 and s.token_weights[1, 0] != 0
-    assert s.metrics["clip_ratio/high_mean"] == 0.25 and s.metrics["clip_ratio/low_mean"] == 0.25
-    assert s.metrics["clip_ratio/region_mean"] == 0.5
+    w = s.token_weights
+    assert w[0, 1] == 0 and w[1, 1] == 0            # A > 0 above 1 + eps, A < 0 below 1 - eps: clipped
+    assert w[0, 0] != 0 and w[0, 2] != 0 and w[1, 0] != 0 and w[1, 2] != 0
+    assert s.metrics["clip_ratio/high_mean"] == pytest.approx(1 / 6)
+    assert s.metrics["clip_ratio/low_mean"] == pytest.approx(1 / 6)  # (0, 2) is below 1 - eps but A > 0
+    assert s.metrics["clip_ratio/region_mean"] == pytest.approx(2 / 6)
+    assert run(epsilon_high=0.7).token_weights[0, 1] != 0           # 1.65 < 1 + 0.7: no longer clipped
+    assert run(delta=1.5).token_weights[1, 2] == 0                  # A < 0, ratio 1.65 capped at delta
+    old = torch.tensor([[0.0, -0.5, -0.1], [0.0, 0.5, 0.4]])
+    seq = run(importance_sampling_level="sequence")
+    assert torch.allclose(seq.coef_1.squeeze(1), torch.exp((lp - old).mean(1)))
+
+
+def test_the_sampler_ratio_weights_the_loss_and_drops_whole_completions():
+    lp = torch.full((4, 3), -1.0)
+    sampling = lp.clone()
+    sampling[1] -= 0.5                    # the engine found completion 1 much less likely: ratio e^1.5 > 3
+    sampling[2, 0] -= 0.2                 # completion 2: e^0.2 in one token
+    args = (torch.tensor([[1.0], [0.0], [2.0], [0.5]]), torch.ones(4, 3, dtype=torch.long),
+            torch.zeros(4, dtype=torch.bool), lp, sampling)
+    plain = grpo_step(*args[:4], config=GRPOConfig(num_generations=2))
+    s = grpo_step(*args, config=GRPOConfig(num_generations=2))                      # sequence_mask, cap 3
+    assert s.sampler.dropped[:, 0].tolist() == [False, True, False, False]
+    assert s.token_weights[1].abs().sum() == 0 and plain.token_weights[1].abs().sum() > 0
+    assert torch.allclose(s.token_weights[2], plain.token_weights[2] * math.exp(0.2))
+    assert torch.allclose(s.token_weights[0], plain.token_weights[0])
+    t = grpo_step(*args, config=GRPOConfig(num_generations=2, vllm_importance_sampling_mode="token_truncate"))
+    assert torch.allclose(t.token_weights[1], plain.token_weights[1] * math.exp(0.5))
+    off = grpo_step(*args, config=GRPOConfig(num_generations=2, vllm_importance_sampling_correction=False))
+    assert off.importance_sampling_ratio is None and torch.equal(off.token_weights, plain.token_weights)
 
 
 def test_kl_and_entropy_mask():
@@ -543,7 +574,7 @@ def test_verl_step_loss_equals_verls_policy_loss(verl, mode, rollout_is):
     mask = (torch.rand(B, T, generator=g) < 0.8).long()
     mask[:, 0] = 1
     lp = -torch.rand(B, T, generator=g)
-    old = lp + torch.randn(B, T, generator=g) * 0.4
+    old = lp + torch.randn(B, T, generator=g) * 1.0
     sampler = old + torch.randn(B, T, generator=g) * 0.3
     ref = lp + torch.randn(B, T, generator=g) * 0.2
     cfg = VerlGRPOConfig(num_generations=4, loss_agg_mode=mode, rollout_is=rollout_is, use_kl_loss=True)
@@ -561,6 +592,7 @@ def test_verl_step_loss_equals_verls_policy_loss(verl, mode, rollout_is):
     assert s.loss.item() == pytest.approx((pg + kl * 0.001).item(), rel=1e-5, abs=1e-7)
     assert s.metrics["actor/pg_clipfrac"] == pytest.approx(pg_metrics["actor/pg_clipfrac"], abs=1e-6)
     assert s.metrics["actor/pg_clipfrac_lower"] == pytest.approx(pg_metrics["actor/pg_clipfrac_lower"], abs=1e-6)
+    assert pg_metrics["actor/pg_clipfrac_lower"] > 0                 # the dual clip (ratio > clip_ratio_c) acts
 
 
 # --------------------------------------------------------------------------------------- TRL 1.16's real GRPOTrainer
@@ -668,6 +700,9 @@ def test_trl_generate_path_mask_rewards_and_advantages(trl_run):
     s = grpo_step(f["rewards_per_func"], mask[:, :T], truncated, logps, None, out["ref_per_token_logps"], entropies,
                   GRPOConfig(num_generations=4, beta=0.04, max_completion_length=24),
                   reward_func_names=tr.reward_func_names)
+    print(f"\nTRL parity [generate path]: mask equal {torch.equal(mask[:, :T], out['completion_mask'])}, "
+          f"{int(truncated.sum())} of {len(truncated)} cut, max |advantage diff| "
+          f"{(s.advantages - out['advantages']).abs().max().item():.2e}")
     assert torch.allclose(s.advantages, out["advantages"], atol=1e-6)
     for key, value in f["metrics"].items():
         if key in s.metrics:
@@ -734,6 +769,9 @@ def test_trl_step_and_loss_on_the_same_completions(trl_run, case):
                   out.get("sampling_per_token_logps") if sampler else None, out.get("ref_per_token_logps"),
                   entropies, cfg, old_per_token_logps=out.get("old_per_token_logps"),
                   reward_func_names=tr.reward_func_names)
+    ratio_gap = (s.importance_sampling_ratio - out["importance_sampling_ratio"]).abs().max().item() if sampler else 0.0
+    print(f"\nTRL parity [{case}]: max |advantage diff| {(s.advantages - out['advantages']).abs().max().item():.2e}, "
+          f"max |ratio diff| {ratio_gap:.2e}, loss {s.loss.item():.8f} vs TRL {loss.item():.8f}")
     assert torch.equal(s.completion_mask, out["completion_mask"])
     assert torch.allclose(s.advantages, out["advantages"], atol=1e-6)
     if sampler:

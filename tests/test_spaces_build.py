@@ -128,6 +128,7 @@ def test_a_default_rollout_in_the_browser_on_the_spaces_build(space):
             assert toasts.count() == 0, toasts.first.inner_text()
             status = page.inner_text("#status-line")
             assert "4 samples ×" in status, status  # the default prompt set
+            page.click("#tab-logprobs-button")  # the heatmap draws when its tab is shown
             page.wait_for_function(
                 "() => { const e = document.querySelector('#panel-logprobs .js-plotly-plot'); return e && e.data && e.data.length; }",
                 timeout=60_000,

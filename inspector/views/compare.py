@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import torch
+
 from ..rollout import Rollout
 from ._common import esc, valid_mask
 from .tokens import split_html, value_reward_html
@@ -10,8 +12,9 @@ from .tokens import split_html, value_reward_html
 def _facts(r: Rollout, i: int) -> str:
     valid = valid_mask(r)[i]
     n = int(valid.sum())
-    kl = float(((r.logprobs[i] - r.ref_logprobs[i]) * valid).sum())
-    mean_lp = float((r.logprobs[i] * valid).sum() / n) if n else float("nan")
+    # padding may hold -inf (a pad the top-k filter excluded): mask by selection, not by multiplication
+    kl = float(torch.where(valid, r.logprobs[i] - r.ref_logprobs[i], 0).sum())
+    mean_lp = float(torch.where(valid, r.logprobs[i], 0).sum() / n) if n else float("nan")
     return (f"<p class='tok-meta'><b>sample {i}</b> · score <b>{float(r.scores[i]):+.4f}</b> · "
             f"{n} tokens trained on · contains EOS {bool(r.contain_eos_token[i])} · mean logprob {mean_lp:.3f} · "
             f"KL {kl:+.4f}</p><p class='tok-meta'>{esc(r.prompts[i])}</p>")
