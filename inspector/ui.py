@@ -7,10 +7,13 @@ rollout in a `gr.State`.
 
 from __future__ import annotations
 
+import functools
 import logging
+import math
 import os
 import shutil
 import tempfile
+from datetime import datetime, timezone
 import time
 from pathlib import Path
 
@@ -20,7 +23,8 @@ import torch
 from gradio.utils import get_upload_folder
 
 from . import models as model_registry
-from .errors import InspectorError
+from .errors import InputError, InspectorError
+from .examples import DEFAULT_EXAMPLE, EXAMPLE_SETTINGS, EXAMPLES, example_path, find_example, load_example
 from .export import rollout_from_dict, rollout_to_dict, rollout_to_json, rollout_to_jsonl, rollout_to_parquet
 from .importing import read_upload_file, rescore
 from .limits import Limits
@@ -53,8 +57,10 @@ from .views.mismatch import (
 )
 from .views import (
     BATCH_COLUMNS,
+    LOGPROB_KINDS,
     PPO_CSS,
     diagnostics_html,
+    displayed,
     logprob_agreement_markdown,
     logprob_gap_figure,
     ppo_metrics_table,
@@ -73,6 +79,7 @@ from .views import (
     value_reward_html,
     values_figure,
 )
+from .views._common import fmt, plural
 
 log = logging.getLogger("inspector.ui")
 
@@ -103,27 +110,21 @@ def model_event() -> dict:
     return {"concurrency_id": MODEL_GROUP,
             "concurrency_limit": int(os.environ.get("INSPECTOR_MODEL_CONCURRENCY", "1"))}
 
-EXAMPLES = {
-    "Sentiment contrast": [
-        "Write one sentence about a wonderful day at the beach with friends.",
-        "Write one sentence about a terrible day stuck in traffic in the rain.",
-        "Describe your favourite meal with enthusiasm, in one sentence.",
-        "Complain about a broken phone in one sentence.",
-    ],
-    "Short answers (pad == EOS)": [
-        "What is 2 + 2? Answer with one number.",
-        "Reply with exactly one word: yes or no. Is the sky blue?",
-        "Name one colour.",
-    ],
-    "Cut by max_new_tokens (no EOS)": [
-        "Tell me a long story about a dragon who learns to bake bread.",
-        "List twenty animals, one per line.",
-    ],
-}
-
 CSS = TOKEN_CSS + PPO_CSS + GRPO_CSS + """
 .panel-note { color: #4b5563; font-size: 0.9em; }
 #status-line { min-height: 1.5em; }
+#status-row { align-items: flex-start; }
+#run-message { color: #b91c1c; }
+/* table headers break between words, never inside one */
+#panel-stops th, #panel-batch th, #panel-ppo-metrics th, #panel-stops th *, #panel-batch th *, #panel-ppo-metrics th * {
+  word-break: normal !important; overflow-wrap: normal !important; hyphens: none !important; }
+/* a picker's text ends before its arrow */
+#sample-picker input, #compare-a input, #compare-b input { text-overflow: ellipsis; padding-right: 2.2em; }
+@media (max-width: 700px) {
+  #status-row { flex-direction: column; }
+  #run-fresh { width: 100%; }
+  #page-intro p { font-size: 0.9em; }
+}
 """
 
 STOP_CHOICES = ["EOS token", "No truncation", "Custom token"]
@@ -214,7 +215,13 @@ def parse_prompts(text: str) -> list[str]:
 
 def _rollout(names: dict, prompts: list[str], settings: dict, progress=None) -> tuple[model_registry.Models, Rollout]:
     m = load_models(**names, progress=(lambda msg: progress(0.02, msg)) if progress else None)
-    return m, run_rollout(m, prompts, stop_token_id=settings.pop("stop"), progress=progress, **settings)
+    r = run_rollout(m, prompts, stop_token_id=settings.pop("stop"), progress=progress, **settings)
+    r.settings["created"] = _now()  # travels with the record: a re-opened rollout says when it was made
+    return m, r
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
 def _stop_value(choice: str, custom: str):
@@ -231,7 +238,7 @@ def _sample_choices(r: Rollout) -> list[tuple[str, int]]:
     out = []
     for i in range(r.batch_size):
         prompt = r.prompts[i].replace("\n", " ")
-        out.append((f"{i}: {prompt[:60]}{'…' if len(prompt) > 60 else ''}  (score {float(r.scores[i]):+.3f})", i))
+        out.append((f"{i}: {prompt[:60]}{'…' if len(prompt) > 60 else ''}  (score {fmt(r.scores[i], signed=True)})", i))
     return out
 
 
@@ -255,11 +262,65 @@ def compare_view(r: Rollout | None, a, b) -> str:
     return compare_html(r, a, b)
 
 
+def _number_problem(name: str, value, low: float | None = None, high: float | None = None, *, above: bool = False,
+                    whole: bool = False, hint: str = "") -> str | None:
+    """What is wrong with the number `value` typed into the field `name` (its allowed range in the message), or None."""
+    if low is not None and high is not None:
+        allowed = f"{'above' if above else 'from'} {low:g} {'and at most' if above else 'to'} {high:g}"
+    elif low is not None:
+        allowed = f"{'above' if above else 'at least'} {low:g}"
+    else:
+        allowed = "any number"
+    kind = "a whole number" if whole else "a number"
+    if value is None or value == "" or (isinstance(value, float) and math.isnan(value)):
+        return f"{name} is empty: type {kind} {allowed}{hint}."
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        return f"{name} must be {kind} {allowed}, not {str(value)[:40]!r}{hint}."
+    bad = (whole and not v.is_integer()) or (low is not None and (v <= low if above else v < low)) \
+        or (high is not None and v > high)
+    return f"{name} must be {kind} {allowed} (got {v:g}){hint}." if bad else None
+
+
+def ppo_problems(kl_coef, gamma, lam, penalty_on, penalty) -> dict[str, str]:
+    """The PPO settings the page refuses, by field: {field: message}."""
+    problems = {
+        "kl_coef": _number_problem("kl_coef", kl_coef, 0, hint="; TRL's default is 0.05"),
+        "gamma": _number_problem("gamma", gamma, 0, 1, hint="; TRL's default is 1.0"),
+        "lam": _number_problem("lam", lam, 0, 1, hint="; TRL's default is 0.95"),
+        "missing_eos_penalty": _number_problem("missing_eos_penalty", penalty, 0) if penalty_on else None,
+    }
+    return {k: v for k, v in problems.items() if v}
+
+
+def ppo_validator(r, sample, kl_coef, kl_estimator, gamma, lam, whiten_rewards, penalty_on, penalty):
+    """Each PPO setting checked on its own field (gradio shows a refusal on the field and keeps the results)."""
+    problems = ppo_problems(kl_coef, gamma, lam, penalty_on, penalty)
+    fields = [None, None, "kl_coef", None, "gamma", "lam", None, None, "missing_eos_penalty"]
+    return [gr.validate(f not in problems, problems.get(f, "")) for f in fields]
+
+
+def kl_note(r: Rollout) -> str:
+    """Why the KL rows are zero when the reference is the policy, and how to pick another reference."""
+    if r.model_names.get("reference") != r.model_names.get("policy"):
+        return ""
+    return ("<p class='panel-note kl-note' data-note='reference-is-policy'><b>KL is 0 by construction:</b> the reference "
+            "model is the policy itself (Models ▸ Reference model is blank), so <code>ref_logprobs</code> equal the "
+            "policy's own logprobs and <code>kl</code>, <code>-kl_coef · kl</code> and kl_coef change nothing (what "
+            "is left is float noise between sampling and the recompute). To see a KL penalty, type another "
+            "checkpoint with the same tokenizer (a Hub id or a local folder) in Models ▸ Reference model and run "
+            "again.</p>")
+
+
 def ppo_views(r: Rollout | None, sample, kl_coef, kl_estimator, gamma, lam, whiten_rewards, penalty_on, penalty):
     """The PPO step of the picked sample under the settings in the page (pure math: no model pass)."""
     if r is None:
         return "", None
     try:
+        problems = ppo_problems(kl_coef, gamma, lam, penalty_on, penalty)
+        if problems:
+            raise InputError(" ".join(problems.values()))
         config = PPOConfig(kl_coef=float(kl_coef), kl_estimator=str(kl_estimator), gamma=float(gamma), lam=float(lam),
                            whiten_rewards=bool(whiten_rewards),
                            missing_eos_penalty=float(penalty) if penalty_on else None)
@@ -269,7 +330,7 @@ def ppo_views(r: Rollout | None, sample, kl_coef, kl_estimator, gamma, lam, whit
     i = int(sample or 0) if 0 <= int(sample or 0) < r.batch_size else 0
     note = (f"<p class='panel-note' id='no-value-note'>{model_registry.NO_VALUE_NOTE}</p>"
             if r.model_names.get("value") == model_registry.NO_VALUE else "")
-    return note + ppo_rows_html(r, step, i), ppo_metrics_table(step)
+    return note + kl_note(r) + ppo_rows_html(r, step, i), ppo_metrics_table(step)
 
 
 DOWNLOADS_TTL = 6 * 3600  # as long as a session keeps its rollout
@@ -311,13 +372,13 @@ def batch_views(r: Rollout, session: str | None = None):
     """Every batch-level view of a rollout, in the order of the page's outputs."""
     table_csv, record_json = _downloads(r, session)
     return (
-        _status(r),
+        _status(r),  # replaced by `rollout_views` where the rollout has an origin
         diagnostics_html(diagnose(r)),
         sequences_html(r),
         logprob_heatmap(r),
         entropy_heatmap(r),
-        stops_table(r),
-        batch_table(r),
+        displayed(stops_table(r), STOP_COLUMNS),
+        displayed(batch_table(r), BATCH_COLUMNS),
         table_csv,
         record_json,
         logprob_gap_figure(r),
@@ -325,11 +386,65 @@ def batch_views(r: Rollout, session: str | None = None):
     )
 
 
-def _status(r: Rollout) -> str:
+def _status(r: Rollout, origin: str | None = None) -> str:
+    """The line above the views: where the rollout came from (a file, a saved example) and its shape and times."""
     t = r.timings
-    return (f"**{r.batch_size} samples × {r.response_width} tokens** · context_length {r.context_length} · "
-            f"attention `{r.attention}` · generate {t.get('generate', 0):.1f} s · passes "
+    shape = (f"**{plural(r.batch_size, 'sample')} × {plural(r.response_width, 'token')}** · context_length "
+             f"{r.context_length} · attention `{r.attention}`")
+    if origin:
+        return f"{origin} · {shape}"
+    return (f"{shape} · generate {t.get('generate', 0):.1f} s · passes "
             f"{t.get('logprobs', 0) + t.get('value_reward', 0):.1f} s · total {t.get('total', 0):.1f} s")
+
+
+def _made(r: Rollout) -> str:
+    created = r.settings.get("created")
+    if not created:
+        return "the record does not say when it was made"
+    try:
+        return "made " + datetime.fromisoformat(created).astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    except ValueError:
+        return f"made {created}"
+
+
+_KINDS = {"trl": "a TRL completions table", "verl": "a verl rollout dump", "table": "a table of completions"}
+
+
+def file_origin(name: str, r: Rollout, source: str | None = None) -> str:
+    """'Opened `x.json`: our rollout record, made ...' for the status line of a rollout read from a file."""
+    if source is None:
+        return f"Opened **`{name}`**: our rollout record, {_made(r)}; shown as saved, no model needed"
+    kind = _KINDS.get(source.split(":", 1)[0], "a table of completions")
+    return (f"Opened **`{name}`**: {kind}, re-scored now by the models above (the file does not say when it was "
+            "made)")
+
+
+def run_problems(prompts_text, max_new_tokens, do_sample, temperature, top_k, top_p, seed, stop_choice,
+                 stop_custom) -> dict[str, str]:
+    """The generation settings the page refuses, by field: {field: message}. Nothing a widget shows is changed
+    silently: temperature 0 with sampling is refused here, not rounded up."""
+    problems = {
+        "prompts": None if parse_prompts(prompts_text) else "There are no prompts: write at least one, one per line.",
+        "max_new_tokens": _number_problem("max_new_tokens", max_new_tokens, 1, whole=True),
+        "seed": _number_problem("seed", seed, 0, 2**63 - 1, whole=True),
+    }
+    if do_sample:
+        problems["temperature"] = _number_problem(
+            "temperature", temperature, 0, None, above=True,
+            hint=" when sampling; untick do_sample for greedy decoding (temperature does not apply then)")
+        problems["top_p"] = _number_problem("top_p", top_p, 0, 1, above=True, hint="; 1 turns it off")
+        problems["top_k"] = _number_problem("top_k", top_k, 0, whole=True, hint="; 0 turns it off")
+    if stop_choice == "Custom token" and not (stop_custom or "").strip() and stop_custom != " ":
+        problems["stop_custom"] = "Type the custom stop token (one token of the policy's tokenizer), or pick EOS."
+    return {k: v for k, v in problems.items() if v}
+
+
+def run_validator(*values):
+    """Each generation setting checked on its own field; `values` come in the order of `RUN_INPUTS`."""
+    v = dict(zip(RUN_INPUTS, values))
+    problems = run_problems(v.get("prompts"), v.get("max_new_tokens"), v.get("do_sample"), v.get("temperature"),
+                            v.get("top_k"), v.get("top_p"), v.get("seed"), v.get("stop_choice"), v.get("stop_custom"))
+    return [gr.validate(name not in problems, problems.get(name, "")) for name in RUN_INPUTS[:len(values)]]
 
 
 @gpu
@@ -340,6 +455,10 @@ def run_callback(policy, reward, value, reference, prompts_text, use_chat, max_n
     """Run one rollout for this session and return every view of it."""
     try:
         check_trainer(trainer, int(samples))
+        problems = run_problems(prompts_text, max_new_tokens, do_sample, temperature, top_k, top_p, seed, stop_choice,
+                                stop_custom)
+        if problems:
+            raise InputError(" ".join(problems.values()))
         settings = dict(
             max_new_tokens=int(max_new_tokens), do_sample=bool(do_sample), temperature=float(temperature),
             top_k=int(top_k), top_p=float(top_p), seed=int(seed), samples_per_prompt=int(samples),
@@ -358,18 +477,55 @@ def _session(request) -> str | None:
     return getattr(request, "session_hash", None) if request is not None else None
 
 
-def rollout_views(r: Rollout, summary: str, session: str | None = None) -> tuple:
-    """Every output of a new rollout, in the order of the page's `ROLLOUT_OUTPUTS`."""
-    return (r, summary, gr.update(choices=_sample_choices(r), value=0), *batch_views(r, session),
-            *sample_views(r, 0))
+def rollout_views(r: Rollout, summary: str, session: str | None = None, origin: str | None = None,
+                  sample: int = 0) -> tuple:
+    """Every output of a new rollout, in the order of the page's `ROLLOUT_OUTPUTS`; `session` names the folder
+    of its downloads, `origin` opens the status line (where the rollout came from), `sample` is the one the
+    per-sample views show."""
+    return (r, summary, gr.update(choices=_sample_choices(r), value=sample), _status(r, origin),
+            *batch_views(r, session)[1:], *sample_views(r, sample), *compare_choices(r))
+
+
+def example_origin(name: str, r: Rollout) -> str:
+    return (f"**Saved example** “{name}” (`{example_path(name).name}`, our rollout record of the default models, "
+            f"{_made(r)}): no model is loaded")
+
+
+def arrival_views(query: dict, session: str | None = None) -> tuple:
+    """What the page shows on arrival: the saved example a link names (`?example=<slug or name>&sample=<i>`; the
+    default set otherwise), on the named sample, before any model loads. Returns `rollout_views`, then the prompts,
+    the example set and a note about anything in the link that could not be followed."""
+    notes = []
+    try:
+        name = find_example(query.get("example"))
+    except InspectorError as exc:
+        name = DEFAULT_EXAMPLE
+        notes.append(str(exc))
+    r = load_example(name)
+    sample = 0
+    if query.get("sample") not in (None, ""):
+        try:
+            sample = int(query["sample"])
+            if not 0 <= sample < r.batch_size:
+                raise ValueError
+        except ValueError:
+            notes.append(f"The link's sample {str(query['sample'])[:20]!r} is not one of this example's "
+                         f"{plural(r.batch_size, 'sample')} (0 to {r.batch_size - 1}); showing sample 0.")
+            sample = 0
+    summary = "Models load on the first run (the defaults work offline); the example on screen needed none."
+    note = " ".join(notes)
+    return (*rollout_views(r, summary, session, example_origin(name, r), sample), "\n".join(EXAMPLES[name]), name,
+            gr.update(value=f"**Link:** {note}" if note else "", visible=bool(note)))
 
 
 def compare_choices(r: Rollout | None):
-    """Both compare pickers, reset to the first two samples of a new rollout."""
+    """Both compare pickers reset to the first two samples of a new rollout, and those two side by side (drawn
+    here: a picker whose value stays the same, or that sits in a tab not yet shown, sends no change event)."""
     if r is None:
-        return gr.update(), gr.update()
+        return gr.update(), gr.update(), gr.update()
     choices = _sample_choices(r)
-    return gr.update(choices=choices, value=0), gr.update(choices=choices, value=min(1, r.batch_size - 1))
+    b = min(1, r.batch_size - 1)
+    return gr.update(choices=choices, value=0), gr.update(choices=choices, value=b), compare_view(r, 0, b)
 
 
 @gpu
@@ -380,20 +536,23 @@ def import_callback(upload, policy, reward, value, reference, use_chat, stop_cho
     try:
         if upload is None:
             raise InspectorError("Choose a file first: a rollout .json, or a .jsonl / .csv / .parquet of completions.")
-        parsed = read_upload_file(upload if isinstance(upload, str) else upload.name)
+        path = Path(upload if isinstance(upload, str) else upload.name)
+        parsed = read_upload_file(path)
         if isinstance(parsed, dict):
             r = rollout_from_dict(parsed)
             m = None
+            origin = file_origin(path.name, r)
         else:
             names = _names(policy, reward, value, reference)
             m = load_models(**names, progress=lambda msg: progress(0.05, desc=msg))
             r = rescore(m, parsed, stop_token_id=_stop_value(stop_choice, stop_custom), use_chat_template=bool(use_chat),
                         attention=str(attention), temperature=_temperature(temperature),
                         progress=lambda f, msg: progress(f, desc=msg))
+            origin = file_origin(path.name, r, parsed.source)
     except Exception as exc:
         raise _friendly(exc) from exc
     return rollout_views(r, models_markdown(m) if m is not None else "Opened a saved rollout: no model was needed.",
-                         _session(request))
+                         _session(request), origin)
 
 
 def _temperature(value) -> float:
@@ -497,6 +656,20 @@ def _grpo_api(m, r: Rollout, trainer: str, reward_funcs, reward_weights, setting
 
 # ---------------------------------------------------------------------------------------------- the page
 
+def _keeping_results(fn, outputs: int):
+    """`fn` for the page: when it refuses (a gr.Error), every result on screen stays as it was, unmarked, and the
+    message shows under the Run button; when it succeeds the message clears and the saved-example button goes.
+    Returns `outputs` values, then the message and the saved-example button."""
+    @functools.wraps(fn)
+    def page_fn(*args, **kwargs):
+        try:
+            views = fn(*args, **kwargs)
+        except gr.Error as exc:
+            return (*[gr.skip()] * outputs, gr.update(value=f"**Not run:** {exc.message}", visible=True), gr.skip())
+        return (*views, gr.update(value="", visible=False), gr.update(visible=False))
+    return page_fn
+
+
 def _df(spec, label, elem_id):
     return gr.Dataframe(
         elem_id=elem_id, headers=[c.name for c in spec], datatype=column_datatypes(spec),
@@ -509,30 +682,30 @@ def _controls(p: dict) -> None:
     """The left column: prompts and the Run button first (inside the first screen on a laptop and a phone),
     then the settings, folded."""
     p["prompts"] = gr.Textbox(
-        "\n".join(EXAMPLES["Sentiment contrast"]), lines=5, max_lines=14,
+        "\n".join(EXAMPLES[DEFAULT_EXAMPLE]), lines=5, max_lines=14,
         label="Prompts (one per line)", elem_id="prompts",
     )
     p["run"] = gr.Button("Run rollout", variant="primary", elem_id="run")
     gr.Markdown("Ctrl+Enter (⌘+Enter) in the prompts runs.", elem_classes="panel-note", elem_id="run-hint")
-    p["run_message"] = gr.Markdown("", elem_id="run-message")
+    p["run_message"] = gr.Markdown("", visible=False, elem_id="run-message")
     p["example_set"] = gr.Dropdown(list(EXAMPLES), value=None, label="Example prompt sets", elem_id="example-set")
-    p["use_chat"] = gr.Checkbox(True, label="Apply the chat template")
+    p["use_chat"] = gr.Checkbox(EXAMPLE_SETTINGS["use_chat_template"], label="Apply the chat template")
     trainer_controls(p)
     with gr.Accordion("Generation settings", open=False, elem_id="generation-settings"):
-        p["max_new_tokens"] = gr.Slider(1, 512, value=48, step=1, label="max_new_tokens", elem_id="max-new-tokens")
-        p["do_sample"] = gr.Checkbox(True, label="do_sample (off = greedy)", elem_id="do-sample")
-        p["temperature"] = gr.Slider(0, 2.0, value=0.7, step=0.05, label="temperature", elem_id="temperature")
-        p["top_k"] = gr.Slider(0, 200, value=0, step=1, label="top_k (0 = off)", elem_id="top-k")
-        p["top_p"] = gr.Slider(0, 1.0, value=1.0, step=0.01, label="top_p (1 = off)", elem_id="top-p")
-        p["seed"] = gr.Number(0, precision=0, label="seed", elem_id="seed")
-        p["samples"] = gr.Slider(1, 8, value=1, step=1, label="samples per prompt", elem_id="samples")
+        p["max_new_tokens"] = gr.Slider(1, 512, value=EXAMPLE_SETTINGS["max_new_tokens"], step=1, label="max_new_tokens", elem_id="max-new-tokens")
+        p["do_sample"] = gr.Checkbox(EXAMPLE_SETTINGS["do_sample"], label="do_sample (off = greedy)", elem_id="do-sample")
+        p["temperature"] = gr.Slider(0, 2.0, value=EXAMPLE_SETTINGS["temperature"], step=0.05, label="temperature", elem_id="temperature")
+        p["top_k"] = gr.Slider(0, 200, value=EXAMPLE_SETTINGS["top_k"], step=1, label="top_k (0 = off)", elem_id="top-k")
+        p["top_p"] = gr.Slider(0, 1.0, value=EXAMPLE_SETTINGS["top_p"], step=0.01, label="top_p (1 = off)", elem_id="top-p")
+        p["seed"] = gr.Number(EXAMPLE_SETTINGS["seed"], precision=0, label="seed", elem_id="seed")
+        p["samples"] = gr.Slider(1, 8, value=EXAMPLE_SETTINGS["samples_per_prompt"], step=1, label="samples per prompt", elem_id="samples")
         p["stop_choice"] = gr.Radio(STOP_CHOICES, value=STOP_CHOICES[0], label="Stop token", elem_id="stop-choice",
                                     info="Generation stops at it and truncation cuts after it, as in TRL 0.14+ "
                                          "(no truncation: no early stop either)")
         p["stop_custom"] = gr.Textbox("", label="Custom stop token", placeholder="e.g. .", visible=False,
                                       elem_id="stop-custom")
         p["attention"] = gr.Radio(
-            [("TRL mask (ids != pad)", "trl"), ("Tokenizer's true mask", "tokenizer")], value="trl",
+            [("TRL mask (ids != pad)", "trl"), ("Tokenizer's true mask", "tokenizer")], value=EXAMPLE_SETTINGS["attention"],
             label="Attention mask",
         )
         p["compare_masks"] = gr.Checkbox(False, label="Also score under the true mask (one more reward pass)",
@@ -570,7 +743,9 @@ def _controls(p: dict) -> None:
 
 def _overview(p: dict) -> None:
     """Above the tabs: what is on screen, the traps found in it, and the sample every per-sample view shows."""
-    p["status"] = gr.Markdown("Press **Run rollout**.", elem_id="status-line")
+    with gr.Row(equal_height=True, elem_id="status-row"):
+        p["status"] = gr.Markdown("Press **Run rollout**.", elem_id="status-line")
+        p["fresh"] = gr.Button("Run a fresh one", size="sm", scale=0, min_width=150, visible=False, elem_id="run-fresh")
     p["diagnostics"] = gr.HTML(elem_id="panel-diagnostics")
     p["sample"] = gr.Dropdown(choices=[], value=None, label="Sample", elem_id="sample-picker")
 
@@ -587,6 +762,9 @@ def _sequences_tab(p: dict) -> None:
 
 def _logprobs_tab(p: dict) -> None:
     with gr.Tab("Logprobs", id="logprobs", elem_id="tab-logprobs"):
+        gr.Markdown(f"Colour: `logprobs`, {LOGPROB_KINDS['logprobs']}; below, the entropy of that distribution in "
+                    "nats. Grey: after `sequence_lengths` (TRL's padding_mask). Hover a cell for its token, rank and "
+                    "the top alternatives.", elem_classes="panel-note")
         p["heatmap"] = gr.Plot(elem_id="panel-logprobs", show_label=False)
         p["entropy"] = gr.Plot(elem_id="panel-entropy", show_label=False)
         gr.Markdown("#### Logprob agreement: `logprobs` (sampling time) versus `new_logprobs` (the training forward pass) "
@@ -599,6 +777,9 @@ def _value_reward_tab(p: dict) -> None:
     with gr.Tab("Value & reward", id="value-reward", elem_id="tab-value-reward"):
         gr.Markdown("#### Value model input versus reward model input (the picked sample)")
         p["vr_html"] = gr.HTML(elem_id="panel-value-reward")
+        gr.Markdown("The value model on `query_responses`: `values[g]` is read at the token before response token g. "
+                    "TRL keeps them up to `sequence_lengths + 1` and uses 0 after (padding_mask_p1).",
+                    elem_classes="panel-note")
         p["values_plot"] = gr.Plot(elem_id="panel-values", show_label=False)
 
 
@@ -607,15 +788,15 @@ def _ppo_tab(p: dict) -> None:
         gr.Markdown("#### The PPO step, token by token (TRL 0.14–0.25 `PPOTrainer`, fed the rollout's sampling-time "
                     "`logprobs`), for the picked sample")
         with gr.Row(elem_id="ppo-settings"):
-            p["kl_coef"] = gr.Number(0.05, label="kl_coef", min_width=90, elem_id="kl-coef")
-            p["kl_estimator"] = gr.Radio(["k1", "k3"], value="k1", label="kl_estimator", min_width=120,
+            p["kl_coef"] = gr.Number(0.05, label="kl_coef", min_width=110, elem_id="kl-coef")
+            p["kl_estimator"] = gr.Radio(["k1", "k3"], value="k1", label="kl_estimator", min_width=130,
                                          elem_id="kl-estimator")
-            p["gamma"] = gr.Number(1.0, label="gamma", min_width=90, elem_id="gamma")
-            p["lam"] = gr.Number(0.95, label="lam", min_width=90, elem_id="lam")
-            with gr.Column(min_width=200):
-                p["whiten_rewards"] = gr.Checkbox(False, label="whiten_rewards")
-                p["penalty_on"] = gr.Checkbox(False, label="apply missing_eos_penalty")
-            p["penalty"] = gr.Number(1.0, label="missing_eos_penalty", min_width=170, elem_id="missing-eos-penalty")
+            p["gamma"] = gr.Number(1.0, label="gamma", min_width=110, elem_id="gamma")
+            p["lam"] = gr.Number(0.95, label="lam", min_width=110, elem_id="lam")
+        with gr.Row(elem_id="ppo-settings-2"):
+            p["whiten_rewards"] = gr.Checkbox(False, label="whiten_rewards", min_width=160)
+            p["penalty_on"] = gr.Checkbox(False, label="apply missing_eos_penalty", min_width=220)
+            p["penalty"] = gr.Number(1.0, label="missing_eos_penalty", min_width=190, elem_id="missing-eos-penalty")
         p["ppo_html"] = gr.HTML(elem_id="panel-ppo")
         p["ppo_metrics"] = gr.Dataframe(headers=["metric", "value"], datatype=["str", "str"], interactive=False,
                                         label="What TRL logs for this batch", elem_id="panel-ppo-metrics")
@@ -902,7 +1083,7 @@ page's dict of components; its events are wired in `_wire`."""
 PPO_INPUTS = ["kl_coef", "kl_estimator", "gamma", "lam", "whiten_rewards", "penalty_on", "penalty"]
 ROLLOUT_OUTPUTS = ["session_rollout", "models_md", "sample", "status", "diagnostics", "seq_html", "heatmap", "entropy",
                    "stops", "table", "table_file", "record_file", "gap_plot", "gap_md", "split_view", "vr_html",
-                   "values_plot"]
+                   "values_plot", "compare_a", "compare_b", "compare_out"]
 """The components a new rollout fills, in the order of `rollout_views`."""
 RUN_INPUTS = ["policy", "reward", "value", "reference", "prompts", "use_chat", "max_new_tokens", "do_sample",
               "temperature", "top_k", "top_p", "seed", "samples", "stop_choice", "stop_custom", "attention",
@@ -917,27 +1098,27 @@ def _wire(p: dict) -> None:
                             api_visibility="private")
     p["stop_choice"].change(lambda choice: gr.update(visible=choice == "Custom token"), p["stop_choice"],
                             p["stop_custom"], api_visibility="private")
+    check = dict(fn=vocabulary_check, inputs=c(["policy", "reward", "value"]), outputs=c(["vocab_note", "no_value"]),
+                 api_visibility="private", concurrency_id="vocabulary", concurrency_limit=1)  # in order: last wins
     for box in ("policy", "reward", "value"):
         for event in (p[box].blur, p[box].submit):
-            event(vocabulary_check, c(["policy", "reward", "value"]), c(["vocab_note", "no_value"]),
-                  api_visibility="private")
-    p["no_value"].click(lambda: (model_registry.NO_VALUE, "", gr.update(visible=False)), None,
-                        c(["value", "vocab_note", "no_value"]), api_visibility="private")
+            event(**check)
+    p["no_value"].click(lambda: model_registry.NO_VALUE, None, p["value"], api_visibility="private").then(**check)
     p["load"].click(load_callback, c(["policy", "reward", "value", "reference"]), [p["models_md"]],
                     api_visibility="private", **model_event())
     ppo = dict(fn=ppo_views, inputs=[p["session_rollout"], p["sample"], *ppo_inputs],
-               outputs=[p["ppo_html"], p["ppo_metrics"]], api_visibility="private")
-    p["run"].click(run_callback, c(RUN_INPUTS), rollout_outputs, api_visibility="private",
-                   **model_event()).then(**ppo)
+               outputs=[p["ppo_html"], p["ppo_metrics"]], validator=ppo_validator, api_visibility="private")
+    kept = [*rollout_outputs, p["run_message"], p["fresh"]]
+    for button in (p["run"], p["fresh"]):
+        button.click(_keeping_results(run_callback, len(rollout_outputs)), c(RUN_INPUTS), kept,
+                     validator=run_validator, api_visibility="private", **model_event()).then(**ppo)
     p["import"].click(
-        import_callback,
+        _keeping_results(import_callback, len(rollout_outputs)),
         c(["upload", "policy", "reward", "value", "reference", "use_chat", "stop_choice", "stop_custom", "attention",
            "import_temperature"]),
-        rollout_outputs,
+        kept,
         api_visibility="private", **model_event(),
     ).then(**ppo)
-    p["session_rollout"].change(compare_choices, p["session_rollout"], c(["compare_a", "compare_b"]),
-                                api_visibility="private")
     for picker in ("compare_a", "compare_b"):
         p[picker].change(compare_view, c(["session_rollout", "compare_a", "compare_b"]), p["compare_out"],
                          api_visibility="private")
@@ -948,14 +1129,26 @@ def _wire(p: dict) -> None:
     wire_grpo(p)
 
 
+def _arrival(p: dict, demo: gr.Blocks) -> None:
+    """On arrival: the saved example the link names, shown at once (no model, no queue behind a running rollout)."""
+    def arrive(request: gr.Request):
+        return (*arrival_views(dict(request.query_params) if request else {}, _session(request)),
+                gr.update(visible=True))
+
+    demo.load(arrive, None, [p[n] for n in ROLLOUT_OUTPUTS] + [p["prompts"], p["example_set"], p["run_message"],
+                                                             p["fresh"]],
+              concurrency_limit=None, api_visibility="private").then(
+        ppo_views, [p["session_rollout"], p["sample"], *[p[n] for n in PPO_INPUTS]], [p["ppo_html"], p["ppo_metrics"]],
+        concurrency_limit=None, api_visibility="private")
+
+
 def build_app() -> gr.Blocks:
     """The Blocks of the app. Nothing loads at build time; models load on the first click."""
     # delete_cache: gradio's copies of uploads older than a session's lifetime go, hourly
     with gr.Blocks(title="Rollout Inspector", fill_width=True, delete_cache=(3600, DOWNLOADS_TTL)) as demo:
         gr.Markdown(
-            "## Rollout Inspector\nSee exactly what a PPO trainer trains on, token by token: the raw "
-            "`output.sequences`, the split at `context_length`, per-token logprobs, where the stop and the pads are, "
-            "what the value and reward models each see, and the PPO step.", elem_id="page-intro",
+            "## Rollout Inspector\nWhat a PPO trainer trains on, token by token, computed as TRL computes it.",
+            elem_id="page-intro",
         )
         p: dict = {"session_rollout": gr.State(None, time_to_live=6 * 3600)}
         with gr.Row(equal_height=False, elem_id="page-row"):
@@ -963,10 +1156,11 @@ def build_app() -> gr.Blocks:
                 _controls(p)
             with gr.Column(scale=3, min_width=300, elem_id="results"):
                 _overview(p)
-                with gr.Tabs(elem_id="views", overflow_behavior="wrap"):
+                with gr.Tabs(elem_id="views", overflow_behavior="wrap") as p["tabs"]:
                     for tab in TABS:
                         tab(p)
         _wire(p)
+        _arrival(p, demo)
         gr.api(rollout_api, api_name="rollout", **model_event())
         with gr.Row(visible=False):  # the file endpoint: a File input so that clients upload as they should
             api_file = gr.File()

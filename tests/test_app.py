@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import gradio as gr
@@ -38,7 +39,7 @@ def test_parse_prompts():
 
 def test_run_callback_returns_every_view(outputs):
     (r, models_md, sample_update, status, diagnostics, seq_html, heatmap, entropy, stops, table, table_csv,
-     record_json, gap_plot, gap_md, split, vr_html, values) = outputs
+     record_json, gap_plot, gap_md, split, vr_html, values, compare_a, compare_b, compare) = outputs
     assert 'data-code="pad_equals_eos"' in diagnostics.replace("'", '"')
     assert isinstance(gap_plot, go.Figure) and "first-epoch ratio" in gap_md and "Effective generation settings" in gap_md
     assert r.batch_size == 2
@@ -47,8 +48,11 @@ def test_run_callback_returns_every_view(outputs):
     assert "2 samples" in status
     assert seq_html.count('data-sample="') >= 2
     assert isinstance(heatmap, go.Figure) and isinstance(entropy, go.Figure) and isinstance(values, go.Figure)
+    stops, table = stops.data, table.data  # pandas Stylers: the page prints each float column at one precision
     assert isinstance(stops, pd.DataFrame) and len(stops) == 2
     assert isinstance(table, pd.DataFrame) and len(table) == 2
+    shown = ui.displayed(table, ui.BATCH_COLUMNS).to_html()
+    assert f"{table['score'][0]:.4f}" in shown and "-0.0000" not in shown
     assert pd.read_csv(table_csv).shape[0] == 2
     record_path, jsonl_path, parquet_path = record_json
     with open(record_path, encoding="utf-8") as fh:
@@ -58,6 +62,7 @@ def test_run_callback_returns_every_view(outputs):
     assert torch.equal(again.sequences, r.sequences)
     assert torch.allclose(again.scores, r.scores)
     assert split and vr_html
+    assert compare_a["value"] == 0 and compare_b["value"] == 1 and "data-compare='1'" in compare
 
 
 def test_sample_views_follow_the_pick(outputs):
@@ -83,7 +88,7 @@ def test_ppo_views_follow_the_settings(outputs):
                                              missing_eos_penalty=5.0))
     penalised = penalised.set_index("metric")["value"]
     assert float(penalised["objective/scores"]) == pytest.approx(expected.metrics["objective/scores"], abs=1e-6)
-    assert penalised["config/missing_eos_penalty"] == 5.0
+    assert penalised["config/missing_eos_penalty"] == "5.0"  # settings as typed, "none" when off
     with pytest.raises(gr.Error, match="kl_estimator"):
         ui.ppo_views(r, 0, 0.05, "k9", 1.0, 0.95, False, False, 1.0)
 
@@ -193,13 +198,13 @@ def test_compare_two_samples(outputs):
     assert "data-compare='0'" in html and "data-compare='1'" in html
     assert f"{float(r.scores[1]):+.4f}" in html
     assert ui.compare_view(r, 0, 7) == "" and ui.compare_view(None, 0, 1) == ""
-    left, right = ui.compare_choices(r)
-    assert left["value"] == 0 and right["value"] == 1
+    left, right, both = ui.compare_choices(r)
+    assert left["value"] == 0 and right["value"] == 1 and both == html
 
 
 def test_batch_table_holds_the_rollouts_kl_gap_and_scores(models):
     out = run(["Write a happy sentence.", "Name a fruit."], top_k=20, max_new_tokens=24)
-    r, table = out[0], out[9]
+    r, table = out[0], out[9].data
     valid = ~r.padding_mask
     kl = torch.where(valid, r.logprobs - r.ref_logprobs, 0).sum(1)  # TRL's k1 KL, summed: sampling-time logprobs
     gap = torch.where(valid, (r.logprobs - r.new_logprobs).abs(), 0).max(1).values
@@ -240,3 +245,97 @@ def test_oversized_upload_through_the_api(client, tmp_path, monkeypatch):
     path.write_text("prompt,completion\n" + "a,b\n" * 100, encoding="utf-8")
     with pytest.raises(Exception, match="INSPECTOR_MAX_UPLOAD_BYTES"):
         client.predict(handle_file(str(path)), api_name="/open_file")
+
+
+@pytest.mark.parametrize(
+    "field, overrides, message",
+    [
+        ("prompts", {"prompts_text": " \n "}, "no prompts"),
+        ("temperature", {"temperature": 0.0}, "temperature must be a number above 0"),
+        ("top_p", {"top_p": 0.0}, "top_p must be a number above 0 and at most 1"),
+        ("top_k", {"top_k": -1}, "top_k must be a whole number at least 0"),
+        ("seed", {"seed": None}, "seed is empty"),
+        ("max_new_tokens", {"max_new_tokens": 0}, "max_new_tokens must be a whole number at least 1"),
+        ("stop_custom", {"stop_choice": "Custom token", "stop_custom": ""}, "custom stop token"),
+    ],
+)
+def test_a_bad_generation_setting_is_refused_on_its_field(field, overrides, message):
+    values = dict(prompts_text="hi", max_new_tokens=8, do_sample=True, temperature=0.7, top_k=0, top_p=1.0, seed=0,
+                  stop_choice="EOS token", stop_custom="")
+    assert ui.run_problems(**values) == {}
+    problems = ui.run_problems(**(values | overrides))
+    assert list(problems) == [field] and message in problems[field]
+    # the validator marks that field alone, in the order of the page's inputs
+    marks = ui.run_validator("", "", "", "", values["prompts_text"], True, values["max_new_tokens"], True,
+                             values["temperature"], values["top_k"], values["top_p"], values["seed"], 1,
+                             values["stop_choice"], values["stop_custom"], "trl")
+    assert all(m["is_valid"] for m in marks)
+    args = dict(zip(ui.RUN_INPUTS, ["", "", "", "", values["prompts_text"], True, values["max_new_tokens"], True,
+                                    values["temperature"], values["top_k"], values["top_p"], values["seed"], 1,
+                                    values["stop_choice"], values["stop_custom"], "trl", False]))
+    args.update({("prompts" if k == "prompts_text" else k): v for k, v in overrides.items()})
+    marks = ui.run_validator(*args.values())
+    assert [n for n, m in zip(ui.RUN_INPUTS, marks) if not m["is_valid"]] == [field]
+    # greedy decoding does not read temperature, top_p or top_k
+    if field in ("temperature", "top_p", "top_k"):
+        assert ui.run_problems(**(values | overrides | {"do_sample": False})) == {}
+
+
+@pytest.mark.parametrize(
+    "field, overrides, message",
+    [
+        ("kl_coef", {"kl_coef": -1}, "kl_coef must be a number at least 0 (got -1)"),
+        ("kl_coef", {"kl_coef": None}, "kl_coef is empty: type a number at least 0"),
+        ("gamma", {"gamma": 1.5}, "gamma must be a number from 0 to 1"),
+        ("lam", {"lam": -0.1}, "lam must be a number from 0 to 1"),
+        ("missing_eos_penalty", {"penalty_on": True, "penalty": -2}, "missing_eos_penalty must be a number at least 0"),
+    ],
+)
+def test_a_bad_ppo_setting_is_refused_by_name(outputs, field, overrides, message):
+    values = dict(kl_coef=0.05, gamma=1.0, lam=0.95, penalty_on=False, penalty=-2)
+    assert ui.ppo_problems(**values) == {}  # the penalty is not read while it is off
+    problems = ui.ppo_problems(**(values | overrides))
+    assert list(problems) == [field] and message in problems[field]
+    args = (outputs[0], 0, values["kl_coef"], "k1", values["gamma"], values["lam"], False, values["penalty_on"],
+            values["penalty"])
+    names = ["rollout", "sample", "kl_coef", "kl_estimator", "gamma", "lam", "whiten_rewards", "penalty_on",
+             "missing_eos_penalty"]
+    bad = dict(zip(names, args)) | {("missing_eos_penalty" if k == "penalty" else k): v for k, v in overrides.items()}
+    marks = ui.ppo_validator(*bad.values())
+    assert [n for n, m in zip(names, marks) if not m["is_valid"]] == [field]
+    with pytest.raises(gr.Error, match=field):  # called directly, the function refuses by name too
+        ui.ppo_views(*bad.values())
+
+
+def test_the_ppo_panel_says_why_kl_is_zero(outputs):
+    html, _ = ui.ppo_views(outputs[0], 0, 0.05, "k1", 1.0, 0.95, False, False, 1.0)
+    assert "KL is 0 by construction" in html and "Reference model" in html
+    other = dataclasses.replace(outputs[0], model_names={**outputs[0].model_names, "reference": "some/other-model"})
+    html, _ = ui.ppo_views(other, 0, 0.05, "k1", 1.0, 0.95, False, False, 1.0)
+    assert "KL is 0 by construction" not in html
+
+
+def test_arrival_shows_the_saved_example_a_link_names():
+    views = ui.arrival_views({"example": "short-answers-pad-eos", "sample": "2"})
+    r, status, sample = views[0], views[3], views[2]
+    assert r.prompts == ui.EXAMPLES["Short answers (pad == EOS)"] and sample["value"] == 2
+    assert "Saved example" in status and "short-answers-pad-eos.json" in status and "made 20" in status
+    prompts, example_set, note = views[-3:]
+    assert prompts.splitlines() == r.prompts and example_set == "Short answers (pad == EOS)" and not note["visible"]
+    default = ui.arrival_views({})
+    assert default[0].prompts == ui.EXAMPLES[ui.DEFAULT_EXAMPLE] and default[2]["value"] == 0
+    odd = ui.arrival_views({"example": "nope", "sample": "99"})
+    assert odd[0].prompts == ui.EXAMPLES[ui.DEFAULT_EXAMPLE] and odd[2]["value"] == 0
+    assert "nope" in odd[-1]["value"] and "99" in odd[-1]["value"] and odd[-1]["visible"]
+
+
+def test_a_rollout_from_a_file_says_where_it_came_from(outputs, tmp_path):
+    r = outputs[0]
+    record = tmp_path / "shared-run.json"
+    record.write_text(json.dumps(ui.rollout_to_dict(r)), encoding="utf-8")
+    views = ui.import_callback(str(record), *DEFAULT_MODELS, True, "EOS token", "", "trl")
+    assert "`shared-run.json`" in views[3] and "our rollout record" in views[3] and "made 20" in views[3]
+    table = tmp_path / "rows.jsonl"
+    table.write_text('{"input": "Hi", "output": "Hello!", "score": 1.0}\n', encoding="utf-8")
+    views = ui.import_callback(str(table), *DEFAULT_MODELS, True, "EOS token", "", "trl")
+    assert "`rows.jsonl`" in views[3] and "verl rollout dump" in views[3] and "1 sample × " in views[3]

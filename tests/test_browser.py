@@ -34,10 +34,15 @@ def browser():
         browser.close()
 
 
+ARRIVED = "() => { const s = document.querySelector('#status-line'); return s && /Saved example/.test(s.innerText); }"
+
+
 def open_page(browser, url, viewport=LAPTOP):
+    """The page as a visitor gets it: open, and the saved example shown (nothing pressed)."""
     page = browser.new_page(viewport=viewport)
     page.goto(url)
     page.wait_for_selector("#run", timeout=60_000)
+    page.wait_for_function(ARRIVED, timeout=60_000)
     return page
 
 
@@ -64,7 +69,7 @@ def wait_plotted(page, *panels: str) -> None:
 
 DONE = """prev => { const s = document.querySelector('#status-line'); if (!s) return false;
                 const t = s.innerText;  // while running, gradio overlays its progress (a % and 'processing')
-                return /samples ×/.test(t) && !/%|processing|queue/i.test(t) && t !== prev; }"""
+                return /samples? ×/.test(t) && !/%|processing|queue/i.test(t) && t !== prev; }"""
 
 
 IDLE = "() => !Array.from(document.querySelectorAll('.progress-text')).some(e => e.offsetParent !== null)"
@@ -95,6 +100,55 @@ def test_the_run_button_is_in_the_first_screen(browser, app_url, viewport):
         assert prompts["y"] + prompts["height"] <= viewport["height"]
         ARTIFACTS.mkdir(exist_ok=True)
         page.screenshot(path=str(ARTIFACTS / f"arrival-{viewport['width']}x{viewport['height']}.png"))
+    finally:
+        page.close()
+
+
+def test_the_page_opens_on_the_saved_example(browser, app_url):
+    """Before anything is pressed: the saved example's panels, a line saying it is saved, a button for a fresh one."""
+    page = open_page(browser, app_url)
+    try:
+        status = page.inner_text("#status-line")
+        assert "Saved example" in status and "sentiment-contrast.json" in status and "made 20" in status
+        assert "4 samples × " in status
+        assert page.locator("#run-fresh").is_visible()
+        assert page.locator("#panel-sequences [data-sample]").count() == 4
+        assert page.locator('#panel-diagnostics [data-code="pad_equals_eos"]').count() == 1
+        assert page.input_value("#sample-picker input").startswith("0: ")
+        assert page.inner_text("#panel-split").strip()
+        show_tab(page, "logprobs")
+        wait_plotted(page, "#panel-logprobs", "#panel-entropy", "#panel-gap")
+        show_tab(page, "ppo")
+        page.wait_for_selector("#panel-ppo tr[data-row='advantages']", timeout=60_000)
+        assert "objective/kl" in page.inner_text("#panel-ppo-metrics")
+        show_tab(page, "batch")
+        page.wait_for_selector("#panel-compare [data-compare]", timeout=60_000)
+    finally:
+        page.close()
+
+
+def test_a_deep_link_lands_on_the_named_sample(browser, app_url):
+    page = open_page(browser, app_url + "/?example=short-answers-pad-eos&sample=2")
+    try:
+        assert "“Short answers (pad == EOS)”" in page.inner_text("#status-line")
+        assert page.input_value("#sample-picker input").startswith("2: Name one colour.")
+        assert page.input_value("#prompts textarea").splitlines()[2] == "Name one colour."
+        page.wait_for_selector("#panel-split [data-sample='2'], #panel-split", timeout=30_000)
+        assert "Name one colour" in page.inner_text("#panel-split")
+        show_tab(page, "ppo")
+        page.wait_for_selector("#panel-ppo .ppo-view[data-sample='2']", timeout=60_000)
+        show_tab(page, "value-reward")
+        wait_plotted(page, "#panel-values")
+        assert page.evaluate("() => document.querySelector('#panel-values .js-plotly-plot').layout.title.text")\
+            .startswith("sample 2:")
+    finally:
+        page.close()
+    # a link naming what is not there says so, and shows the default example
+    page = open_page(browser, app_url + "/?example=nothing-here&sample=9")
+    try:
+        assert "Sentiment contrast" in page.inner_text("#status-line")
+        message = page.inner_text("#run-message")
+        assert "nothing-here" in message and "sentiment-contrast" in message
     finally:
         page.close()
 
@@ -160,6 +214,59 @@ def test_default_rollout_renders_every_panel(page):
 
     ARTIFACTS.mkdir(exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / "screenshot.png"), full_page=True)
+    assert_no_negative_zero(page)
+
+
+NEGATIVE_ZERO = re.compile(r"[-−]0(\.0+)?(?![.\d])")  # -0, -0.000, −0.0 (not -0.001)
+
+
+def assert_no_negative_zero(page) -> None:
+    """No '-0.000' (or any negative zero) in the text of any tab, nor in any plot's hover labels."""
+    for tab in ("sequences", "logprobs", "value-reward", "ppo", "batch"):
+        show_tab(page, tab)
+        text = page.inner_text("body")
+        assert not NEGATIVE_ZERO.search(text), (tab, NEGATIVE_ZERO.search(text).group(), text[:200])
+    hovers = page.evaluate("() => Array.from(document.querySelectorAll('.js-plotly-plot')).map(e => "
+                           "JSON.stringify((e._fullData || []).map(t => t.customdata || t.text || null)))")
+    for data in hovers:
+        assert not re.search(r'"[-−]0\.0+"', data), data[:200]
+
+
+def test_a_bad_ppo_setting_is_refused_on_its_field_and_the_results_stay(page):
+    show_tab(page, "ppo")
+    page.wait_for_selector("#panel-ppo tr[data-row='advantages']", timeout=60_000)
+    table, metrics = page.inner_text("#panel-ppo"), page.inner_text("#panel-ppo-metrics")
+    assert "KL is 0 by construction" in table and "Reference model" in table  # the reference is the policy
+    for typed in ("-1", ""):
+        page.fill("#kl-coef input", typed)
+        page.press("#kl-coef input", "Enter")
+        page.wait_for_function("() => /kl_coef (must be|is empty)/.test(document.querySelector('#kl-coef').innerText)",
+                               timeout=30_000)
+        message = page.inner_text("#kl-coef")
+        assert "at least 0" in message, message  # the field, by name, with its allowed range
+        page.wait_for_function(IDLE, timeout=30_000)
+        assert page.inner_text("#panel-ppo") == table and page.inner_text("#panel-ppo-metrics") == metrics
+        assert page.locator("#panel-ppo tr[data-row='advantages']").is_visible()
+        assert "Something went wrong" not in page.inner_text("body")
+        assert page.locator(".error:visible").count() == 0  # no Error badge over a panel
+    page.fill("#kl-coef input", "0.05")
+    page.press("#kl-coef input", "Enter")
+    page.wait_for_function("() => !/must be|is empty/.test(document.querySelector('#kl-coef').innerText)",
+                           timeout=30_000)
+
+
+def test_an_empty_prompt_box_keeps_the_results(page):
+    previous = page.inner_text("#status-line")
+    choices = page.input_value("#sample-picker input")
+    prompts = page.input_value("#prompts textarea")
+    page.fill("#prompts textarea", "  \n ")
+    page.click("#run")
+    page.wait_for_function("() => /no prompts/i.test(document.querySelector('#prompts').innerText)", timeout=30_000)
+    page.wait_for_function(IDLE, timeout=30_000)
+    assert page.inner_text("#status-line") == previous
+    assert page.input_value("#sample-picker input") == choices and choices
+    assert page.locator(".error:visible").count() == 0
+    page.fill("#prompts textarea", prompts)
 
 
 def test_truncation_shows_where_value_and_reward_inputs_differ(page):
@@ -178,20 +285,40 @@ def test_truncation_shows_where_value_and_reward_inputs_differ(page):
     page.screenshot(path=str(ARTIFACTS / "screenshot-truncation.png"), full_page=True)
 
 
-def test_a_trl_completion_table_opens_in_the_same_panels(page, tmp_path):
+def open_file(page, path) -> None:
     previous = page.inner_text("#status-line")
-    table = tmp_path / "completions.csv"
-    table.write_text("prompt,completion,reward\nHow was your day?,It was wonderful!,0.9\n"
-                     "How was your day?,It was awful.,-0.7\n", encoding="utf-8")
-    if page.locator("#upload input[type=file]").count() == 0:
+    if page.locator("#upload").count() == 0:
         page.get_by_text("Open a file", exact=True).click()  # the accordion starts closed
-    page.set_input_files("#upload input[type=file]", str(table))
+    page.wait_for_selector("#upload input[type=file], #upload button[aria-label='Clear']", state="attached",
+                           timeout=30_000)
+    if page.locator("#upload input[type=file]").count() == 0:  # a file opened before: clear it first
+        page.locator("#upload button[aria-label='Clear']").click()
+    page.set_input_files("#upload input[type=file]", str(path))
     # the file travels to the server first: click only once the component shows it
-    page.wait_for_function("() => document.querySelector('#upload').innerText.includes('completions.csv')",
+    page.wait_for_function("name => document.querySelector('#upload').innerText.includes(name)", arg=path.name,
                            timeout=60_000)
     page.click("#import")
     wait_done(page, previous)
-    assert "2 samples ×" in page.inner_text("#status-line")
+
+
+def test_a_reopened_record_says_which_file_it_is(page, tmp_path):
+    show_tab(page, "batch")
+    link = page.locator("#download-record a[href*='rollout.json']").first
+    record = tmp_path / "my-rollout.json"
+    record.write_bytes(page.request.get(link.get_attribute("href")).body())
+    open_file(page, record)
+    status = page.inner_text("#status-line")
+    assert "my-rollout.json" in status and "our rollout record" in status and re.search(r"made 20\d\d-", status)
+    assert "generate" not in status  # not a fresh run's timings
+
+
+def test_a_trl_completion_table_opens_in_the_same_panels(page, tmp_path):
+    table = tmp_path / "completions.csv"
+    table.write_text("prompt,completion,reward\nHow was your day?,It was wonderful!,0.9\n"
+                     "How was your day?,It was awful.,-0.7\n", encoding="utf-8")
+    open_file(page, table)
+    status = page.inner_text("#status-line")
+    assert "2 samples ×" in status and "completions.csv" in status and "TRL completions table" in status
     show_tab(page, "sequences")
     assert page.locator("#panel-sequences [data-sample]").count() == 2
     show_tab(page, "batch")

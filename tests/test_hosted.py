@@ -379,3 +379,30 @@ def test_a_model_in_the_hub_cache_resolves_offline_and_an_absent_one_is_named(tm
     env["HF_HOME"] = str(tmp_path / "empty")
     out = subprocess.run([sys.executable, "-c", probe, "no"], env=env, capture_output=True, text=True, timeout=120)
     assert json.loads(out.stdout.strip().splitlines()[-1])[2] is None, out.stderr
+
+
+@pytest.mark.browser
+def test_the_page_offers_no_value_model_when_the_policy_has_another_vocabulary(app_url, other_vocab_policy):
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path="/usr/bin/chromium", headless=True,
+                                     args=["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"])
+        try:
+            page = browser.new_page(viewport={"width": 1300, "height": 1000})
+            page.goto(app_url)
+            page.wait_for_selector("#run", timeout=60_000)
+            page.click("#models button, #models .label-wrap")
+            box = page.get_by_label("Policy (Hub id or local folder)")
+            box.fill(other_vocab_policy)
+            box.press("Enter")  # submit: the models are chosen
+            page.wait_for_selector("#vocab-note :text('another vocabulary')", timeout=60_000)
+            assert page.locator("#no-value").is_visible()
+            page.wait_for_timeout(3000)  # gradio ignores a click on an output of a running event
+            page.click("#no-value")
+            page.wait_for_function("() => !document.querySelector('#vocab-note').innerText.includes('another')",
+                                   timeout=60_000)
+            assert page.get_by_label("Value model").input_value() == "none"
+            assert not page.locator("#no-value").is_visible()
+        finally:
+            browser.close()

@@ -294,18 +294,30 @@ def test_entropy_heatmap(r):
 
 def test_values_figure(r):
     G = r.response_width
+    tails = 0
     for i in range(r.batch_size):
         fig = values_figure(r, i)
         kept = named(fig, "values (kept by TRL)")
         last = min(G - 1, int(r.sequence_lengths[i]) + 1)  # TRL's padding_mask_p1
         assert list(kept.x) == list(range(last + 1))
         assert np.allclose(kept.y, r.values[i, : last + 1].numpy())
+        names = {t.name for t in fig.data}
+        if last < G - 1:  # after sequence_lengths + 1: the raw values as they are, and TRL's zeros at zero
+            raw = named(fig, "raw values after sequence_lengths + 1 (unused)")
+            zeros = named(fig, "what TRL uses there: 0 (padding_mask_p1)")
+            assert list(raw.x) == list(zeros.x) == list(range(last + 1, G))
+            assert np.allclose(raw.y, r.values[i, last + 1:].numpy())
+            assert np.all(np.asarray(zeros.y) == 0)
+            tails += 1
+        else:
+            assert not any("after sequence_lengths" in n or "TRL uses" in n for n in names)
         score = float(r.scores[i])
         assert any(math.isclose(s.y0, score, rel_tol=1e-6) for s in fig.layout.shapes)
         star = named(fig, "score (reward read here)")
         assert list(star.x) == [int(r.score_positions[i]) - r.context_length]
         assert np.isclose(star.y[0], score)
         assert fig.layout.template.layout.paper_bgcolor == "white"
+    assert tails >= 1  # the fixture has a response that ends early
     with pytest.raises(IndexError):
         values_figure(r, r.batch_size)
 
@@ -332,10 +344,10 @@ def test_stops_table(r):
     assert len(column_datatypes(STOP_COLUMNS)) == len(STOP_COLUMNS)
     for i in range(r.batch_size):
         row = df.iloc[i]
-        assert row["first stop index"] == stop_index(r, i)
+        assert row["first stop index"] == (stop_index(r, i) if stop_index(r, i) is not None else "none")
         pads = r.postprocessed_responses[i].tolist()
         first_pad = pads.index(r.pad_token_id) if r.pad_token_id in pads else None
-        assert row["first pad index"] == first_pad
+        assert row["first pad index"] == (first_pad if first_pad is not None else "none")
         assert row["sequence_lengths"] == int(r.sequence_lengths[i])
         if first_pad is not None:
             assert row["sequence_lengths"] == first_pad - 1
@@ -351,7 +363,7 @@ def test_stops_table(r):
 def test_stops_table_with_a_stop_token_that_is_not_eos(truncated):
     df = stops_table(truncated)
     for i in range(truncated.batch_size):
-        assert df["first stop index"][i] == stop_index(truncated, i)
+        assert df["first stop index"][i] == (stop_index(truncated, i) if stop_index(truncated, i) is not None else "none")
         if stop_index(truncated, i) is not None:  # pad == eos: the pad after the '.' ends the response there
             assert df["sequence_lengths"][i] == stop_index(truncated, i)
             assert df["score token"][i] == "."
@@ -414,3 +426,14 @@ def test_payload_of_a_large_rollout_stays_small(r):
     print(f"16x512 views: built in {built:.2f} s, {total / 1e6:.2f} MB ({sizes})")
     assert total < 5_000_000
     assert np.asarray(heatmap_trace(views[3]).z).shape == (16, 512)
+
+
+def test_numbers_print_without_negative_zeros():
+    from inspector.views._common import fmt, plural
+
+    assert [fmt(x) for x in (-0.0, -1e-9, -0.0004, 0.0004)] == ["0.000"] * 4
+    assert [fmt(x, signed=True) for x in (-0.0, -1e-9, 1e-9)] == ["0.000"] * 3
+    assert fmt(-0.0005, signed=True) == "-0.001" and fmt(0.25, signed=True) == "+0.250" and fmt(-2.5, 1) == "-2.5"
+    assert fmt(-0.0, 2, sci=True) == "0.00e+00" and fmt(-3e-9, 2, sci=True) == "-3.00e-09"
+    assert (fmt(None), fmt(float("nan")), fmt(float("-inf")), fmt(float("inf"))) == ("none", "nan", "-inf", "inf")
+    assert (plural(1, "sample"), plural(0, "sample"), plural(2, "sample")) == ("1 sample", "0 samples", "2 samples")

@@ -1,7 +1,16 @@
 """Pure views of a Rollout: plotly figures, pandas tables and token HTML. No gradio, no model calls."""
 
 from .figures import LOGPROB_KINDS, entropy_heatmap, logprob_heatmap, values_figure
-from .tables import BATCH_COLUMNS, STOP_COLUMNS, Column, batch_table, column_datatypes, column_widths, stops_table
+from .tables import (
+    BATCH_COLUMNS,
+    STOP_COLUMNS,
+    Column,
+    batch_table,
+    column_datatypes,
+    column_widths,
+    displayed,
+    stops_table,
+)
 from .compare import compare_html
 from .ppo import (
     PPO_CSS,
@@ -25,6 +34,7 @@ __all__ = [
     "compare_html",
     "column_widths",
     "diagnostics_html",
+    "displayed",
     "logprob_agreement_markdown",
     "logprob_gap_figure",
     "ppo_metrics_table",

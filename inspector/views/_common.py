@@ -6,6 +6,7 @@ Only cheap indexing of the Rollout's tensors happens here; nothing is recomputed
 from __future__ import annotations
 
 import html
+import math
 import re
 
 import torch
@@ -73,6 +74,24 @@ def esc(text: str) -> str:
 def shorten(text: str, limit: int) -> str:
     text = " ".join(text.split())
     return text if len(text) <= limit else text[: limit - 1].rstrip() + "…"
+
+
+def fmt(x, decimals: int = 3, *, signed: bool = False, sci: bool = False, none: str = "none") -> str:
+    """A number as the page prints it: `decimals` digits after the point (`sci`: in scientific notation), a sign
+    when `signed`, never a negative zero (a value that rounds to zero prints as 0.000, unsigned), `none` for None,
+    and nan / inf / -inf as words. Every view prints its numbers through this function."""
+    if x is None:
+        return none
+    x = float(x)
+    if math.isnan(x):
+        return "nan"
+    if math.isinf(x):
+        return "-inf" if x < 0 else "inf"
+    spec = f"{'+' if signed else ''}.{decimals}{'e' if sci else 'f'}"
+    text = format(x, spec)
+    if float(text) == 0:  # -0.0, or a tiny value rounded away: no sign
+        text = format(0.0, spec.lstrip("+"))
+    return text
 
 
 def plural(n: int, noun: str, nouns: str | None = None) -> str:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from ..rollout import Rollout
-from ._common import esc, valid_mask
+from ._common import esc, fmt, plural, valid_mask
 from .tokens import split_html, value_reward_html
 
 
@@ -15,9 +15,9 @@ def _facts(r: Rollout, i: int) -> str:
     # padding may hold -inf (a pad the top-k filter excluded): mask by selection, not by multiplication
     kl = float(torch.where(valid, r.logprobs[i] - r.ref_logprobs[i], 0).sum())
     mean_lp = float(torch.where(valid, r.logprobs[i], 0).sum() / n) if n else float("nan")
-    return (f"<p class='tok-meta'><b>sample {i}</b> · score <b>{float(r.scores[i]):+.4f}</b> · "
-            f"{n} tokens trained on · contains EOS {bool(r.contain_eos_token[i])} · mean logprob {mean_lp:.3f} · "
-            f"KL {kl:+.4f}</p><p class='tok-meta'>{esc(r.prompts[i])}</p>")
+    return (f"<p class='tok-meta'><b>sample {i}</b> · score <b>{fmt(r.scores[i], 4, signed=True)}</b> · "
+            f"{plural(n, 'token')} trained on · contains EOS {bool(r.contain_eos_token[i])} · mean logprob {fmt(mean_lp)} · "
+            f"KL {fmt(kl, 4, signed=True)}</p><p class='tok-meta'>{esc(r.prompts[i])}</p>")
 
 
 def compare_html(r: Rollout, a: int, b: int) -> str:

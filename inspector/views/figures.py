@@ -16,7 +16,7 @@ import torch
 from ..errors import InputError
 from ..rollout import Rollout
 from ..tensors import first_true_indices
-from ._common import esc, reward_response_positions, sample_label, shown, stop_positions
+from ._common import esc, fmt, reward_response_positions, sample_label, shown, stop_positions
 
 LOGPROB_FLOOR = -10.0
 """Logprobs below this share the colour of the floor (a -inf must not stretch the scale); hover shows the value."""
@@ -32,15 +32,12 @@ LOGPROB_KINDS = {
     "ref_logprobs": "reference model, the same recompute",
 }
 
+MODEBAR = dict(orientation="v", bgcolor="rgba(255,255,255,0.8)")
+"""Plot toolbars stand upright at the right edge, clear of the titles at the left (on a phone too)."""
+
 _MASKED_NOTE = "  <i>masked</i>"  # after sequence_lengths (TRL's padding_mask); short: it repeats per cell
 
 
-def _num(x: float, spec: str = "+.3f") -> str:
-    if math.isnan(x):
-        return "nan"
-    if math.isinf(x):
-        return "-inf" if x < 0 else "inf"
-    return format(x, spec)
 
 
 def _hover_tokens(r: Rollout, limit: int = 24) -> dict[int, str]:
@@ -114,6 +111,7 @@ def _heatmap_figure(r: Rollout, z: np.ndarray, customdata: np.ndarray, hovertemp
     fig.update_layout(
         template="plotly_white",
         title=dict(text=title, x=0, xanchor="left", y=0.98, yanchor="top", font=dict(size=14)),
+        modebar=MODEBAR,
         height=max(260, 150 + 24 * B),
         margin=dict(l=8, r=8, t=70, b=44),
         plot_bgcolor=MASK_GREY,
@@ -123,7 +121,7 @@ def _heatmap_figure(r: Rollout, z: np.ndarray, customdata: np.ndarray, hovertemp
     fig.update_xaxes(title=dict(text=f"response index (0 … {G - 1})", standoff=6), showgrid=False, zeroline=False,
                      tickformat="d", **({"dtick": 1} if G <= 30 else {}),
                      range=[min(-0.5, min(reward_response_positions(r) or [0]) - 0.5), G - 0.5])
-    fig.update_yaxes(tickvals=list(range(B)), ticktext=[esc(sample_label(r, i)) for i in range(B)], autorange="reversed",
+    fig.update_yaxes(tickvals=list(range(B)), ticktext=[esc(sample_label(r, i, 16)) for i in range(B)], autorange="reversed",
                      showgrid=False, zeroline=False, automargin=True, tickfont=dict(size=11))
     return fig
 
@@ -148,15 +146,15 @@ def logprob_heatmap(r: Rollout, which: str = "logprobs") -> go.Figure:
     masked = r.padding_mask.flatten().tolist()
     ended = _generation_ended(r).flatten().tolist()
     top = [
-        _ENDED if end else "<br>".join(f"{alts.get(a, a)} {_num(b, '.2f')}" for a, b in zip(ti, tl)) if k else "(none recorded)"
+        _ENDED if end else "<br>".join(f"{alts.get(a, a)} {fmt(b, 2)}" for a, b in zip(ti, tl)) if k else "(none recorded)"
         for ti, tl, end in zip(top_ids, top_lps, ended)
     ]
     customdata = _cells(
         r,
         [toks.get(t, str(t)) for t in ids],
         ids,
-        [_num(x) for x in lps],
-        [_num(math.exp(x), ".3f") if x <= 0 else "-" for x in lps],
+        [fmt(x, signed=True) for x in lps],
+        [fmt(math.exp(x)) if x <= 0 else "-" for x in lps],
         r.ranks.flatten().tolist(),
         top,
         [_MASKED_NOTE if m else "" for m in masked],
@@ -168,7 +166,7 @@ def logprob_heatmap(r: Rollout, which: str = "logprobs") -> go.Figure:
     )
     ticks = list(range(int(LOGPROB_FLOOR), 1, 2))
     return _heatmap_figure(
-        r, z, customdata, hover, f"{which}: {LOGPROB_KINDS[which]}",
+        r, z, customdata, hover, f"{which} of each response token",
         colorbar=dict(title=dict(text="logprob", side="right"), tickvals=ticks,
                       ticktext=[f"≤ {t}" if t == LOGPROB_FLOOR else str(t) for t in ticks]),
         colorscale="Viridis", zmin=LOGPROB_FLOOR, zmax=0.0,
@@ -184,8 +182,8 @@ def entropy_heatmap(r: Rollout) -> go.Figure:
         r,
         [toks.get(t, str(t)) for t in ids],
         ids,
-        [_num(x, ".3f") for x in r.entropy.flatten().tolist()],
-        [_num(x) for x in r.logprobs.flatten().tolist()],
+        [fmt(x) for x in r.entropy.flatten().tolist()],
+        [fmt(x, signed=True) for x in r.logprobs.flatten().tolist()],
         r.ranks.flatten().tolist(),
         [_MASKED_NOTE if m else "" for m in masked],
     )
@@ -196,7 +194,7 @@ def entropy_heatmap(r: Rollout) -> go.Figure:
     z = _masked(r, r.entropy)
     top = float(np.nanmax(z)) if np.isfinite(z).any() else 1.0
     return _heatmap_figure(
-        r, z, customdata, hover, "entropy of the sampled-from distribution (nats)",
+        r, z, customdata, hover, "entropy of the sampled-from distribution",
         colorbar=dict(title=dict(text="nats", side="right")), colorscale="Viridis", zmin=0.0, zmax=max(top, 1e-3),
     )
 
@@ -223,7 +221,8 @@ def values_figure(r: Rollout, sample: int) -> go.Figure:
     """The per-token values `r.values[sample]` (G,) against the response tokens, with the scalar score.
 
     `values[g]` is the value head read at the token before response token g (V of the state that emits g).
-    TRL keeps values up to `sequence_lengths + 1` (its padding_mask_p1); later ones are drawn dashed grey.
+    TRL keeps values up to `sequence_lengths + 1` (its padding_mask_p1): later raw values are drawn dashed grey,
+    and the zeros TRL puts there instead as a line at 0.
     The score is a horizontal line and, when the reward model shares the policy's tokenizer, a star at the
     response index it was read at. Raises IndexError for a bad sample.
     """
@@ -237,9 +236,9 @@ def values_figure(r: Rollout, sample: int) -> go.Figure:
     y = r.values[i].float().numpy()
     ids = r.responses[i].tolist()
     tok = [esc(shown(r.token(t), 24)) for t in ids]
-    custom = np.array(list(zip(tok, ids)), dtype=object)
+    custom = np.array(list(zip(tok, ids, [fmt(v, 4, signed=True) for v in y.tolist()])), dtype=object)
     hover = ("response index %{x} · <b>%{customdata[0]}</b> (id %{customdata[1]})<br>"
-             "values[%{x}] = %{y:+.4f}: read at the token before it<extra>%{fullData.name}</extra>")
+             "values[%{x}] = %{customdata[2]}: read at the token before it<extra>%{fullData.name}</extra>")
     score = float(r.scores[i])
     reads = reward_response_positions(r)
     read = reads[i] if reads is not None else None
@@ -250,11 +249,16 @@ def values_figure(r: Rollout, sample: int) -> go.Figure:
             line=dict(color="#2563eb", width=2), marker=dict(size=5 if G <= 128 else 3), hovertemplate=hover,
         ))
     if keep < G - 1:
-        tail = slice(max(keep, 0), G)
+        tail = slice(keep + 1, G)
         fig.add_trace(go.Scatter(
             x=x[tail], y=y[tail], customdata=custom[tail], mode="lines+markers",
-            name="after sequence_lengths + 1 (masked to 0 by TRL)",
+            name="raw values after sequence_lengths + 1 (unused)",
             line=dict(color="#9ca3af", width=1.5, dash="dash"), marker=dict(size=3, color="#9ca3af"), hovertemplate=hover,
+        ))
+        fig.add_trace(go.Scatter(
+            x=x[tail], y=np.zeros(G - keep - 1), mode="lines", name="what TRL uses there: 0 (padding_mask_p1)",
+            line=dict(color="#f59e0b", width=2.5), hovertemplate="response index %{x}: TRL sets values to 0 here"
+                                                                  "<extra></extra>",
         ))
     fig.add_hline(y=score, line=dict(color="#7c3aed", width=1.5, dash="dot"),
                   annotation=dict(text=f"score {score:+.3f}", font=dict(color="#7c3aed", size=12),
@@ -266,13 +270,14 @@ def values_figure(r: Rollout, sample: int) -> go.Figure:
         fig.add_trace(go.Scatter(
             x=[read], y=[score], mode="markers", name="score (reward read here)",
             marker=dict(symbol="star", size=15, color="#7c3aed", line=dict(width=1, color="#ffffff")), cliponaxis=False,
-            hovertemplate=f"score {score:+.4f}<br>read at {where}, token <b>{read_tok}</b><extra></extra>",
+            hovertemplate=f"score {fmt(score, 4, signed=True)}<br>read at {where}, token <b>{read_tok}</b><extra></extra>",
         ))
     tickvals, ticktext, angle = _ticks(r, i, read if read is not None else 0)
     fig.update_layout(
         template="plotly_white",
-        title=dict(text=f"sample {i}: values (value model on query_responses) · score {score:+.3f}",
+        title=dict(text=f"sample {i}: values · score {fmt(score, signed=True)}",
                    x=0, xanchor="left", y=0.98, yanchor="top", font=dict(size=14)),
+        modebar=MODEBAR,
         height=380,
         margin=dict(l=8, r=8, t=64, b=8),
         legend=dict(orientation="h", x=0, xanchor="left", y=1.0, yanchor="bottom", font=dict(size=11), bgcolor="rgba(0,0,0,0)"),

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 
 import numpy as np
 import pandas as pd
@@ -12,7 +11,8 @@ import torch
 from ..diagnostics import Finding
 from ..ppo import PPOStep
 from ..rollout import Rollout
-from ._common import esc, plural, sample_label, shown, valid_mask
+from ._common import esc, fmt, plural, sample_label, shown, valid_mask
+from .figures import MODEBAR
 
 PPO_CSS = """
 .ppo-wrap { overflow-x: auto; max-width: 100%; border: 1px solid #e5e7eb; border-radius: 6px; background: #fff; }
@@ -49,10 +49,6 @@ ROWS = [
 ]
 
 
-def _fmt(x: float) -> str:
-    if not math.isfinite(x):
-        return "-inf" if x < 0 else "nan"
-    return f"{x:+.3f}"
 
 
 def ppo_rows_html(r: Rollout, step: PPOStep, sample: int) -> str:
@@ -74,19 +70,20 @@ def ppo_rows_html(r: Rollout, step: PPOStep, sample: int) -> str:
         cells = []
         for t in range(G):
             v = float(values[t])
+            text = fmt(v, signed=True)
             masked = pad1[t] if name == "values" else pad[t]
             classes = ["pad"] if masked else []
             if name == "rewards" and t == scored:
                 classes.append("scored")
             elif name in ("rewards", "advantages") and not masked:
-                classes.append("pos" if v > 0 else "neg" if v < 0 else "")
-            cells.append(f"<td class='{' '.join(classes)}'>{_fmt(v)}</td>")
+                classes.append("pos" if text.startswith("+") else "neg" if text.startswith("-") else "")
+            cells.append(f"<td class='{' '.join(classes)}'>{text}</td>")
         lines.append(f"<tr data-row='{name}'><th>{esc(label)}</th>{''.join(cells)}</tr>")
     lines.append(
         "<tr><th>padding_mask / _p1</th>"
         + "".join(f"<td class='{'pad' if pad[t] else ''}'>{int(pad[t])}/{int(pad1[t])}</td>" for t in range(G)) + "</tr>"
     )
-    note = (f"<p class='panel-note'>score {float(step.scores[sample]):+.4f} added to <b>rewards</b> at response index "
+    note = (f"<p class='panel-note'>score {fmt(step.scores[sample], 4, signed=True)} added to <b>rewards</b> at response index "
             f"{scored} (sequence_lengths + 1 = {int(r.sequence_lengths[sample]) + 1}"
             f"{', which does not fit, so sequence_lengths' if scored == int(r.sequence_lengths[sample]) else ''}); grey cells "
             f"are padding (logprobs there are INVALID_LOGPROB = 1.0).</p>")
@@ -95,8 +92,9 @@ def ppo_rows_html(r: Rollout, step: PPOStep, sample: int) -> str:
 
 def ppo_metrics_table(step: PPOStep) -> pd.DataFrame:
     """The batch numbers TRL logs for this rollout, and the config that produced them."""
-    rows = [{"metric": k, "value": round(v, 6)} for k, v in step.metrics.items()]
-    rows += [{"metric": f"config/{k}", "value": v if v is not None else "off"} for k, v in step.config.to_dict().items()]
+    rows = [{"metric": k, "value": str(int(v)) if "/num_" in k else fmt(v, 6)} for k, v in step.metrics.items()]
+    rows += [{"metric": f"config/{k}", "value": "none" if v is None else str(v).lower() if isinstance(v, bool) else str(v)}
+             for k, v in step.config.to_dict().items()]
     return pd.DataFrame(rows, columns=["metric", "value"]).astype({"value": "object"})
 
 
@@ -120,10 +118,10 @@ def logprob_gap_figure(r: Rollout) -> go.Figure:
         colorbar=dict(title=dict(text="gap (nats)"), thickness=12), xgap=1 if G <= 64 else 0, ygap=1,
     ))
     fig.update_layout(template="plotly_white", height=max(240, 130 + 24 * B), margin=dict(l=8, r=8, t=40, b=40),
-                      title=dict(text="logprobs − new_logprobs (sampling time minus training-time recompute)", x=0,
+                      modebar=MODEBAR, title=dict(text="logprobs − new_logprobs, per token", x=0,
                                  font=dict(size=14)), plot_bgcolor="#c4c4c4")
     fig.update_xaxes(title="response index", showgrid=False, zeroline=False)
-    fig.update_yaxes(tickvals=list(range(B)), ticktext=[esc(sample_label(r, i)) for i in range(B)],
+    fig.update_yaxes(tickvals=list(range(B)), ticktext=[esc(sample_label(r, i, 16)) for i in range(B)],
                      autorange="reversed", automargin=True, showgrid=False)
     return fig
 
@@ -140,16 +138,16 @@ def logprob_agreement_markdown(r: Rollout) -> str:
     no_temp = (r.raw_logprobs - r.new_logprobs)[valid].abs()
     s = r.settings
     lines = [
-        f"**max |gap|** {float(gap.abs().max()):.2e} · **mean |gap|** {float(gap.abs().mean()):.2e} nats over "
+        f"**max |gap|** {fmt(gap.abs().max(), 2, sci=True)} · **mean |gap|** {fmt(gap.abs().mean(), 2, sci=True)} nats over "
         f"{int(valid.sum())} tokens",
-        f"**PPO's first-epoch ratio** exp(new_logprobs − logprobs): min {float(ratio.min()):.4f}, max "
-        f"{float(ratio.max()):.4f}, mean {float(ratio.mean()):.4f} (the ratio TRL clips in its first optimisation "
+        f"**PPO's first-epoch ratio** exp(new_logprobs − logprobs): min {fmt(ratio.min(), 4)}, max "
+        f"{fmt(ratio.max(), 4)}, mean {fmt(ratio.mean(), 4)} (the ratio TRL clips in its first optimisation "
         "step, before any update; 1.0 means the trainer recomputes exactly what was sampled)",
     ]
     temp = s.get("effective_temperature", 1.0)
     if abs(temp - 1.0) > 1e-6:
         lines.append(f"Had the recompute forgotten the temperature ({temp}), the gap would be up to "
-                     f"{float(no_temp.max()):.3f} nats: that is the `raw_logprobs` row.")
+                     f"{fmt(no_temp.max())} nats: that is the `raw_logprobs` row.")
     causes = []
     if s.get("do_sample") and s.get("top_k"):
         causes.append(f"top_k={s['top_k']}: sampling renormalised over the top {s['top_k']} tokens")

@@ -14,41 +14,47 @@ from ._common import first_pad_positions, is_special_reward_token, shown, stop_p
 
 class Column(NamedTuple):
     name: str
-    dtype: str  # "int", "float", "str", "bool", or "int?" (an int or None)
+    dtype: str  # "int", "float", "str", "bool", or "int?" (an int, or the word "none" where there is none)
     description: str
     width: str = "9%"  # the gr.Dataframe column's width: wide for text, narrow for numbers
 
 
 _PANDAS = {"int": "int64", "float": "float64", "str": "object", "bool": "bool", "int?": "object"}
-_GRADIO = {"int": "number", "float": "number", "str": "str", "bool": "bool", "int?": "number"}
+_GRADIO = {"int": "number", "float": "number", "str": "str", "bool": "bool", "int?": "str"}
 FLOAT_DECIMALS = 4
 
 BATCH_COLUMNS = [
-    Column("sample", "int", "Row of the rollout.", "6%"),
-    Column("prompt", "str", "The plain prompt (before the chat template).", "17%"),
-    Column("response", "str", "The generated response, decoded without special tokens.", "24%"),
+    Column("sample", "int", "Row of the rollout.", "7%"),
+    Column("prompt", "str", "The plain prompt (before the chat template).", "14%"),
+    Column("response", "str", "The generated response, decoded without special tokens.", "23%"),
     Column("response length", "int", "sequence_lengths + 1: the tokens TRL trains on.", "8%"),
     Column("contains EOS", "bool", "contain_eos_token: the postprocessed response holds the EOS token.", "8%"),
     Column("score", "float", "The reward model's score, read at sequence_lengths.", "8%"),
     Column("mean logprob", "float", "Mean of logprobs (TRL's rollout logprobs, sampling time) up to sequence_lengths; NaN if empty.", "8%"),
-    Column("mean entropy", "float", "Mean entropy (nats) of the sampled-from distribution over the same tokens.", "7%"),
-    Column("KL", "float", "Sum over the response of logprobs - ref_logprobs (TRL's k1 estimator, before kl_coef).", "7%"),
-    Column("max logprob gap", "float", "Largest |new_logprobs - logprobs| over the response: recompute vs sampling (log of PPO's first-epoch ratio).", "7%"),
+    Column("mean entropy", "float", "Mean entropy (nats) of the sampled-from distribution over the same tokens.", "8%"),
+    Column("KL", "float", "Sum over the response of logprobs - ref_logprobs (TRL's k1 estimator, before kl_coef).", "8%"),
+    Column("max logprob gap", "float", "Largest |new_logprobs - logprobs| over the response: recompute vs sampling (log of PPO's first-epoch ratio).", "8%"),
 ]
 
 STOP_COLUMNS = [
-    Column("sample", "int", "Row of the rollout.", "6%"),
-    Column("first stop index", "int?", "Response index of the first stop_token_id (empty: none)."),
+    Column("sample", "int", "Row of the rollout.", "7%"),
+    Column("first stop index", "int?", "Response index of the first stop_token_id ('none': there is none).", "8%"),
     Column("first pad index", "int?",
-           "Response index of the first pad in postprocessed_responses; sequence_lengths is one less (empty: none)."),
+           "Response index of the first pad in postprocessed_responses; sequence_lengths is one less ('none': there is none).", "8%"),
     Column("sequence_lengths", "int",
-           "TRL's sequence_lengths: response index of the last token trained on (-1: empty response)."),
-    Column("contain_eos_token", "bool", "Whether the postprocessed response holds the EOS token."),
-    Column("score position", "int", "Absolute index in the reward model's input where the score was read."),
-    Column("score response index", "int", "The same position in the response (-1: the last query token)."),
-    Column("score token", "str", "The token the score was read at.", "22%"),
-    Column("score token is special", "bool", "Whether that token is a special token (EOS, pad, chat markers)."),
+           "TRL's sequence_lengths: response index of the last token trained on (-1: empty response).", "15%"),
+    Column("contain_eos_token", "bool", "Whether the postprocessed response holds the EOS token.", "16%"),
+    Column("score position", "int", "Absolute index in the reward model's input where the score was read.", "9%"),
+    Column("score response index", "int", "The same position in the response (-1: the last query token).", "9%"),
+    Column("score token", "str", "The token the score was read at.", "18%"),
+    Column("score token is special", "bool", "Whether that token is a special token (EOS, pad, chat markers).", "10%"),
 ]
+
+
+def displayed(df: pd.DataFrame, spec: list[Column]):
+    """`df` as the page shows it: every float column with FLOAT_DECIMALS digits (one precision per column), the
+    numbers kept as numbers for sorting (a pandas Styler, which gr.Dataframe reads for its displayed text)."""
+    return df.style.format({c.name: f"{{:.{FLOAT_DECIMALS}f}}" for c in spec if c.dtype == "float"}, na_rep="none")
 
 
 def column_widths(spec: list[Column]) -> list[str]:
@@ -68,7 +74,9 @@ def _frame(spec: list[Column], columns: dict[str, list]) -> pd.DataFrame:
     for col in spec:
         values = columns[col.name]
         if col.dtype == "float":
-            values = [round(float(v), FLOAT_DECIMALS) for v in values]
+            values = [round(float(v), FLOAT_DECIMALS) + 0.0 for v in values]  # + 0.0: no negative zero
+        elif col.dtype == "int?":
+            values = ["none" if v is None else int(v) for v in values]
         data[col.name] = pd.Series(values, dtype=_PANDAS[col.dtype])
     return pd.DataFrame(data)
 

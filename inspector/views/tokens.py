@@ -16,6 +16,8 @@ import re
 from ..rollout import Rollout
 from ._common import (
     esc,
+    fmt,
+    plural,
     first_pad_positions,
     is_special_reward_token,
     shown,
@@ -259,6 +261,14 @@ def _ellipsis(hidden: int) -> str:
     return f'<span class="tok-ellipsis" title="{hidden} earlier query tokens not shown">… {hidden} query tokens</span>'
 
 
+def _truncation_note(r: Rollout, truncated: int) -> str:
+    """What the reward model's input went through, as the stop setting says."""
+    if r.stop_token_id is None:
+        return "no truncation (stop token: none): the tokens as generated"
+    return (f"truncated after the first stop token <code>{esc(shown(r.token(r.stop_token_id)))}</code> "
+            f"({plural(truncated, 'token')} replaced by pad)")
+
+
 def value_reward_html(r: Rollout, sample: int) -> str:
     """The two model inputs of one sample side by side: `query_responses` (the value model's) and
     `postprocessed_query_responses` (the reward model's; `reward_query_responses` on the reward model's own
@@ -305,7 +315,7 @@ def value_reward_html(r: Rollout, sample: int) -> str:
             if reward_side and t == int(r.score_positions[i]) and r.reward_tokenizer_is_policy:
                 roles.append("reward")
             if not reward_side and Q - 1 <= t <= Q + G - 2:
-                notes.append(f"values[{t - Q + 1}] = {values[t - Q + 1]:+.4f} (read here)")
+                notes.append(f"values[{t - Q + 1}] = {fmt(values[t - Q + 1], 4, signed=True)} (read here)")
             title = _title(t, tid, toks.raw(tid), *notes, *[_ROLE_NOTES[x] for x in roles])
             chips.append(_chip(classes, toks.text(tid), title, roles))
         return "".join(chips)
@@ -344,15 +354,14 @@ def value_reward_html(r: Rollout, sample: int) -> str:
         cl = r.reward_context_length
     truncated = sum(a != b for a, b in zip(qr[Q:], post[Q:]))
     where = f"response index {pos - cl}" if pos >= cl else "the last query token: an empty response"
-    score = (f'<div class="vr-score">score <b>{float(r.scores[i]):+.4f}</b> read at index {pos} ({where}) on token '
+    score = (f'<div class="vr-score">score <b>{fmt(r.scores[i], 4, signed=True)}</b> read at index {pos} ({where}) on token '
              f'<code>{esc(shown(read_tok))}</code> (id {read_id})</div>')
     left = (f'<div class="split-col vr-value"><h4>value model input · <code>query_responses[{i}]</code></h4>'
             f'<div class="tok-meta">query + response as generated, nothing cut: a value per response token, '
             f'kept by TRL up to sequence_lengths + 1 = {seq_len + 1}</div>'
             f'<div class="tok-seq">{policy_chips(qr, reward_side=False)}</div></div>')
     right = (f'<div class="split-col vr-reward"><h4>{right_head}</h4>'
-             f'<div class="tok-meta">truncated after the first stop token ({truncated} tokens replaced by pad); '
-             f'one score, read at sequence_lengths</div>'
+             f'<div class="tok-meta">{_truncation_note(r, truncated)}; one score, read at sequence_lengths</div>'
              f'<div class="tok-seq">{right_chips}</div>{score}</div>')
     legend = _legend([
         ("tok-response", "response", "response token"),
