@@ -38,6 +38,8 @@ def test_the_grpo_tab_shows_groups_token_weights_and_a_zero_std_group(browser, a
         page.get_by_text("GRPO reward functions", exact=True).click()
         page.locator("#reward-funcs").get_by_label("exact answer (arithmetic set)").check()
         page.locator("#reward-funcs").get_by_label("sentiment reward model").uncheck()
+        page.fill("#prompts textarea", "\n".join(PROMPTS))  # again: the example shown on arrival may refill it
+        assert page.input_value("#prompts textarea") == "\n".join(PROMPTS)
         status = run_and_wait(page, page.inner_text("#status-line"))
         assert "12 samples × 16 tokens" in status
         show_tab(page, "grpo")
