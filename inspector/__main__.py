@@ -39,6 +39,10 @@ def _parser() -> argparse.ArgumentParser:
                    help="whose step to compute: PPO (TRL 0.x, default), GRPO (TRL 1.16) or verl's GRPO")
     p.add_argument("--num-generations", type=int, default=None,
                    help="completions per prompt for grpo/verl (default 8, TRL's); replaces --samples")
+    p.add_argument("--reward-func", action="append", default=None, metavar="NAME",
+                   help="grpo/verl reward function, repeatable: a built-in (sentiment, length, format, exact_answer) "
+                        "or module:function with TRL's signature (default: the reward model's score)")
+    p.add_argument("--reward-weights", type=float, nargs="+", default=None, help="one weight per --reward-func")
     p.add_argument("--json", metavar="FILE", help="write the whole rollout record as JSON")
     return p
 
@@ -95,10 +99,19 @@ def main(argv: list[str] | None = None) -> int:
         from .grpo import rollout_grpo_step
         from .report import format_grpo_step
 
-        # the reward model's score is the one reward function here
         try:
-            step = rollout_grpo_step(rollout, rollout.scores.float().unsqueeze(1), grpo_config,
-                                     reward_func_names=["reward_model"])
+            if args.reward_func:  # reward functions as GRPO users write them, called as TRL calls them
+                from dataclasses import replace
+
+                from .rewards import builtin_reward, load_reward_func, score_rewards
+
+                funcs = [builtin_reward(n, models) if n == "sentiment" else load_reward_func(n) for n in args.reward_func]
+                table = score_rewards(rollout, funcs, args.reward_weights, tokenizer=models.tokenizer)
+                grpo_config = replace(grpo_config, reward_weights=tuple(table.weights))
+                rewards_per_func, names = table.rewards_per_func, table.names
+            else:  # the reward model's score is the one reward function here
+                rewards_per_func, names = rollout.scores.float().unsqueeze(1), ["reward_model"]
+            step = rollout_grpo_step(rollout, rewards_per_func, grpo_config, reward_func_names=names)
         except InspectorError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 1

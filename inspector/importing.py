@@ -1,8 +1,10 @@
 """Read rollouts from files: this inspector's own JSON record, and completions produced elsewhere.
 
 Accepted: a rollout record (`.json`, written by the app's download or `--json`), TRL-style completion
-tables (`prompt` / `completion` / `reward` columns, as CSV, Parquet or JSONL) and verl rollout dumps
-(JSONL with `input` / `output` / `score`). Nothing from a file is ever unpickled or executed: JSON, CSV and
+tables (`prompt` / `completion` / `reward` columns, as CSV, Parquet or JSONL), TRL's GRPO completion logs
+(`completions_{step:05d}.parquet` from `log_completions`: `step`, `prompt`, `completion`, one column per reward
+function, `advantage`) and verl rollout dumps (`{step}.jsonl` with `input` / `output` / `gts` / `score` / `step`
+and any extra reward fields). Every column beyond prompt and completion is kept, by name. Nothing from a file is ever unpickled or executed: JSON, CSV and
 Parquet are parsed as data, and a file that looks like a pickle, a zip or an executable is refused.
 """
 
@@ -11,9 +13,10 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import InputError
@@ -29,14 +32,59 @@ _REFUSED = {b"\x80\x02": "a pickle", b"\x80\x03": "a pickle", b"\x80\x04": "a pi
             b"\x1f\x8b": "a gzip archive"}
 
 
+TRL_GRPO_FIXED = ("step", "prompt", "completion", "advantage")
+VERL_FIXED = ("input", "output", "score", "step", "gts")
+
+
 @dataclass
 class Completions:
-    """Prompt / completion pairs read from a file, with the rewards the file held, if any."""
+    """Prompt / completion pairs read from a file, with the rewards the file held, if any.
+
+    `kind`: "trl-grpo" (a `log_completions` table: `reward_columns` holds one column per reward function and
+    `advantages` TRL's advantage), "verl" (a rollout dump: `prompt_is_text`, the prompt was decoded from the
+    trainer's ids after its chat template) or "table". `columns` keeps every other column of the file by name
+    (verl's `gts` and extra reward fields, TRL's per-function rewards, `step`)."""
 
     prompts: list[str]
     completions: list[str]
     rewards: list[float] | None
     source: str
+    kind: str = "table"
+    columns: dict[str, list] = field(default_factory=dict)
+    reward_columns: list[str] = field(default_factory=list)
+    advantages: list[float] | None = None
+    prompt_is_text: bool = False
+
+    def rewards_per_func(self):
+        """The file's per-function rewards as TRL's `rewards_per_func` (B, F) float32, NaN where None."""
+        import torch
+
+        return torch.tensor([[_number(v) for v in self.columns[c]] for c in self.reward_columns],
+                            dtype=torch.float32).T.reshape(len(self.prompts), len(self.reward_columns))
+
+    def num_generations(self) -> int | None:
+        """The group size: the run length of equal consecutive prompts, when every group has it (TRL logs the
+        completions of a prompt next to each other); None otherwise."""
+        runs, n = [], 1
+        for a, b in zip(self.prompts, self.prompts[1:]):
+            if a == b:
+                n += 1
+            else:
+                runs.append(n)
+                n = 1
+        runs.append(n)
+        return runs[0] if len(set(runs)) == 1 else None
+
+
+def _number(value) -> float:
+    try:
+        return math.nan if value is None else float(value)
+    except (TypeError, ValueError):
+        return math.nan
+
+
+def _is_number(value) -> bool:
+    return value is None or (isinstance(value, (int, float)) and not isinstance(value, bool))
 
 
 def _check_size(size: int, name: str, limits: Limits) -> None:
@@ -231,4 +279,93 @@ def read_upload(data: bytes, name: str, limits: Limits | None = None) -> dict | 
             except (TypeError, ValueError):
                 rewards.append(float("nan"))
     source = "verl" if p_key == "input" else "trl" if p_key == "prompt" else "table"
-    return Completions(prompts, completions, rewards if r_key is not None else None, f"{source}: {Path(name).name}")
+    keys = list(first)
+    columns = {k: [row.get(k) for row in parsed] for k in keys if k not in (p_key, c_key)}
+    kind, reward_columns, advantages = "table", [], None
+    if p_key == "prompt" and "advantage" in first:
+        # TRL's log_completions table: every numeric column but step and advantage is one reward function's
+        kind = "trl-grpo"
+        reward_columns = [k for k in keys if k not in TRL_GRPO_FIXED and all(_is_number(v) for v in columns[k])]
+        advantages = [_number(v) for v in columns["advantage"]]
+        source = "trl-grpo"
+    elif p_key == "input":
+        kind = "verl"
+    return Completions(prompts, completions, rewards if r_key is not None else None, f"{source}: {Path(name).name}",
+                       kind=kind, columns=columns, reward_columns=reward_columns, advantages=advantages,
+                       prompt_is_text=kind == "verl")
+
+
+def rescore(models, parsed: Completions, *, stop_token_id="eos", use_chat_template: bool = True,
+            attention: str = "trl", max_completion_length: int | None = None, temperature: float = 1.0,
+            progress=None):
+    """Re-score a file's completions with the loaded models (`rollout.score_completions`), keeping its columns.
+
+    A verl dump's prompt is tokenized as the text it is (the trainer's chat template is already in it); a TRL
+    GRPO log keeps its groups (`samples_per_prompt` = the group size) so that its GRPO step can be recomputed.
+    `temperature`: the one the completions were sampled at in training. `max_completion_length` (the
+    trainer's, when known): a completion that re-tokenizes to that many tokens
+    was cut there and gets no EOS. The notes say what rebuilding ids from decoded text can change."""
+    from .rollout import score_completions
+
+    ended = None
+    if max_completion_length is not None:
+        tok = models.tokenizer
+        ended = [len(tok(c, add_special_tokens=False)["input_ids"]) < max_completion_length for c in parsed.completions]
+    groups = parsed.num_generations() if parsed.kind == "trl-grpo" else None
+    rollout = score_completions(
+        models, parsed.prompts, parsed.completions, ended=ended, stop_token_id=stop_token_id,
+        use_chat_template=use_chat_template and not parsed.prompt_is_text, attention=attention, source=parsed.source,
+        samples_per_prompt=groups or 1, columns=parsed.columns, temperature=temperature, progress=progress,
+    )
+    if parsed.prompt_is_text:
+        rollout.notes.append(
+            "verl dump: each prompt is the text the trainer decoded after applying its chat template, without special "
+            "tokens; it is tokenized here as the text it is, not wrapped in a chat template again. Ids rebuilt from "
+            "decoded text can differ from the ids the trainer saw (the special tokens are gone, and decoding then "
+            "encoding need not give back the same tokens)."
+        )
+    elif parsed.kind == "trl-grpo":
+        rollout.settings["reward_columns"] = list(parsed.reward_columns)
+        rollout.notes.append(
+            f"TRL GRPO log: {len(parsed.reward_columns)} reward column(s) ({', '.join(parsed.reward_columns)}) and the "
+            f"logged advantages are kept; groups of {groups or '?'} completions. Completions were decoded without "
+            "special tokens and are re-tokenized here, with the EOS token appended: ids rebuilt from decoded text can "
+            "differ from those the trainer saw (a completion cut by max_completion_length had no EOS)."
+        )
+    if parsed.rewards is not None:
+        rollout.notes.append("The file's own rewards, by sample: "
+                             + ", ".join(f"{i}: {v:+.3f}" for i, v in enumerate(parsed.rewards[:50])))
+    return rollout
+
+
+AGREE_ATOL = 1e-4
+
+
+def compare_with_log(parsed: Completions, recomputed: dict[str, list], advantages=None,
+                     atol: float = AGREE_ATOL) -> tuple[list[dict], list[str]]:
+    """The file's per-function rewards and advantages beside the recomputed ones.
+
+    `recomputed`: reward-function name -> one value per completion (NaN or None where it gave none), for the
+    functions that could be re-run; `advantages`: the advantages recomputed from the file's rewards. Returns
+    (rows, disagreements): one row per completion with `<name> (file)` / `<name> (recomputed)` pairs, and one
+    sentence per column that disagrees beyond `atol`, naming the samples."""
+    rows = [{"sample": i, "prompt": p[:60]} for i, p in enumerate(parsed.prompts)]
+    problems = []
+    pairs = [(name, [_number(v) for v in parsed.columns[name]], [_number(v) for v in recomputed[name]])
+             for name in parsed.reward_columns if name in recomputed]
+    if advantages is not None and parsed.advantages is not None:
+        pairs.append(("advantage", parsed.advantages, [_number(v) for v in advantages]))
+    for name, logged, ours in pairs:
+        bad = []
+        for i, (a, b) in enumerate(zip(logged, ours)):
+            rows[i][f"{name} (file)"] = a
+            rows[i][f"{name} (recomputed)"] = b
+            if math.isnan(a) != math.isnan(b) or (not math.isnan(a) and abs(a - b) > atol):
+                bad.append(i)
+        if bad:
+            shown = ", ".join(f"{i}: file {logged[i]:+.4f} vs {ours[i]:+.4f}" for i in bad[:8])
+            problems.append(f"{name}: {len(bad)} of {len(logged)} completions disagree ({shown}{' …' if len(bad) > 8 else ''}).")
+    for name in parsed.reward_columns:
+        if name not in recomputed:
+            problems.append(f"{name}: not recomputed (no built-in reward function of that name); the file's values are used.")
+    return rows, problems

@@ -102,6 +102,7 @@ class Rollout:
     engine: dict = field(default_factory=dict)  # which engine sampled: {"engine", "url", "served_model", ...}
     processed_logprobs: torch.Tensor | None = None  # (B, G) engine rollouts: the trainer's recompute of the
     # sampled-from distribution (temperature, top-k, top-p renormalised), to say which one the engine reports
+    columns: dict[str, list] = field(default_factory=dict)  # per-sample data columns (an answer, verl's gts, a file's own)
 
     @property
     def batch_size(self) -> int:
@@ -507,6 +508,8 @@ def score_completions(
     top_logprobs: int = 5,
     limits: Limits | None = None,
     source: str = "imported",
+    samples_per_prompt: int = 1,
+    columns: dict[str, list] | None = None,
     temperature: float = 1.0,
     progress=None,
 ) -> Rollout:
@@ -516,6 +519,9 @@ def score_completions(
     here: `logprobs` are the policy's logprobs under logits / `temperature` (give the temperature the
     completions were sampled at in training; the default 1.0 is TRL's GRPO and verl's default), `raw_logprobs`
     under the raw logits, and `new_logprobs` the recompute with logits / (temperature + 1e-7) as TRL's.
+    `use_chat_template=False` tokenizes each prompt as the text it is (a verl dump's prompt, already rendered
+    by the trainer's chat template). `samples_per_prompt`: consecutive rows that answer one prompt (a GRPO
+    group). `columns` (one list per name, one value per completion) are kept on the record.
     Raises InputError for mismatched or empty inputs and LimitError over a limit.
     """
     limits = limits or Limits.from_env()
@@ -529,6 +535,12 @@ def score_completions(
     if len(ended) != len(prompts):
         raise InputError("`ended` must give one flag per completion.")
     limits.check_request(len(prompts), 1, 1)
+    if not isinstance(samples_per_prompt, int) or samples_per_prompt < 1 or len(prompts) % samples_per_prompt:
+        raise InputError(f"samples_per_prompt={samples_per_prompt!r} does not divide the {len(prompts)} completions into groups.")
+    columns = dict(columns or {})
+    for name, values in columns.items():
+        if len(values) != len(prompts):
+            raise InputError(f"Column {name!r} has {len(values)} values for {len(prompts)} completions.")
     if not isinstance(temperature, (int, float)) or not temperature > 0:
         raise InputError(f"temperature must be above 0 (got {temperature!r}): give the training temperature.")
     temperature = float(temperature)
@@ -564,17 +576,18 @@ def score_completions(
                          ranks=details["ranks"], entropy=details["entropy"], topk_ids=details["topk_ids"],
                          topk_logprobs=details["topk_logprobs"])
         rollout = _score_rollout(
-            models, list(prompts), list(range(len(prompts))), enc, gen, stop=stop, attention=attention,
-            temperature=temperature, say=say, timings=timings,
+            models, list(prompts), [i // samples_per_prompt for i in range(len(prompts))], enc, gen, stop=stop,
+            attention=attention, temperature=temperature, say=say, timings=timings,
             settings={"source": source, "do_sample": False, "temperature": temperature,
                       "effective_temperature": temperature,
-                      "top_k": 0, "top_p": 1.0, "max_new_tokens": width, "samples_per_prompt": 1,
-                      "use_chat_template": use_chat_template, "top_logprobs": top_logprobs},
+                      "top_k": 0, "top_p": 1.0, "max_new_tokens": width, "samples_per_prompt": samples_per_prompt,
+                      "use_chat_template": use_chat_template, "top_logprobs": top_logprobs, "ended": ended},
         )
     rollout.notes.append(
         f"Imported completions ({source}): nothing was sampled here, so the sampling-time logprobs are the "
         f"policy's logprobs at the training temperature given ({temperature:g}), and the scores come from the "
         "loaded reward model."
     )
+    rollout.columns = columns
     rollout.timings["total"] = time.perf_counter() - clock
     return rollout

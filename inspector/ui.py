@@ -18,20 +18,35 @@ import time
 from pathlib import Path
 
 import gradio as gr
+import pandas as pd
+import torch
 from gradio.utils import get_upload_folder
 
 from . import models as model_registry
 from .errors import InputError, InspectorError
 from .examples import DEFAULT_EXAMPLE, EXAMPLE_SETTINGS, EXAMPLES, example_path, find_example, load_example
 from .export import rollout_from_dict, rollout_to_dict, rollout_to_json, rollout_to_jsonl, rollout_to_parquet
-from .importing import read_upload_file
+from .importing import read_upload_file, rescore
 from .limits import Limits
 from .models import DEFAULT_POLICY, DEFAULT_REWARD, load_models
-from .rollout import EOS, Rollout, run_rollout, score_completions
+from .rollout import EOS, Rollout, run_rollout
 from .diagnostics import diagnose
-from .grpo import SAMPLER_MODES
 from .mismatch import sampler_mismatch
 from .ppo import PPOConfig, rollout_ppo_step
+from .diagnostics import diagnose_grpo
+from .grpo import LOSS_TYPES, MULTI_OBJECTIVE_AGGREGATIONS, SAMPLER_MODES, SCALE_REWARDS, VERL_LOSS_AGG_MODES, make_config, rollout_grpo_step
+from .importing import compare_with_log
+from .rewards import BUILTIN_REWARDS, DEFAULT_FORMAT_PATTERN, DEFAULT_LENGTH_TARGET, RewardTable, builtin_for_logged_name, builtin_reward, score_rewards
+from .views.grpo import (
+    GRPO_CSS,
+    grpo_groups_html,
+    grpo_metrics_table,
+    kl_entropy_figure,
+    loss_type_figure,
+    loss_type_table,
+    sampler_correction_figure,
+    token_weights_heatmap,
+)
 from .views.mismatch import (
     SEQUENCE_COLUMNS,
     metrics_table,
@@ -95,7 +110,7 @@ def model_event() -> dict:
     return {"concurrency_id": MODEL_GROUP,
             "concurrency_limit": int(os.environ.get("INSPECTOR_MODEL_CONCURRENCY", "1"))}
 
-CSS = TOKEN_CSS + PPO_CSS + """
+CSS = TOKEN_CSS + PPO_CSS + GRPO_CSS + """
 .panel-note { color: #4b5563; font-size: 0.9em; }
 #status-line { min-height: 1.5em; }
 #status-row { align-items: flex-start; }
@@ -435,9 +450,11 @@ def run_validator(*values):
 @gpu
 def run_callback(policy, reward, value, reference, prompts_text, use_chat, max_new_tokens, do_sample, temperature, top_k, top_p, seed,
                  samples, stop_choice, stop_custom, attention, compare_masks=False, ignore_generation_config=False,
-                 engine_url="", precision="float32", request: gr.Request = None, progress=gr.Progress()):
+                 engine_url="", precision="float32", trainer="ppo",
+                 request: gr.Request = None, progress=gr.Progress()):
     """Run one rollout for this session and return every view of it."""
     try:
+        check_trainer(trainer, int(samples))
         problems = run_problems(prompts_text, max_new_tokens, do_sample, temperature, top_k, top_p, seed, stop_choice,
                                 stop_custom)
         if problems:
@@ -528,15 +545,10 @@ def import_callback(upload, policy, reward, value, reference, use_chat, stop_cho
         else:
             names = _names(policy, reward, value, reference)
             m = load_models(**names, progress=lambda msg: progress(0.05, desc=msg))
-            r = score_completions(m, parsed.prompts, parsed.completions,
-                                  stop_token_id=_stop_value(stop_choice, stop_custom),
-                                  use_chat_template=bool(use_chat), attention=str(attention), source=parsed.source,
-                                  temperature=_temperature(temperature),
-                                  progress=lambda f, msg: progress(f, desc=msg))
+            r = rescore(m, parsed, stop_token_id=_stop_value(stop_choice, stop_custom), use_chat_template=bool(use_chat),
+                        attention=str(attention), temperature=_temperature(temperature),
+                        progress=lambda f, msg: progress(f, desc=msg))
             origin = file_origin(path.name, r, parsed.source)
-            if parsed.rewards is not None:
-                r.notes.append("The file's own rewards, by sample: "
-                               + ", ".join(f"{i}: {v:+.3f}" for i, v in enumerate(parsed.rewards[:50])))
     except Exception as exc:
         raise _friendly(exc) from exc
     return rollout_views(r, models_markdown(m) if m is not None else "Opened a saved rollout: no model was needed.",
@@ -561,9 +573,7 @@ def open_file_api(file, temperature: float = 1.0) -> dict:
         parsed = read_upload_file(file if isinstance(file, str) else getattr(file, "name", None) or file["path"])
         if isinstance(parsed, dict):
             return rollout_to_dict(rollout_from_dict(parsed))
-        m = load_models()
-        return rollout_to_dict(score_completions(m, parsed.prompts, parsed.completions, source=parsed.source,
-                                                 temperature=_temperature(temperature)))
+        return rollout_to_dict(rescore(load_models(), parsed, temperature=_temperature(temperature)))
     except Exception as exc:
         raise _friendly(exc) from exc
 
@@ -587,18 +597,28 @@ def rollout_api(
     reward: str = "",
     value: str = "",
     reference: str = "",
+    trainer: str = "ppo",
+    reward_funcs: list[str] | None = None,
+    reward_weights: list[float] | None = None,
+    grpo_settings: dict | None = None,
     engine_url: str = "",
 ) -> dict:
     """Run a rollout and return the whole record as JSON: every tensor as nested lists, with texts and settings.
 
     stop_token: "eos", "none", or one token of the policy's tokenizer. engine_url: sample with that
     OpenAI-compatible server (on a hosted deployment only one of INSPECTOR_ENGINE_URLS); blank: in-process.
+    trainer: "ppo" (default), "grpo" (TRL 1.16) or "verl"; with GRPO, samples_per_prompt is num_generations (>= 2)
+    and the answer also holds `grpo` (the step under TRL's names) and `grpo_diagnostics`. reward_funcs: built-in
+    reward functions by name (sentiment, length, format, exact_answer; default sentiment), reward_weights one
+    weight each; grpo_settings: GRPOConfig fields (or verl's: loss_agg_mode, norm_adv_by_std_in_grpo, rollout_is,
+    rollout_is_threshold), plus use_sampler_logprobs, length_target and format_pattern.
     """
     if isinstance(prompts, str):
         prompts = parse_prompts(prompts)
     stop = {"eos": EOS, "none": None}.get(str(stop_token).lower(), stop_token)
     try:
-        _, r = _rollout(
+        check_trainer(str(trainer), int(samples_per_prompt))
+        m, r = _rollout(
             _names(policy, reward, value, reference), list(prompts),
             dict(max_new_tokens=max_new_tokens, do_sample=do_sample, temperature=temperature, top_k=top_k,
                  top_p=top_p, seed=seed, samples_per_prompt=samples_per_prompt,
@@ -606,9 +626,32 @@ def rollout_api(
                  ignore_generation_config=bool(ignore_generation_config), stop=stop,
                  engine_url=(engine_url or "").strip() or None),
         )
+        record = rollout_to_dict(r)
+        if trainer != "ppo":
+            record.update(_grpo_api(m, r, str(trainer), reward_funcs, reward_weights, dict(grpo_settings or {})))
     except Exception as exc:
         raise _friendly(exc) from exc
-    return rollout_to_dict(r)
+    return record
+
+
+def _grpo_api(m, r: Rollout, trainer: str, reward_funcs, reward_weights, settings: dict) -> dict:
+    """The GRPO step of a rollout for the API: built-in reward functions only (never code by name)."""
+    names = list(reward_funcs or ["sentiment"])
+    unknown = [n for n in names if n not in BUILTIN_REWARDS]
+    if unknown:
+        raise InspectorError(f"reward_funcs {unknown} are not built in; choose from {', '.join(BUILTIN_REWARDS)}.")
+    weights = [1.0] * len(names) if reward_weights is None else [float(w) for w in reward_weights]
+    if len(weights) != len(names):
+        raise InspectorError(f"reward_weights has {len(weights)} values for {len(names)} reward functions.")
+    funcs = [builtin_reward(n, m, length_target=int(settings.pop("length_target", DEFAULT_LENGTH_TARGET)),
+                            format_pattern=settings.pop("format_pattern", DEFAULT_FORMAT_PATTERN)) for n in names]
+    table = score_rewards(r, funcs, weights, tokenizer=m.tokenizer)
+    use_sampler = bool(settings.pop("use_sampler_logprobs", True))
+    config = make_config(trainer, num_generations=int(r.settings["samples_per_prompt"]), reward_weights=tuple(weights),
+                         **settings)
+    step = rollout_grpo_step(r, table.rewards_per_func, config, reward_func_names=table.names,
+                             use_sampler_logprobs=use_sampler)
+    return {"trainer": trainer, "grpo": step.to_dict(), "grpo_diagnostics": [f.to_dict() for f in diagnose_grpo(r, step)]}
 
 
 # ---------------------------------------------------------------------------------------------- the page
@@ -647,6 +690,7 @@ def _controls(p: dict) -> None:
     p["run_message"] = gr.Markdown("", visible=False, elem_id="run-message")
     p["example_set"] = gr.Dropdown(list(EXAMPLES), value=None, label="Example prompt sets", elem_id="example-set")
     p["use_chat"] = gr.Checkbox(EXAMPLE_SETTINGS["use_chat_template"], label="Apply the chat template")
+    trainer_controls(p)
     with gr.Accordion("Generation settings", open=False, elem_id="generation-settings"):
         p["max_new_tokens"] = gr.Slider(1, 512, value=EXAMPLE_SETTINGS["max_new_tokens"], step=1, label="max_new_tokens", elem_id="max-new-tokens")
         p["do_sample"] = gr.Checkbox(EXAMPLE_SETTINGS["do_sample"], label="do_sample (off = greedy)", elem_id="do-sample")
@@ -686,8 +730,10 @@ def _controls(p: dict) -> None:
     with gr.Accordion("Open a file", open=False, elem_id="open-file"):
         p["upload"] = gr.File(label="A rollout .json, or completions (.jsonl / .csv / .parquet)",
                               file_types=[".json", ".jsonl", ".csv", ".parquet"], elem_id="upload")
-        gr.Markdown("TRL completion tables (`prompt`, `completion`, `reward`) and verl dumps (`input`, "
-                    "`output`, `score`) are re-scored with the models above.", elem_classes="panel-note")
+        gr.Markdown("TRL completion tables (`prompt`, `completion`, `reward`), TRL GRPO logs "
+                    "(`completions_00001.parquet`: its reward columns and advantages appear in the GRPO tab beside "
+                    "the recomputed ones) and verl dumps (`input`, `output`, `gts`, `score`) are re-scored with the "
+                    "models above.", elem_classes="panel-note")
         p["import_temperature"] = gr.Number(
             1.0, label="Training temperature of the completions", minimum=0.01, elem_id="import-temperature",
             info="The sampling temperature they were generated at (1.0: TRL GRPO's and verl's default; TRL PPO's is "
@@ -770,6 +816,232 @@ def _batch_tab(p: dict) -> None:
         p["compare_out"] = gr.HTML(elem_id="panel-compare")
 
 
+# ---------------------------------------------------------------------------------------------- GRPO
+
+TRAINERS = [("PPO (TRL 0.x)", "ppo"), ("GRPO (TRL 1.16)", "grpo"), ("verl GRPO", "verl")]
+REWARD_LABELS = {"sentiment": "sentiment reward model", "length": "length", "format": "format (regex)",
+                 "exact_answer": "exact answer (arithmetic set)"}
+GRPO_SETTINGS = ["loss_type", "scale_rewards", "multi_objective_aggregation", "mask_truncated_completions",
+                 "importance_sampling_level", "epsilon", "epsilon_high", "delta", "beta", "top_entropy_quantile",
+                 "use_sampler_logprobs", "vllm_importance_sampling_correction", "vllm_importance_sampling_mode",
+                 "vllm_importance_sampling_clip_min", "vllm_importance_sampling_clip_max",
+                 "loss_agg_mode", "norm_adv_by_std_in_grpo", "rollout_is", "rollout_is_threshold"]
+VERL_SETTINGS = ("loss_agg_mode", "norm_adv_by_std_in_grpo", "rollout_is", "rollout_is_threshold")
+REWARD_INPUTS = ["reward_funcs", "w_sentiment", "w_length", "w_format", "w_exact_answer"]
+GRPO_OUTPUTS = ["grpo_status", "grpo_diagnostics", "grpo_groups", "grpo_log", "grpo_weights", "grpo_loss_types",
+                "grpo_loss_table", "grpo_kl", "grpo_sampler", "grpo_metrics"]
+
+
+def check_trainer(trainer: str, samples_per_prompt: int) -> None:
+    """GRPO turns samples per prompt into num_generations, which must be at least 2."""
+    if trainer not in dict((v, k) for k, v in TRAINERS):
+        raise InspectorError(f"trainer must be one of {', '.join(v for _, v in TRAINERS)} (got {trainer!r}).")
+    if trainer != "ppo" and int(samples_per_prompt) < 2:
+        raise InspectorError(
+            f"GRPO compares the completions of each prompt: num_generations (samples per prompt) must be at least 2, "
+            f"not {samples_per_prompt}. Set samples per prompt to 2 or more, or choose PPO.")
+
+
+@gpu
+def grpo_rewards(r: Rollout | None, policy="", reward="", value="", reference="", length_target=DEFAULT_LENGTH_TARGET,
+                 format_pattern=DEFAULT_FORMAT_PATTERN) -> dict | None:
+    """Every built-in reward function over the rollout's completions (one reward-model pass), or, for an opened
+    TRL GRPO log, the file's own reward columns with the built-ins of the same names re-run beside them."""
+    if r is None:
+        return None
+    try:
+        m = load_models(**_names(policy, reward, value, reference))
+        logged = r.settings.get("reward_columns")
+        if logged:
+            file_table = RewardTable(
+                torch.tensor([[float("nan") if v is None else float(v) for v in r.columns[c]] for c in logged]).T,
+                list(logged), [1.0] * len(logged))
+            funcs = {name: builtin_for_logged_name(name, m) for name in logged}
+            funcs = {k: f for k, f in funcs.items() if f is not None}
+            recomputed = {}
+            if funcs:
+                t = score_rewards(r, list(funcs.values()), tokenizer=m.tokenizer)
+                recomputed = {name: t.rewards_per_func[:, j].tolist() for j, name in enumerate(funcs)}
+            return {"table": file_table, "from_file": True, "recomputed": recomputed}
+        funcs = [builtin_reward(n, m, length_target=int(length_target or DEFAULT_LENGTH_TARGET),
+                                format_pattern=format_pattern or DEFAULT_FORMAT_PATTERN) for n in BUILTIN_REWARDS]
+        return {"table": score_rewards(r, funcs, tokenizer=m.tokenizer), "from_file": False}
+    except Exception as exc:
+        raise _friendly(exc) from exc
+
+
+def _grpo_config(trainer: str, G: int, weights: list[float], s: dict):
+    if trainer == "verl":
+        return make_config("verl", num_generations=G, reward_weights=tuple(weights), loss_agg_mode=s["loss_agg_mode"],
+                           norm_adv_by_std_in_grpo=bool(s["norm_adv_by_std_in_grpo"]),
+                           rollout_is=None if s["rollout_is"] in (None, "off") else s["rollout_is"],
+                           rollout_is_threshold=float(s["rollout_is_threshold"] or 2.0))
+    keep = {k: v for k, v in s.items() if k not in VERL_SETTINGS and k != "use_sampler_logprobs"}
+    for key in ("epsilon", "beta", "top_entropy_quantile"):
+        keep[key] = float(keep[key] or 0.0)
+    for key in ("epsilon_high", "delta", "vllm_importance_sampling_clip_min", "vllm_importance_sampling_clip_max"):
+        keep[key] = None if keep[key] in (None, "") else float(keep[key])
+    keep["mask_truncated_completions"] = bool(keep["mask_truncated_completions"])
+    keep["vllm_importance_sampling_correction"] = bool(keep["vllm_importance_sampling_correction"])
+    return make_config("grpo", num_generations=G, reward_weights=tuple(weights), **keep)
+
+
+def grpo_step_for(r: Rollout, state: dict, trainer: str, reward_funcs: list[str], weights: dict, settings: dict):
+    """The GRPO step of a rollout under the page's settings (pure math over the recorded tensors). Returns
+    (step, RewardTable used). Raises InspectorError for settings GRPO refuses."""
+    G = int(r.settings.get("samples_per_prompt", 1))
+    check_trainer(trainer, G)
+    table: RewardTable = state["table"]
+    if state.get("from_file"):
+        rpf, names, w = table.rewards_per_func, table.names, table.weights
+    else:
+        chosen = [n for n in BUILTIN_REWARDS if n in (reward_funcs or [])]
+        if not chosen:
+            raise InspectorError("Choose at least one reward function.")
+        idx = [BUILTIN_REWARDS.index(n) for n in chosen]
+        rpf, names = table.rewards_per_func[:, idx], [table.names[i] for i in idx]
+        w = [float(weights.get(n, 1.0) if weights.get(n) is not None else 1.0) for n in chosen]
+    config = _grpo_config(trainer, G, w, settings)
+    step = rollout_grpo_step(r, rpf, config, reward_func_names=names,
+                             use_sampler_logprobs=bool(settings.get("use_sampler_logprobs", True)))
+    return step, RewardTable(rpf, names, w)
+
+
+def grpo_views(r: Rollout | None, state: dict | None, trainer: str, reward_funcs, w_sentiment, w_length, w_format,
+               w_exact_answer, *settings):
+    """Every GRPO panel for the settings in the page (no model pass), in the order of GRPO_OUTPUTS."""
+    blank = (gr.update(visible=False), None, None, None, None, None, None)
+    if r is None or state is None:
+        return ("Run a rollout (or open a file) first.", "", "", *blank)
+    if trainer == "ppo":
+        return ("Choose **GRPO (TRL 1.16)** or **verl GRPO** under *Trainer* (left) to see this rollout as GRPO "
+                "trains on it: groups, advantages and how much each token counts.", "", "", *blank)
+    G = int(r.settings.get("samples_per_prompt", 1))
+    if G < 2:
+        return (f"This rollout has {G} sample per prompt. GRPO needs num_generations ≥ 2: set *samples per prompt* to 2 "
+                "or more and run again.", "", "", *blank)
+    s = dict(zip(GRPO_SETTINGS, settings))
+    weights = {"sentiment": w_sentiment, "length": w_length, "format": w_format, "exact_answer": w_exact_answer}
+    try:
+        step, used = grpo_step_for(r, state, trainer, reward_funcs, weights, s)
+        log_update = gr.update(visible=False)
+        problems = []
+        if state.get("from_file"):
+            from .importing import Completions
+
+            parsed = Completions(r.prompts, r.response_texts, None, "file", kind="trl-grpo", columns=r.columns,
+                                 reward_columns=used.names, advantages=r.columns.get("advantage"))
+            rows, problems = compare_with_log(parsed, state["recomputed"], step.advantages.tolist())
+            log_update = gr.update(value=pd.DataFrame(rows), visible=True)
+        loss_frame = loss_type_table(r, used.rewards_per_func, step.config, reward_func_names=used.names,
+                                     use_sampler_logprobs=bool(s.get("use_sampler_logprobs", True))) \
+            if trainer == "grpo" else pd.DataFrame()
+    except Exception as exc:
+        raise _friendly(exc) from exc
+    name = "TRL 1.16 GRPOTrainer" if trainer == "grpo" else "verl GRPO"
+    loss = getattr(step.config, "loss_type", None) or getattr(step.config, "loss_agg_mode", "")
+    status = (f"**{name}** · {step.num_groups} group(s) × num_generations {G} · loss `{loss}` · rewards "
+              + ", ".join(f"`{n}` ×{w:g}" for n, w in zip(used.names, used.weights))
+              + f" · loss {float(step.loss):+.5f}")
+    if problems:
+        status += "  \n**The file and the recompute disagree:** " + " ".join(problems)
+    return (status, diagnostics_html(diagnose_grpo(r, step)), grpo_groups_html(r, step), log_update,
+            token_weights_heatmap(r, step), loss_type_figure(loss_frame) if trainer == "grpo" else None, loss_frame,
+            kl_entropy_figure(r, step), sampler_correction_figure(r, step), grpo_metrics_table(step))
+
+
+def trainer_controls(p: dict) -> None:
+    """The trainer choice and GRPO's reward functions (only the built-ins: the page never imports code)."""
+    p["trainer"] = gr.Radio(TRAINERS, value="ppo", label="Trainer", elem_id="trainer")
+    with gr.Accordion("GRPO reward functions", open=False, elem_id="grpo-rewards"):
+        p["reward_funcs"] = gr.CheckboxGroup([(REWARD_LABELS[n], n) for n in BUILTIN_REWARDS], value=["sentiment"],
+                                             label="Reward functions (TRL's signature, built in)", elem_id="reward-funcs")
+        with gr.Row():
+            for n in BUILTIN_REWARDS:
+                p[f"w_{n}"] = gr.Number(1.0, label=f"weight: {n}", min_width=80, elem_id=f"weight-{n}")
+        p["length_target"] = gr.Number(DEFAULT_LENGTH_TARGET, precision=0, minimum=1, label="length reward: target tokens",
+                                       elem_id="length-target")
+        p["format_pattern"] = gr.Textbox(DEFAULT_FORMAT_PATTERN, label="format reward: regular expression (whole completion)",
+                                         elem_id="format-pattern")
+        gr.Markdown("The library and the CLI take any function with TRL's signature (`--reward-func module:function`); "
+                    "this page offers only these.", elem_classes="panel-note")
+
+
+def grpo_tab(p: dict) -> None:
+    with gr.Tab("GRPO", id="grpo", elem_id="tab-grpo"):
+        p["grpo_status"] = gr.Markdown("Choose GRPO under *Trainer* to see this tab.", elem_id="grpo-status")
+        with gr.Accordion("GRPO settings (TRL's GRPOConfig names; recomputed without a model pass)", open=False,
+                          elem_id="grpo-settings"):
+            with gr.Row(elem_id="grpo-trl-settings"):
+                p["loss_type"] = gr.Dropdown(list(LOSS_TYPES), value="dapo", label="loss_type", elem_id="loss-type")
+                p["scale_rewards"] = gr.Dropdown(list(SCALE_REWARDS), value="group", label="scale_rewards")
+                p["multi_objective_aggregation"] = gr.Dropdown(list(MULTI_OBJECTIVE_AGGREGATIONS), value="sum_then_normalize",
+                                                               label="multi_objective_aggregation")
+                p["importance_sampling_level"] = gr.Dropdown(["token", "sequence"], value="token",
+                                                             label="importance_sampling_level")
+                p["mask_truncated_completions"] = gr.Checkbox(False, label="mask_truncated_completions")
+                p["epsilon"] = gr.Number(0.2, label="epsilon", min_width=80)
+                p["epsilon_high"] = gr.Number(None, label="epsilon_high (blank = epsilon)", min_width=80)
+                p["delta"] = gr.Number(None, label="delta (blank = off)", min_width=80)
+                p["beta"] = gr.Number(0.0, label="beta", min_width=80)
+                p["top_entropy_quantile"] = gr.Number(1.0, label="top_entropy_quantile", min_width=80)
+            with gr.Row(elem_id="grpo-sampler-settings"):
+                p["use_sampler_logprobs"] = gr.Checkbox(True, label="the rollout's logprobs are a sampler's (correct for them)")
+                p["vllm_importance_sampling_correction"] = gr.Checkbox(True, label="vllm_importance_sampling_correction")
+                p["vllm_importance_sampling_mode"] = gr.Dropdown(list(SAMPLER_MODES), value="sequence_mask",
+                                                                 label="vllm_importance_sampling_mode")
+                p["vllm_importance_sampling_clip_min"] = gr.Number(None, label="clip_min (blank = none)", min_width=80)
+                p["vllm_importance_sampling_clip_max"] = gr.Number(3.0, label="clip_max", min_width=80)
+            with gr.Row(elem_id="grpo-verl-settings", visible=False) as verl_row:
+                p["loss_agg_mode"] = gr.Dropdown(list(VERL_LOSS_AGG_MODES), value="token-mean", label="loss_agg_mode")
+                p["norm_adv_by_std_in_grpo"] = gr.Checkbox(True, label="norm_adv_by_std_in_grpo")
+                p["rollout_is"] = gr.Dropdown(["off", "token", "sequence"], value="off", label="rollout_is")
+                p["rollout_is_threshold"] = gr.Number(2.0, label="rollout_is_threshold", min_width=80)
+            p["grpo_verl_row"] = verl_row
+        p["grpo_diagnostics"] = gr.HTML(elem_id="panel-grpo-diagnostics")
+        gr.Markdown("#### Groups: each prompt's completions, rewards and advantages")
+        p["grpo_groups"] = gr.HTML(elem_id="panel-grpo-groups")
+        p["grpo_log"] = gr.Dataframe(label="The file's rewards and advantages beside the recomputed ones",
+                                     interactive=False, visible=False, elem_id="panel-grpo-log", max_height=420)
+        gr.Markdown("#### How much each token counts: `token_weights` = d loss / d logprob")
+        p["grpo_weights"] = gr.Plot(elem_id="panel-grpo-weights", show_label=False)
+        gr.Markdown("#### The same rollout under each `loss_type`: length bias at a glance")
+        p["grpo_loss_types"] = gr.Plot(elem_id="panel-grpo-loss-types", show_label=False)
+        p["grpo_loss_table"] = gr.Dataframe(interactive=False, label="Per-token weight per unit of advantage",
+                                            elem_id="panel-grpo-loss-table")
+        gr.Markdown("#### Per-token KL and the entropy mask")
+        p["grpo_kl"] = gr.Plot(elem_id="panel-grpo-kl", show_label=False)
+        gr.Markdown("#### Sampler correction")
+        p["grpo_sampler"] = gr.Plot(elem_id="panel-grpo-sampler", show_label=False)
+        p["grpo_metrics"] = gr.Dataframe(headers=["metric", "value"], datatype=["str", "str"], interactive=False,
+                                         label="What the trainer logs for this batch", elem_id="panel-grpo-metrics")
+    p["grpo_state"] = gr.State(None, time_to_live=6 * 3600)
+
+
+def wire_grpo(p: dict) -> None:
+    """The GRPO tab's events: rewards once per rollout (one reward-model pass), views on every setting change."""
+    c = lambda names: [p[n] for n in names]  # noqa: E731
+    rewards = dict(fn=grpo_rewards, inputs=c(["session_rollout", "policy", "reward", "value", "reference",
+                                              "length_target", "format_pattern"]),
+                   outputs=p["grpo_state"], api_visibility="private", **model_event())
+    views = dict(fn=grpo_views, inputs=c(["session_rollout", "grpo_state", "trainer", *REWARD_INPUTS, *GRPO_SETTINGS]),
+                 outputs=c(GRPO_OUTPUTS), api_visibility="private")
+    p["session_rollout"].change(**rewards).then(**views)
+    p["length_target"].change(**rewards).then(**views)
+    p["format_pattern"].submit(**rewards).then(**views)
+    p["format_pattern"].blur(**rewards).then(**views)
+    for name in ["trainer", *REWARD_INPUTS, *GRPO_SETTINGS]:
+        p[name].change(**views)
+
+    def trainer_changed(trainer, samples):
+        grpo = trainer != "ppo"
+        return (gr.update(value=4) if grpo and int(samples or 1) < 2 else gr.update(),
+                gr.update(visible=trainer == "verl"))
+
+    p["trainer"].change(trainer_changed, c(["trainer", "samples"]), [p["samples"], p["grpo_verl_row"]],
+                        api_visibility="private")
+
+
 def _mismatch_tab(p: dict) -> None:
     with gr.Tab("Sampler mismatch", id="mismatch", elem_id="tab-mismatch"):
         gr.Markdown("#### The sampler's logprobs (the engine's, or `generate`'s) against the trainer's recompute, "
@@ -804,7 +1076,7 @@ def mismatch_views(r: Rollout | None, mode, clip_min, clip_max, verl_threshold):
             token_table(r, mm), metrics_table(mm))
 
 
-TABS = [_sequences_tab, _logprobs_tab, _value_reward_tab, _ppo_tab, _mismatch_tab, _batch_tab]
+TABS = [_sequences_tab, _logprobs_tab, _value_reward_tab, _ppo_tab, grpo_tab, _mismatch_tab, _batch_tab]
 """The views, one tab each, in the order of the tab bar. A tab is a function that adds its components to the
 page's dict of components; its events are wired in `_wire`."""
 
@@ -815,7 +1087,7 @@ ROLLOUT_OUTPUTS = ["session_rollout", "models_md", "sample", "status", "diagnost
 """The components a new rollout fills, in the order of `rollout_views`."""
 RUN_INPUTS = ["policy", "reward", "value", "reference", "prompts", "use_chat", "max_new_tokens", "do_sample",
               "temperature", "top_k", "top_p", "seed", "samples", "stop_choice", "stop_custom", "attention",
-              "compare_masks", "ignore_generation_config", "engine_url", "precision"]
+              "compare_masks", "ignore_generation_config", "engine_url", "precision", "trainer"]
 
 
 def _wire(p: dict) -> None:
@@ -854,6 +1126,7 @@ def _wire(p: dict) -> None:
                        api_visibility="private")
     for control in (p["sample"], *ppo_inputs):
         control.change(**ppo)
+    wire_grpo(p)
 
 
 def _arrival(p: dict, demo: gr.Blocks) -> None:

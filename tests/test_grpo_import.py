@@ -1,0 +1,108 @@
+"""Opening GRPO files: a real TRL 1.16 `log_completions` Parquet file (written by one GRPOTrainer step, see
+scripts/build_grpo_log.py) re-scored beside its own rewards and advantages, and verl dumps whose prompt is
+already chat-templated text."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from inspector.grpo import GRPOConfig, rollout_grpo_step
+from inspector.importing import compare_with_log, read_upload, rescore
+from inspector.rewards import builtin_for_logged_name, exact_answer_reward, score_rewards
+
+LOG = Path(__file__).parent / "data" / "trl_grpo_completions_00001.parquet"
+FUNCS = ["smollm2-sentiment", "length_reward", "format_reward", "exact_answer_reward"]
+
+
+def test_a_trl_grpo_log_keeps_its_reward_columns_and_advantages():
+    parsed = read_upload(LOG.read_bytes(), LOG.name)
+    assert parsed.kind == "trl-grpo" and parsed.reward_columns == FUNCS
+    assert len(parsed.prompts) == 16 and parsed.num_generations() == 4
+    assert parsed.prompts[0] == "What is 2 + 2? Answer with one number."  # chat messages -> the user's text
+    assert len(parsed.advantages) == 16 and parsed.columns["step"] == [1] * 16
+    table = parsed.rewards_per_func()
+    assert table.shape == (16, 4) and table.dtype == torch.float32
+    assert table[:, 3].tolist() == [float(v) for v in parsed.columns["exact_answer_reward"]]
+
+
+def test_compare_with_log_names_each_disagreement():
+    parsed = read_upload(LOG.read_bytes(), LOG.name)
+    recomputed = {name: list(parsed.columns[name]) for name in FUNCS[1:]}
+    recomputed["format_reward"] = [1.0] + recomputed["format_reward"][1:]
+    rows, problems = compare_with_log(parsed, recomputed, parsed.advantages)
+    assert problems == [
+        "format_reward: 1 of 16 completions disagree (0: file +0.0000 vs +1.0000).",
+        "smollm2-sentiment: not recomputed (no built-in reward function of that name); the file's values are used.",
+    ]
+    assert rows[0]["format_reward (file)"] == 0.0 and rows[0]["format_reward (recomputed)"] == 1.0
+    assert rows[5]["advantage (file)"] == rows[5]["advantage (recomputed)"]
+
+
+@pytest.mark.integration
+def test_a_real_trl_grpo_log_rescored_agrees_with_trl(models):
+    """TRL computed these rewards (its reward-model path included) and advantages in a real training step; we
+    re-score the decoded completions and recompute the advantages from the file's rewards."""
+    parsed = read_upload(LOG.read_bytes(), LOG.name)
+    r = rescore(models, parsed, max_completion_length=24)
+    assert r.settings["samples_per_prompt"] == 4 and r.prompt_index[:8] == [0, 0, 0, 0, 1, 1, 1, 1]
+    assert r.chat_template_applied and "advantage" in r.columns
+    funcs = [builtin_for_logged_name(name, models) for name in FUNCS]
+    assert all(f is not None for f in funcs)
+    table = score_rewards(r, funcs, tokenizer=models.tokenizer)
+    recomputed = {name: table.rewards_per_func[:, j].tolist() for j, name in enumerate(table.names)}
+    step = rollout_grpo_step(r, parsed.rewards_per_func(), GRPOConfig(num_generations=4),
+                             reward_func_names=parsed.reward_columns)
+    rows, problems = compare_with_log(parsed, recomputed, step.advantages.tolist())
+    by_name = {p.split(":")[0]: p for p in problems}
+    # the reward model's value, the format and the exact answer come back exactly as TRL logged them
+    assert set(by_name) <= {"length_reward"}, problems
+    # so do TRL's advantages, from its own per-function rewards
+    torch.testing.assert_close(step.advantages, torch.tensor(parsed.advantages, dtype=torch.float32), atol=1e-5, rtol=0)
+    # the length reward counts the trainer's ids; two decoded completions re-tokenize to 25 ids, not 24: named
+    assert by_name["length_reward"].startswith("length_reward: 2 of 16 completions disagree (3: file -0.5000 vs -0.5625")
+    # without the trainer's max_completion_length every cut completion gets an EOS: more of them disagree
+    loose = rescore(models, parsed)
+    t2 = score_rewards(loose, funcs[1:2], tokenizer=models.tokenizer)
+    wrong = [i for i in range(16) if abs(float(t2.rewards_per_func[i, 0]) - parsed.columns["length_reward"][i]) > 1e-6]
+    strict = [i for i in range(16) if abs(recomputed["length_reward"][i] - parsed.columns["length_reward"][i]) > 1e-6]
+    assert strict == [3, 5] and len(wrong) == 9
+
+
+def _verl_dump(tokenizer, prompts, outputs, answers):
+    """Rows as verl's trainer dumps them: `input` is the prompt ids (chat template applied) decoded without
+    special tokens, `output` the response text, `gts` the ground truth, `score`, `step`, and an extra field."""
+    rows = []
+    for p, o, a in zip(prompts, outputs, answers):
+        ids = tokenizer.apply_chat_template([{"role": "user", "content": p}], tokenize=True, add_generation_prompt=True)
+        ids = list(ids["input_ids"]) if hasattr(ids, "keys") else list(ids)
+        rows.append({"input": tokenizer.decode(ids, skip_special_tokens=True), "output": o,
+                     "gts": a, "score": 1.0, "step": 7, "acc": True})
+    return "\n".join(json.dumps(row) for row in rows).encode()
+
+
+@pytest.mark.integration
+def test_a_verl_dump_is_tokenized_as_the_text_it_is(models):
+    tok = models.tokenizer
+    data = _verl_dump(tok, ["What is 2 + 2? Answer with one number.", "What is 3 + 5? Answer with one number."],
+                      ["The answer is 4.", "The answer is 8."], ["4", "9"])
+    parsed = read_upload(data, "7.jsonl")
+    assert parsed.kind == "verl" and parsed.prompt_is_text
+    assert parsed.columns["gts"] == ["4", "9"] and parsed.columns["acc"] == [True, True]
+    assert parsed.prompts[0].startswith("system\n")  # verl's decoded chat template, special tokens gone
+    r = rescore(models, parsed)
+    assert not r.chat_template_applied
+    im_start = tok.convert_tokens_to_ids("<|im_start|>")
+    assert not (r.queries == im_start).any()  # not wrapped in the chat template a second time
+    q0 = r.queries[0][r.query_attention_mask[0].bool()].tolist()
+    assert tok.decode(q0) == parsed.prompts[0]
+    assert r.columns["gts"] == ["4", "9"] and r.columns["step"] == [7, 7]
+    assert any("can differ from the ids the trainer saw" in n for n in r.notes)
+    # the kept gts column reaches reward functions as a keyword argument
+    table = score_rewards(r, [exact_answer_reward], tokenizer=tok)
+    assert table.rewards_per_func[:, 0].tolist() == [1.0, 0.0]
+    assert not math.isnan(float(r.scores[0]))
