@@ -147,7 +147,7 @@ def test_one_model_loading_does_not_hold_up_another():
 
 # ---------------------------------------------------------------------------------- the app's handlers
 
-HEAVY = {"run_callback", "import_callback", "rollout_api", "open_file_api", "load_callback"}
+HEAVY = {"run_callback", "import_callback", "rollout_api", "open_file_api", "load_callback", "grpo_rewards"}
 
 
 def test_every_model_handler_shares_one_concurrency_group_and_asks_for_enough_gpu_time():
