@@ -1094,7 +1094,7 @@ def _wire(p: dict) -> None:
     """Every event of the page."""
     c = lambda names: [p[n] for n in names]  # noqa: E731
     ppo_inputs, rollout_outputs = c(PPO_INPUTS), c(ROLLOUT_OUTPUTS)
-    p["example_set"].change(lambda k: "\n".join(EXAMPLES[k]) if k else gr.update(), p["example_set"], p["prompts"],
+    p["example_set"].input(lambda k: "\n".join(EXAMPLES[k]) if k else gr.update(), p["example_set"], p["prompts"],
                             api_visibility="private")
     p["stop_choice"].change(lambda choice: gr.update(visible=choice == "Custom token"), p["stop_choice"],
                             p["stop_custom"], api_visibility="private")
