@@ -39,7 +39,7 @@ def main() -> int:
     args = p.parse_args()
 
     from inspector import load_models, run_rollout
-    from inspector.serving import start_vllm
+    from inspector.sources.serving import start_vllm
 
     server = None
     url = args.engine_url

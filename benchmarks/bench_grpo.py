@@ -25,7 +25,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from inspector.grpo import GRPOConfig, VerlGRPOConfig, rollout_grpo_inputs, rollout_grpo_step  # noqa: E402
+from inspector.trainers.grpo_config import GRPOConfig, VerlGRPOConfig
+from inspector.trainers.grpo import rollout_grpo_inputs, rollout_grpo_step  # noqa: E402
 
 SETTINGS = {
     "dapo (TRL default), sequence_mask": GRPOConfig(),

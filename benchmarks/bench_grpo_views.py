@@ -21,7 +21,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from inspector.diagnostics import diagnose_grpo  # noqa: E402
-from inspector.grpo import GRPOConfig, rollout_grpo_inputs, rollout_grpo_step  # noqa: E402
+from inspector.trainers.grpo_config import GRPOConfig
+from inspector.trainers.grpo import rollout_grpo_inputs, rollout_grpo_step  # noqa: E402
 from inspector.views.grpo import (  # noqa: E402
     grpo_groups_html, grpo_metrics_table, kl_entropy_figure, loss_type_figure, loss_type_table,
     sampler_correction_figure, token_weights_heatmap,

@@ -36,8 +36,8 @@ LONG = [  # prompts the default policy answers at length: every response runs to
 
 def one_click(models, prompts: list[str], tokens: int, samples: int):
     """Seconds from the request to every view built, as the page's run callback and its PPO follow-up do."""
-    from inspector import ui
-    from inspector.rollout import run_rollout
+    from inspector.app import page as ui
+    from inspector.sources.runner import run_rollout
 
     started, cpu = time.perf_counter(), time.process_time()
     r = run_rollout(models, prompts, max_new_tokens=tokens, do_sample=True, temperature=0.7, top_k=0, top_p=1.0,
@@ -51,7 +51,8 @@ def one_click(models, prompts: list[str], tokens: int, samples: int):
 
 
 def main() -> None:
-    from inspector import load_models, ui  # first: it sets OMP_WAIT_POLICY before torch loads
+    from inspector import load_models  # first: it sets OMP_WAIT_POLICY before torch loads
+    from inspector.app import page as ui
 
     import torch
     from inspector.errors import LimitError

@@ -87,8 +87,8 @@ def child(side: str, batch: int, tokens: int) -> dict:
 
     from inspector import load_models, run_rollout
     from inspector.diagnostics import diagnose
-    from inspector.generation import encode_prompts
-    from inspector.ppo import rollout_ppo_step
+    from inspector.sources.generation import encode_prompts
+    from inspector.trainers.ppo import rollout_ppo_step
     from inspector import views
 
     models = load_models()
@@ -201,7 +201,7 @@ def views_at_scale(batch: int = 16, tokens: int = 512) -> dict:
 
     from inspector import load_models, run_rollout
     from inspector.diagnostics import diagnose
-    from inspector.ppo import rollout_ppo_step
+    from inspector.trainers.ppo import rollout_ppo_step
     from inspector import views
 
     models = load_models()

@@ -13,10 +13,11 @@ import os as _os
 _os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from .errors import EngineError, InputError, InspectorError, LimitError, ModelLoadError
-from .generation import SamplingSettings, encode_prompts, generate
+from .sources.generation import SamplingSettings, encode_prompts, generate
 from .models import DEFAULT_POLICY, DEFAULT_REWARD, Models, load_models
-from .rollout import EOS, Rollout, run_rollout
-from .scoring import forward_logits, forward_logprobs, get_reward
+from .record.rollout import EOS, Rollout
+from .sources.runner import run_rollout
+from .trainers.scoring import forward_logits, forward_logprobs, get_reward
 from .tensors import (
     INVALID_LOGPROB,
     entropy_from_logits,

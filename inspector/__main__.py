@@ -49,14 +49,15 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    from .export import rollout_to_json
+    from .record.format import rollout_to_json
     from .models import load_models
-    from .report import format_rollout
-    from .rollout import EOS, run_rollout
+    from .views.report import format_rollout
+    from .record.rollout import EOS
+    from .sources.runner import run_rollout
 
     grpo_config = None
     if args.trainer != "ppo":
-        from .grpo import make_config
+        from .trainers.grpo_config import make_config
 
         if args.samples != 1 and args.num_generations not in (None, args.samples):
             print("error: give --num-generations for grpo/verl, not --samples: it is the samples per prompt.", file=sys.stderr)
@@ -89,21 +90,21 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     print(format_rollout(rollout))
     if args.engine_url:
-        from .mismatch import sampler_mismatch
+        from .diagnostics.sampler import sampler_mismatch
 
         mm = sampler_mismatch(rollout)
         print(f"\nsampled by the engine at {rollout.engine['url']} serving {rollout.engine['served_model']}; "
               f"sampler mismatch: {mm.diagnosis.text}")
     step = None
     if grpo_config is not None:
-        from .grpo import rollout_grpo_step
-        from .report import format_grpo_step
+        from .trainers.grpo import rollout_grpo_step
+        from .views.report import format_grpo_step
 
         try:
             if args.reward_func:  # reward functions as GRPO users write them, called as TRL calls them
                 from dataclasses import replace
 
-                from .rewards import builtin_reward, load_reward_func, score_rewards
+                from .trainers.rewards import builtin_reward, load_reward_func, score_rewards
 
                 funcs = [builtin_reward(n, models) if n == "sentiment" else load_reward_func(n) for n in args.reward_func]
                 table = score_rewards(rollout, funcs, args.reward_weights, tokenizer=models.tokenizer)

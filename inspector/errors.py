@@ -21,3 +21,9 @@ class LimitError(InputError):
 
 class EngineError(InspectorError):
     """A serving engine that is unreachable, refuses the request, or answers without what a rollout needs."""
+
+
+def check_choice(name: str, value, allowed) -> None:
+    """Raise an InputError naming the allowed values when `value` is not one of them."""
+    if value not in allowed:
+        raise InputError(f"{name} must be one of {', '.join(map(repr, allowed))}; got {value!r}.")

@@ -20,8 +20,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from inspector import load_models, run_rollout  # noqa: E402
-from inspector.examples import EXAMPLE_SETTINGS, EXAMPLES, EXAMPLES_DIR, example_path  # noqa: E402
-from inspector.export import rollout_to_json  # noqa: E402
+from inspector.sources.examples import EXAMPLE_SETTINGS, EXAMPLES, EXAMPLES_DIR, example_path  # noqa: E402
+from inspector.record.format import rollout_to_json  # noqa: E402
 
 
 def build(models, name: str) -> Path:

@@ -33,7 +33,7 @@ def trl_grpo_log(output_dir: Path) -> Path:
     from trl import GRPOConfig, GRPOTrainer
 
     from inspector.models import DEFAULT_REWARD, converted_default_policy, load_models
-    from inspector.rewards import arithmetic_answers, exact_answer_reward, format_reward, length_reward
+    from inspector.trainers.rewards import arithmetic_answers, exact_answer_reward, format_reward, length_reward
 
     policy_dir = converted_default_policy()
     models = load_models()  # the built-in reward model: the policy's backbone with the sentiment head

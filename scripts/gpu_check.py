@@ -45,9 +45,9 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from inspector import load_models, run_rollout
-    from inspector.grpo import trl_completion_mask
-    from inspector.mismatch import sampler_mismatch
-    from inspector.scoring import forward_logprobs
+    from inspector.trainers.grpo import trl_completion_mask
+    from inspector.diagnostics.sampler import sampler_mismatch
+    from inspector.trainers.scoring import forward_logprobs
 
     if args.device == "cuda" and not torch.cuda.is_available():
         print("CUDA is not available here: run with --device cpu, or on a GPU machine.", file=sys.stderr)

@@ -48,7 +48,7 @@ def sampled_rollout(models):
 @pytest.fixture(scope="session")
 def app_url(models):
     """The real app, launched once on a free loopback port for the client and browser tests."""
-    from inspector.ui import build_app, launch_kwargs
+    from inspector.app.page import build_app, launch_kwargs
 
     demo = build_app()
     demo.launch(server_name="127.0.0.1", server_port=None, prevent_thread_lock=True, quiet=True, **launch_kwargs())
@@ -59,7 +59,7 @@ def app_url(models):
 def _vllm(request, mode: str) -> str:
     """A real vLLM CPU server (its own environment, built by scripts/vllm_env.sh) serving the default policy,
     started once per session per logprobs mode, stopped by its process id when the session ends."""
-    from inspector.serving import start_vllm
+    from inspector.sources.serving import start_vllm
 
     running = os.environ.get(f"INSPECTOR_TEST_VLLM_{mode.upper()}")  # a server already up (local iterations)
     if running:

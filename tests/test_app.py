@@ -11,9 +11,9 @@ import plotly.graph_objects as go
 import pytest
 import torch
 
-from inspector import ui
-from inspector.export import rollout_from_dict
-from inspector.ppo import PPOConfig, rollout_ppo_step
+from inspector.app import page as ui
+from inspector.record.format import rollout_from_dict
+from inspector.trainers.ppo import PPOConfig, rollout_ppo_step
 
 pytestmark = pytest.mark.integration
 

@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from inspector import run_rollout
-from inspector.engine import EngineError
-from inspector.mismatch import sampler_mismatch
+from inspector.sources.engine import EngineError
+from inspector.diagnostics.sampler import sampler_mismatch
 from inspector.views.mismatch import mismatch_markdown
 from test_trl_rollout import penalised  # noqa: F401 (a fixture: the default policy with a repetition penalty)
 
@@ -43,7 +43,7 @@ def test_the_record_says_who_sampled(processed_rollout, vllm_processed):
 
 
 def test_an_engine_rollout_reopens_from_its_record_with_the_same_mismatch(processed_rollout):
-    from inspector.export import rollout_from_dict, rollout_to_json
+    from inspector.record.format import rollout_from_dict, rollout_to_json
 
     again = rollout_from_dict(json.loads(rollout_to_json(processed_rollout)))
     assert again.engine == processed_rollout.engine
@@ -69,7 +69,7 @@ def test_sequences_are_laid_out_as_trls_vllm_path(processed_rollout):
 
 
 def test_an_engine_rollout_has_every_panel_of_an_in_process_one(models, processed_rollout):
-    from inspector import ui
+    from inspector.app import page as ui
 
     local = run_rollout(models, PROMPTS, attention="tokenizer", **ARGS)
     engine_views = ui.rollout_views(processed_rollout, "")

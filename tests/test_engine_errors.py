@@ -12,8 +12,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 import torch
 
-from inspector.engine import EngineError, normalize_url, probe, sample
-from inspector.generation import SamplingSettings, encode_prompts
+from inspector.sources.engine import EngineError, normalize_url, probe, sample
+from inspector.sources.generation import SamplingSettings, encode_prompts
 from inspector.models import converted_default_policy
 
 SETTINGS = SamplingSettings(max_new_tokens=4, temperature=0.7, seed=0)
@@ -267,7 +267,7 @@ def test_layout_pads_as_trl(serve, tokenizer):
 def test_the_page_gives_the_message_and_keeps_serving(serve, tokenizer, models, monkeypatch, case):
     import gradio as gr
 
-    from inspector import ui
+    from inspector.app import page as ui
 
     def completions(body):
         if case == "HTTP 500":

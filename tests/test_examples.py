@@ -9,8 +9,8 @@ import torch
 
 from inspector import run_rollout
 from inspector.errors import InputError
-from inspector.export import FORMAT
-from inspector.examples import (
+from inspector.record.format import FORMAT
+from inspector.sources.examples import (
     DEFAULT_EXAMPLE,
     EXAMPLE_SETTINGS,
     EXAMPLES,

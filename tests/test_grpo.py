@@ -14,23 +14,11 @@ import pytest
 import torch
 
 from inspector.errors import InputError
-from inspector.grpo import (
-    LOSS_TYPES,
-    SAMPLER_MODES,
-    VERL_LOSS_AGG_MODES,
-    GRPOConfig,
-    VerlGRPOConfig,
-    grpo_step,
-    high_entropy_mask,
-    make_config,
-    nanstd,
-    sampler_correction,
-    trl_completion_mask,
-    trl_eos_token_ids,
-    verl_agg_loss,
-    verl_grpo_advantages,
-    verl_sampler_correction,
-)
+from inspector.trainers.grpo_config import LOSS_TYPES, VERL_LOSS_AGG_MODES, GRPOConfig, VerlGRPOConfig, make_config
+from inspector.trainers.sampler import SAMPLER_MODES, sampler_correction, verl_sampler_correction
+from inspector.trainers.grpo import grpo_step, high_entropy_mask, trl_completion_mask, trl_eos_token_ids
+from inspector.trainers.grpo_common import nanstd
+from inspector.trainers.verl import verl_agg_loss, verl_grpo_advantages
 
 NAN = float("nan")
 
@@ -441,7 +429,7 @@ def test_nanstd_and_entropy_mask_equal_trls():
 def test_off_policy_mask_and_gamma_weights_equal_trls():
     from trl.trainer.grpo_trainer import GRPOTrainer
 
-    from inspector.grpo import gamma_weights, off_policy_mask
+    from inspector.trainers.grpo import gamma_weights, off_policy_mask
 
     g = torch.Generator().manual_seed(7)
     adv = torch.randn(6, 1, generator=g)
@@ -804,7 +792,7 @@ def grouped_rollout(models):
 
 @pytest.mark.integration
 def test_rollout_grpo_step_reads_the_rollouts_tensors(grouped_rollout):
-    from inspector.grpo import rollout_grpo_inputs, rollout_grpo_step
+    from inspector.trainers.grpo import rollout_grpo_inputs, rollout_grpo_step
 
     r = grouped_rollout
     inputs = rollout_grpo_inputs(r)

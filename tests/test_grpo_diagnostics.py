@@ -9,7 +9,8 @@ import types
 import torch
 
 from inspector.diagnostics import diagnose_grpo
-from inspector.grpo import GRPOConfig, grpo_step, trl_completion_mask
+from inspector.trainers.grpo_config import GRPOConfig
+from inspector.trainers.grpo import grpo_step, trl_completion_mask
 
 EOS, PAD, X = 0, 9, 5
 

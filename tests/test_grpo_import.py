@@ -11,9 +11,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from inspector.grpo import GRPOConfig, rollout_grpo_step
-from inspector.importing import compare_with_log, read_upload, rescore
-from inspector.rewards import builtin_for_logged_name, exact_answer_reward, score_rewards
+from inspector.trainers.grpo_config import GRPOConfig
+from inspector.trainers.grpo import rollout_grpo_step
+from inspector.sources.files import compare_with_log, read_upload, rescore
+from inspector.trainers.rewards import builtin_for_logged_name, exact_answer_reward, score_rewards
 
 LOG = Path(__file__).parent / "data" / "trl_grpo_completions_00001.parquet"
 FUNCS = ["smollm2-sentiment", "length_reward", "format_reward", "exact_answer_reward"]

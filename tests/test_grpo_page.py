@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 from test_browser import ARTIFACTS, browser, open_page, run_and_wait, show_tab, wait_plotted  # noqa: F401 (fixture)
 
-from inspector import ui
-from inspector.rewards import arithmetic_prompts
+from inspector.app import page as ui
+from inspector.trainers.rewards import arithmetic_prompts
 
 pytestmark = [pytest.mark.integration]
 

@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from inspector.grpo import GRPOConfig, LOSS_TYPES, rollout_grpo_step
-from inspector.rewards import arithmetic_prompts, exact_answer_reward, make_length_reward, score_rewards
+from inspector.trainers.grpo_config import GRPOConfig, LOSS_TYPES
+from inspector.trainers.grpo import rollout_grpo_step
+from inspector.trainers.rewards import arithmetic_prompts, exact_answer_reward, make_length_reward, score_rewards
 from inspector.views.grpo import (
     grpo_groups_html,
     grpo_metrics_table,

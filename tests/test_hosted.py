@@ -21,7 +21,7 @@ from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM, LlamaForS
 from inspector import ModelLoadError, load_models, run_rollout
 from inspector import models as registry
 from inspector.errors import InputError, LimitError
-from inspector.importing import read_upload, read_upload_file
+from inspector.sources.files import read_upload, read_upload_file
 from inspector.limits import HOSTED, Limits
 from inspector.models import DEFAULT_POLICY, resolve_source
 
@@ -151,7 +151,7 @@ HEAVY = {"run_callback", "import_callback", "rollout_api", "open_file_api", "loa
 
 
 def test_every_model_handler_shares_one_concurrency_group_and_asks_for_enough_gpu_time():
-    from inspector import ui
+    from inspector.app import page as ui
 
     demo = ui.build_app()
     found = {}
@@ -168,7 +168,7 @@ def test_every_model_handler_shares_one_concurrency_group_and_asks_for_enough_gp
 
 
 def test_the_gpu_duration_follows_the_time_limit(monkeypatch):
-    from inspector import ui
+    from inspector.app import page as ui
 
     monkeypatch.setenv("INSPECTOR_MAX_TIME", "500")
     assert ui.gpu(lambda: None).gpu_duration >= 500
@@ -180,7 +180,7 @@ def folder_bytes(folder: Path) -> int:
 
 def test_disk_stays_bounded_after_50_rollouts(greedy_rollout, tmp_path, monkeypatch):
     """The page's downloads (CSV, JSON record, JSONL, Parquet) of 50 rollouts by two sessions."""
-    from inspector import ui
+    from inspector.app import page as ui
 
     monkeypatch.setenv("GRADIO_TEMP_DIR", str(tmp_path / "gradio"))
     monkeypatch.setattr("tempfile.tempdir", str(tmp_path / "tmp"))
@@ -332,7 +332,7 @@ def test_another_policy_vocabulary_is_named_with_the_ways_out(other_vocab_policy
 
 
 def test_no_value_model_gives_zero_values_noted_in_the_record(other_vocab_policy, models):
-    from inspector.ppo import rollout_ppo_step
+    from inspector.trainers.ppo import rollout_ppo_step
 
     m = load_models(policy=other_vocab_policy, value="none")
     assert m.value is None and m.names["value"] == "none"
@@ -349,7 +349,7 @@ def test_no_value_model_gives_zero_values_noted_in_the_record(other_vocab_policy
 
 
 def test_the_page_names_the_vocabulary_problem_and_offers_no_value_model(other_vocab_policy, models):
-    from inspector import ui
+    from inspector.app import page as ui
 
     note, button = ui.vocabulary_check(other_vocab_policy, "", "")
     assert "another vocabulary" in note and button["visible"] is True

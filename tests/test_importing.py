@@ -11,10 +11,10 @@ import pytest
 import torch
 
 from inspector import InputError
-from inspector.export import rollout_from_dict, rollout_to_dict, rollout_to_jsonl
-from inspector.importing import Completions, read_upload
+from inspector.record.format import rollout_from_dict, rollout_to_dict, rollout_to_jsonl
+from inspector.sources.files import Completions, read_upload
 from inspector.limits import Limits
-from inspector.rollout import score_completions
+from inspector.sources.runner import score_completions
 
 TRL_ROWS = [
     {"prompt": "Write a happy sentence.", "completion": "What a lovely, sunny day it is!", "reward": 0.8},

@@ -108,7 +108,7 @@ def other_tokenizer_reward(tmp_path_factory):
 
 def test_a_reward_model_with_its_own_tokenizer_sees_re_encoded_text(other_tokenizer_reward):
     from inspector.diagnostics import diagnose
-    from inspector.scoring import get_reward
+    from inspector.trainers.scoring import get_reward
 
     folder, rtok = other_tokenizer_reward
     with pytest.raises(ModelLoadError, match="another vocabulary than the policy"):
@@ -126,7 +126,7 @@ def test_a_reward_model_with_its_own_tokenizer_sees_re_encoded_text(other_tokeni
 
 
 def test_a_different_reference_model_gives_a_real_kl(tiny):
-    from inspector.ppo import rollout_ppo_step
+    from inspector.trainers.ppo import rollout_ppo_step
 
     m = load_models(reference=tiny["causal"])
     assert not m.reference_is_policy

@@ -12,7 +12,7 @@ from types import SimpleNamespace
 
 import trl0
 from inspector.errors import InputError
-from inspector.ppo import PPOConfig, ppo_step
+from inspector.trainers.ppo import PPOConfig, ppo_step
 
 PAD = EOS = 2
 

@@ -9,7 +9,7 @@ from hypothesis import given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
 from inspector import first_true_indices, truncate_response  # noqa: E402
-from inspector.ppo import ppo_step  # noqa: E402
+from inspector.trainers.ppo import ppo_step  # noqa: E402
 from inspector.tensors import response_padding_mask  # noqa: E402
 
 shapes = st.tuples(st.integers(1, 9), st.integers(1, 40))

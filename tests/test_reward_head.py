@@ -96,7 +96,7 @@ def sentiment_reward():
 
 @pytest.mark.integration
 def test_positive_responses_score_above_negative_ones(sentiment_reward):
-    from inspector.scoring import get_reward
+    from inspector.trainers.scoring import get_reward
 
     model, tokenizer = sentiment_reward
     pad, eos = tokenizer.pad_token_id, tokenizer.eos_token_id

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from inspector.errors import InputError
-from inspector.rewards import (
+from inspector.trainers.rewards import (
     ARITHMETIC_FILE,
     RewardModelFunc,
     arithmetic_answers,
@@ -106,7 +106,7 @@ def test_score_rewards_refuses_wrong_lengths_and_weights():
 
 
 def test_load_reward_func_by_name_locally_and_never_when_hosted(monkeypatch):
-    f = load_reward_func("inspector.rewards:exact_answer_reward")
+    f = load_reward_func("inspector.trainers.rewards:exact_answer_reward")
     assert f is exact_answer_reward
     assert load_reward_func("length").__name__ == "length_reward"
     with pytest.raises(InputError, match="module:function"):
@@ -115,7 +115,7 @@ def test_load_reward_func_by_name_locally_and_never_when_hosted(monkeypatch):
         load_reward_func("no_such_module_xyz:f")
     monkeypatch.setenv("INSPECTOR_HOSTED", "1")
     with pytest.raises(InputError, match="only the built-in"):
-        load_reward_func("inspector.rewards:exact_answer_reward")
+        load_reward_func("inspector.trainers.rewards:exact_answer_reward")
     with pytest.raises(InputError, match="Unknown reward function"):
         builtin_reward("os.system")
 

@@ -9,7 +9,7 @@ import trl0
 from transformers import LlamaConfig, LlamaForCausalLM, LlamaForSequenceClassification
 
 from inspector import first_true_indices, forward_logprobs, get_reward
-from inspector.scoring import backbone_states, forward_logits, head_logprobs, trl_attention_mask
+from inspector.trainers.scoring import backbone_states, forward_logits, head_logprobs, trl_attention_mask
 
 PAD = EOS = 2  # pad == eos, as in SmolLM2
 

@@ -11,7 +11,7 @@ import re
 
 import torch
 
-from ..rollout import Rollout
+from ..record.rollout import Rollout
 from ..tensors import first_true_indices
 
 

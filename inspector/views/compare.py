@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from ..rollout import Rollout
+from ..record.rollout import Rollout
 from ._common import esc, fmt, plural, valid_mask
 from .tokens import split_html, value_reward_html
 

@@ -14,7 +14,7 @@ import plotly.graph_objects as go
 import torch
 
 from ..errors import InputError
-from ..rollout import Rollout
+from ..record.rollout import Rollout
 from ..tensors import first_true_indices
 from ._common import esc, fmt, reward_response_positions, sample_label, shown, stop_positions
 

@@ -17,8 +17,10 @@ from plotly.subplots import make_subplots
 
 from ..diagnostics import length_bias_pair, weight_per_advantage
 from ..errors import InputError
-from ..grpo import GRPOConfig, GRPOStep, LOSS_TYPES, rollout_grpo_step
-from ..rollout import Rollout
+from ..trainers.grpo_config import GRPOConfig, LOSS_TYPES
+from ..trainers.grpo_common import GRPOStep
+from ..trainers.grpo import rollout_grpo_step
+from ..record.rollout import Rollout
 from ._common import esc, sample_label, shorten, shown
 from .figures import MASK_GREY
 

@@ -12,8 +12,8 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
-from ..mismatch import SamplerMismatch
-from ..rollout import Rollout
+from ..diagnostics.sampler import SamplerMismatch
+from ..record.rollout import Rollout
 from ._common import esc, sample_label, shown
 
 

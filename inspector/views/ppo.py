@@ -9,8 +9,8 @@ import plotly.graph_objects as go
 import torch
 
 from ..diagnostics import Finding
-from ..ppo import PPOStep
-from ..rollout import Rollout
+from ..trainers.ppo import PPOStep
+from ..record.rollout import Rollout
 from ._common import esc, fmt, plural, sample_label, shown, valid_mask
 from .figures import MODEBAR
 

@@ -8,7 +8,7 @@ from typing import NamedTuple
 import pandas as pd
 import torch
 
-from ..rollout import Rollout
+from ..record.rollout import Rollout
 from ._common import first_pad_positions, is_special_reward_token, shown, stop_positions, valid_mask
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import re
 
-from ..rollout import Rollout
+from ..record.rollout import Rollout
 from ._common import (
     esc,
     fmt,

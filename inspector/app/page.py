@@ -22,22 +22,39 @@ import pandas as pd
 import torch
 from gradio.utils import get_upload_folder
 
-from . import models as model_registry
-from .errors import InputError, InspectorError
-from .examples import DEFAULT_EXAMPLE, EXAMPLE_SETTINGS, EXAMPLES, example_path, find_example, load_example
-from .export import rollout_from_dict, rollout_to_dict, rollout_to_json, rollout_to_jsonl, rollout_to_parquet
-from .importing import read_upload_file, rescore
-from .limits import Limits
-from .models import DEFAULT_POLICY, DEFAULT_REWARD, load_models
-from .rollout import EOS, Rollout, run_rollout
-from .diagnostics import diagnose
-from .mismatch import sampler_mismatch
-from .ppo import PPOConfig, rollout_ppo_step
-from .diagnostics import diagnose_grpo
-from .grpo import LOSS_TYPES, MULTI_OBJECTIVE_AGGREGATIONS, SAMPLER_MODES, SCALE_REWARDS, VERL_LOSS_AGG_MODES, make_config, rollout_grpo_step
-from .importing import compare_with_log
-from .rewards import BUILTIN_REWARDS, DEFAULT_FORMAT_PATTERN, DEFAULT_LENGTH_TARGET, RewardTable, builtin_for_logged_name, builtin_reward, score_rewards
-from .views.grpo import (
+from .. import models as model_registry
+from ..errors import InputError, InspectorError
+from ..sources.examples import DEFAULT_EXAMPLE, EXAMPLE_SETTINGS, EXAMPLES, example_path, find_example, load_example
+from ..record.format import rollout_from_dict, rollout_to_dict, rollout_to_json, rollout_to_jsonl, rollout_to_parquet
+from ..sources.files import read_upload_file, rescore
+from ..limits import Limits
+from ..models import DEFAULT_POLICY, DEFAULT_REWARD, load_models
+from ..record.rollout import EOS, Rollout
+from ..sources.runner import run_rollout
+from ..diagnostics import diagnose
+from ..diagnostics.sampler import sampler_mismatch
+from ..trainers.ppo import PPOConfig, rollout_ppo_step
+from ..diagnostics import diagnose_grpo
+from ..trainers.grpo_config import (
+    LOSS_TYPES,
+    MULTI_OBJECTIVE_AGGREGATIONS,
+    SCALE_REWARDS,
+    VERL_LOSS_AGG_MODES,
+    make_config,
+)
+from ..trainers.sampler import SAMPLER_MODES
+from ..trainers.grpo import rollout_grpo_step
+from ..sources.files import compare_with_log
+from ..trainers.rewards import (
+    BUILTIN_REWARDS,
+    DEFAULT_FORMAT_PATTERN,
+    DEFAULT_LENGTH_TARGET,
+    RewardTable,
+    builtin_for_logged_name,
+    builtin_reward,
+    score_rewards,
+)
+from ..views.grpo import (
     GRPO_CSS,
     grpo_groups_html,
     grpo_metrics_table,
@@ -47,7 +64,7 @@ from .views.grpo import (
     sampler_correction_figure,
     token_weights_heatmap,
 )
-from .views.mismatch import (
+from ..views.mismatch import (
     SEQUENCE_COLUMNS,
     metrics_table,
     mismatch_figure,
@@ -55,7 +72,7 @@ from .views.mismatch import (
     sequence_table,
     token_table,
 )
-from .views import (
+from ..views import (
     BATCH_COLUMNS,
     LOGPROB_KINDS,
     PPO_CSS,
@@ -79,9 +96,9 @@ from .views import (
     value_reward_html,
     values_figure,
 )
-from .views._common import fmt, plural
+from ..views._common import fmt, plural
 
-log = logging.getLogger("inspector.ui")
+log = logging.getLogger("inspector.app")
 
 try:  # ZeroGPU on Spaces: run the model work inside a GPU allocation; a plain call everywhere else
     import spaces
@@ -927,7 +944,7 @@ def grpo_views(r: Rollout | None, state: dict | None, trainer: str, reward_funcs
         log_update = gr.update(visible=False)
         problems = []
         if state.get("from_file"):
-            from .importing import Completions
+            from ..sources.files import Completions
 
             parsed = Completions(r.prompts, r.response_texts, None, "file", kind="trl-grpo", columns=r.columns,
                                  reward_columns=used.names, advantages=r.columns.get("advantage"))

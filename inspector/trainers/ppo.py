@@ -13,8 +13,8 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from .errors import InputError
-from .tensors import INVALID_LOGPROB, masked_whiten
+from ..errors import InputError
+from ..tensors import INVALID_LOGPROB, masked_whiten
 
 
 @dataclass(frozen=True)

@@ -3,8 +3,8 @@ TRL 1.16's and verl's corrections do about it, and why the two differ.
 
 Pure torch over a Rollout, no model pass: `rollout.logprobs` are the sampler's (the serving engine's, or
 `generate`'s), `rollout.new_logprobs` the trainer's recompute (logits / temperature). The corrections are
-`inspector.grpo.sampler_correction` (TRL's `vllm_importance_sampling_mode`) and
-`inspector.grpo.verl_sampler_correction` (verl's `rollout_is`), called as they are.
+`inspector.trainers.sampler.sampler_correction` (TRL's `vllm_importance_sampling_mode`) and
+`inspector.trainers.sampler.verl_sampler_correction` (verl's `rollout_is`), called as they are.
 """
 
 from __future__ import annotations
@@ -13,15 +13,9 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .grpo import (
-    SAMPLER_MODES,
-    SamplerCorrection,
-    _sampling_metrics,
-    sampler_correction,
-    trl_completion_mask,
-    trl_eos_token_ids,
-    verl_sampler_correction,
-)
+from ..trainers.sampler import SAMPLER_MODES, SamplerCorrection, sampler_correction, verl_sampler_correction
+from ..trainers.grpo import trl_completion_mask, trl_eos_token_ids
+from ..trainers.grpo_common import sampling_metrics
 
 AGREE = 1e-3
 """Mean |gap| (nats) under which the sampler's and the trainer's logprobs are the same distribution up to float noise."""
@@ -174,7 +168,7 @@ def sampler_mismatch(r, *, clip_min: float | None = None, clip_max: float | None
     trl = {m: sampler_correction(trainer, sampler, mask, m, clip_min, clip_max) for m in SAMPLER_MODES}
     verl = {lvl: verl_sampler_correction(trainer, sampler, mask, lvl, verl_threshold) for lvl in ("token", "sequence")}
     diff = trl["token_truncate"].logps_diff
-    metrics = _sampling_metrics(trainer, sampler, mask, trl[mode])
+    metrics = sampling_metrics(trainer, sampler, mask, trl[mode])
     metrics |= verl_debug_metrics(trainer, sampler, mask)
     return SamplerMismatch(
         mask=mask, sampler=sampler, trainer=trainer, diff=diff, token_ratio=torch.exp(diff),

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 
-from .tensors import entropy_from_logprobs, first_true_indices, token_logprobs
+from ..tensors import entropy_from_logprobs, first_true_indices, token_logprobs
 
 
 def trl_attention_mask(ids: torch.Tensor, pad_token_id: int) -> torch.Tensor:

@@ -24,9 +24,9 @@ from typing import Callable
 
 import torch
 
-from .errors import InputError
+from ..errors import InputError
 
-ARITHMETIC_FILE = Path(__file__).parent / "assets" / "arithmetic.jsonl"
+ARITHMETIC_FILE = Path(__file__).resolve().parent.parent / "assets" / "arithmetic.jsonl"
 """The arithmetic prompt set with its answers, written by `scripts/build_arithmetic_prompts.py`."""
 
 DEFAULT_LENGTH_TARGET = 16
@@ -168,7 +168,7 @@ def builtin_reward(name: str, models=None, *, length_target: int = DEFAULT_LENGT
 def load_reward_func(spec: str) -> RewardFunc:
     """A reward function named `module:function` (or a built-in name). Imports user code, so a hosted
     deployment (SPACE_ID or INSPECTOR_HOSTED=1) refuses it. Raises InputError with what to fix."""
-    from .limits import hosted
+    from ..limits import hosted
 
     if spec in BUILTIN_REWARDS and spec != "sentiment":
         return builtin_reward(spec)

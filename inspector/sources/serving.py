@@ -4,7 +4,7 @@ vLLM runs in its own virtual environment (`scripts/vllm_env.sh` builds it once: 
 torch 2.13.0+cpu and an older transformers than the inspector's), as a separate process, serving the
 default policy's converted safetensors folder on a free loopback port. The inspector only speaks HTTP to it.
 
-    python -m inspector.serving --logprobs-mode processed_logprobs     # prints the URL, serves until Ctrl-C
+    python -m inspector.sources.serving --logprobs-mode processed_logprobs     # prints the URL, serves until Ctrl-C
 """
 
 from __future__ import annotations
@@ -21,9 +21,9 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import InspectorError
+from ..errors import InspectorError
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]  # the repository
 LOGPROBS_MODES = ("processed_logprobs", "raw_logprobs")
 
 
@@ -86,7 +86,7 @@ def start_vllm(model_dir: str | Path | None = None, *, logprobs_mode: str = "pro
     if logprobs_mode not in LOGPROBS_MODES:
         raise InspectorError(f"logprobs_mode must be one of {LOGPROBS_MODES}, not {logprobs_mode!r}.")
     if model_dir is None:
-        from .models import DEFAULT_POLICY, converted_default_policy
+        from ..models import DEFAULT_POLICY, converted_default_policy
 
         model_dir = converted_default_policy()
         if model_dir is None:
@@ -124,7 +124,7 @@ def start_vllm(model_dir: str | Path | None = None, *, logprobs_mode: str = "pro
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m inspector.serving", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m inspector.sources.serving", description=__doc__.splitlines()[0])
     p.add_argument("--logprobs-mode", choices=LOGPROBS_MODES, default="processed_logprobs")
     p.add_argument("--dtype", default="float32")
     p.add_argument("--port", type=int, default=None)

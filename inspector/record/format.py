@@ -8,7 +8,7 @@ import math
 
 import torch
 
-from .errors import InputError
+from ..errors import InputError
 from .rollout import Rollout
 
 FORMAT = "rollout-inspector/2"

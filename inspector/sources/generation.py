@@ -20,9 +20,9 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
-from .errors import InputError
-from .scoring import trl_attention_mask
-from .tensors import entropy_from_logprobs
+from ..errors import InputError
+from ..trainers.scoring import trl_attention_mask
+from ..tensors import entropy_from_logprobs
 
 
 @dataclass(frozen=True)

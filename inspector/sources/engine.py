@@ -23,10 +23,10 @@ from dataclasses import dataclass
 
 import torch
 
-from .errors import EngineError
+from ..errors import EngineError
 from .generation import Generation, SamplingSettings
-from .limits import hosted
-from .tensors import entropy_from_logprobs, token_logprobs
+from ..limits import hosted
+from ..tensors import entropy_from_logprobs, token_logprobs
 
 ENGINE_URLS_ENV = "INSPECTOR_ENGINE_URLS"
 """On a hosted deployment, the only engine URLs accepted (comma-separated); none are accepted without it."""

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .rollout import Rollout
+from ..record.rollout import Rollout
 
 
 def _show(text: str, limit: int = 200) -> str:

@@ -11,9 +11,9 @@ import re
 from functools import lru_cache
 from pathlib import Path
 
-from .errors import InputError
-from .export import rollout_from_dict
-from .rollout import Rollout
+from ..errors import InputError
+from ..record.format import rollout_from_dict
+from ..record.rollout import Rollout
 
 EXAMPLES = {
     "Sentiment contrast": [
@@ -38,7 +38,7 @@ EXAMPLE_SETTINGS = dict(max_new_tokens=48, do_sample=True, temperature=0.7, top_
                         samples_per_prompt=1, use_chat_template=True, attention="trl")
 """The settings of the saved rollouts, which are also the page's defaults."""
 
-EXAMPLES_DIR = Path(__file__).resolve().parent / "assets" / "examples"
+EXAMPLES_DIR = Path(__file__).resolve().parent.parent / "assets" / "examples"
 
 
 def slug(name: str) -> str:

@@ -19,8 +19,8 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import InputError
-from .limits import Limits
+from ..errors import InputError
+from ..limits import Limits
 
 PROMPT_KEYS = ("prompt", "input", "query")
 COMPLETION_KEYS = ("completion", "output", "response")
@@ -305,7 +305,7 @@ def rescore(models, parsed: Completions, *, stop_token_id="eos", use_chat_templa
     `temperature`: the one the completions were sampled at in training. `max_completion_length` (the
     trainer's, when known): a completion that re-tokenizes to that many tokens
     was cut there and gets no EOS. The notes say what rebuilding ids from decoded text can change."""
-    from .rollout import score_completions
+    from .runner import score_completions
 
     ended = None
     if max_completion_length is not None:
