@@ -17,7 +17,7 @@ import torch
 from ..errors import InputError
 from ..record.trajectory import MultiTurnRollout, Trajectory
 from .multiturn_loop import LoopState, first_turn, run_loop
-from .multiturn_template import TOOL_TEMPLATE_NAME, prepare_tool_tokenizer
+from .multiturn_template import TOOL_TEMPLATE_NAME, parse_response, prepare_tool_tokenizer
 from .multiturn_tools import BUILTIN_ENVS, BUILTIN_TOOLS, TOOL_SIZE_CAP, TOOL_TIME_LIMIT_S, ScriptedReplies
 
 MODES = ("tools", "env", "scripted")
@@ -159,12 +159,15 @@ def rollout_multiturn(generate, tokenizer, prompts, *, mode: str = "scripted", t
              tool_dicts=tool_dicts, scripted=scripted, chat_template=chat_template,
              bounds={"time_limit": tool_time_limit, "size_cap": tool_size_cap})
     funcs, names, weights = _reward_setup(reward_funcs, reward_weights, envs)
-    rpf, kw_names = score_multiturn(funcs, rows, [s.completions for s in states],
+    completions = [s.completions for s in states]
+    if mode == "scripted":  # TRL's rollout_func path decodes the whole completion as one assistant message
+        completions = [[parse_response(tokenizer, s.completion_ids, prefix=s.prompt_ids)[0]] for s in states]
+    rpf, kw_names = score_multiturn(funcs, rows, completions,
                                     [s.completion_ids for s in states], envs)
     trajs = [_trajectory(i, s, tokenizer, tool_lists[i], chat_template, num_generations, mode)
              for i, s in enumerate(states)]
-    for t, s in zip(trajs, states):
-        t.reward_input = {"prompt": s.prompt_messages, "completion": s.completions,
+    for t, s, c in zip(trajs, states, completions):
+        t.reward_input = {"prompt": s.prompt_messages, "completion": c,
                           "completion_ids": list(s.completion_ids), "kwargs": kw_names}
     rewards = [sum(w * v for w, v in zip(weights, r) if not math.isnan(v)) for r in rpf]
     vocab = sorted({t for tr in trajs for t in tr.token_ids})
