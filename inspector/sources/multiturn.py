@@ -53,17 +53,27 @@ def model_generator(model, tokenizer, *, max_new_tokens: int, temperature: float
 
 
 def _prompt_roles(tokenizer, messages: list[dict], prompt_ids: list[int], tools, chat_template) -> list[str]:
-    """Role per prompt token, from the rendered prefix lengths (template header tokens take the role of the
-    message they open)."""
+    """Role per prompt token. ChatML templates (`<|im_start|>role`) are read by their headers, so a system block
+    the template adds itself is "system"; otherwise from the rendered prefix lengths of the messages."""
+    start_id = tokenizer.convert_tokens_to_ids("<|im_start|>")
+    if isinstance(start_id, int) and start_id != tokenizer.unk_token_id and start_id in prompt_ids:
+        roles, current = [], messages[0]["role"] if messages else "user"
+        for k, t in enumerate(prompt_ids):
+            if t == start_id and k + 1 < len(prompt_ids):
+                word = tokenizer.decode([prompt_ids[k + 1]]).strip()
+                current = word if word in ("system", "user", "assistant", "tool") else current
+            roles.append(current)
+        return roles
     roles, start = [], 0
     for k in range(1, len(messages) + 1):
         ids = tokenizer.apply_chat_template(messages[:k], tools=tools or None, tokenize=True, return_dict=False,
                                             chat_template=chat_template, add_generation_prompt=k == len(messages))
         if list(prompt_ids[:len(ids)]) != list(ids):
-            return roles + [messages[min(k, len(messages)) - 1]["role"]] * (len(prompt_ids) - len(roles))
+            break
         roles += [messages[k - 1]["role"]] * (len(ids) - start)
         start = len(ids)
-    return (roles + ["assistant"] * (len(prompt_ids) - len(roles)))[:len(prompt_ids)]
+    last = messages[-1]["role"] if messages else "user"
+    return (roles + [last] * (len(prompt_ids) - len(roles)))[:len(prompt_ids)]
 
 
 def _resolve_tools(tools) -> list:
