@@ -44,11 +44,18 @@ def _parser() -> argparse.ArgumentParser:
                         "or module:function with TRL's signature (default: the reward model's score)")
     p.add_argument("--reward-weights", type=float, nargs="+", default=None, help="one weight per --reward-func")
     p.add_argument("--json", metavar="FILE", help="write the whole rollout record as JSON")
+    from .cli_multiturn import add_arguments
+
+    add_arguments(p)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.multi_turn:
+        from .cli_multiturn import main_multiturn
+
+        return main_multiturn(args)
     from .models import load_models
     from .record.format import rollout_to_json
     from .record.rollout import EOS

@@ -19,7 +19,7 @@ from inspector.trainers.grpo_multiturn import multiturn_grpo_step, trajectory_ba
 def tok():
     from transformers import AutoTokenizer
 
-    from inspector.models import converted_default_policy
+    from inspector.weights import converted_default_policy
 
     path = converted_default_policy()
     assert path is not None
@@ -128,6 +128,14 @@ def test_call_tool_direct():
     assert ev["outcome"] == "error" and "error" in res
 
 
+def test_the_callers_tokenizer_is_left_unchanged(tok):
+    t = fresh(tok)
+    before = t.chat_template
+    rollout_multiturn(scripted(t, {0: ["12"], 1: ["12"]}), t, ["3*4?"], mode="tools", max_turns=1,
+                      max_completion_length=50, num_generations=2)
+    assert t.chat_template == before and getattr(t, "response_template", None) is None
+
+
 def test_environment_mode_reset_tools_and_reward(tok):
     t = fresh(tok)
     guess = CALL.format("guess", '{"number": 5}')
@@ -173,7 +181,7 @@ def test_drift_on_a_real_rerender(tok):
     for text, drifted in ((spaced, False), (tight, True)):
         ro = rollout_multiturn(scripted(t, {0: [text, "12"], 1: ["12"]}), t, ["3*4?"], mode="tools", max_turns=1,
                                max_completion_length=200, num_generations=2)
-        d = template_drift(ro.trajectories[0], t, tools=ro.settings["tool_schemas"])
+        d = template_drift(ro.trajectories[0], t, tools=ro.settings["tool_schemas"], chat_template=tool_chat_template())
         assert bool(d["differing"]) is drifted and d["trailing"] in (0, 1)
         if drifted:
             assert d["first_turn"] == 1 and d["stream_token"] != d["rendered_token"]

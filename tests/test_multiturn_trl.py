@@ -47,7 +47,7 @@ SCRIPT = {
 def _tokenizer():
     from transformers import AutoTokenizer
 
-    from inspector.models import converted_default_policy
+    from inspector.weights import converted_default_policy
 
     tok = AutoTokenizer.from_pretrained(converted_default_policy())
     tok.chat_template = tool_chat_template()
@@ -93,7 +93,7 @@ def _trainer(tmp_path, tok, **kw):
     from trl import GRPOConfig as TRLConfig
     from trl import GRPOTrainer
 
-    from inspector.models import converted_default_policy
+    from inspector.weights import converted_default_policy
 
     ds = Dataset.from_dict({"prompt": [[{"role": "user", "content": p}] for p in PROMPTS]})
     args = TRLConfig(output_dir=str(tmp_path), use_cpu=True, per_device_train_batch_size=4, num_generations=2,
@@ -191,7 +191,7 @@ def test_rollout_func_env_mask(tmp_path):
     """TRL's rollout_func path with env_mask, fed our scripted-environment trajectories."""
     from transformers import AutoTokenizer
 
-    from inspector.models import converted_default_policy
+    from inspector.weights import converted_default_policy
 
     tok = AutoTokenizer.from_pretrained(converted_default_policy())
     script = {0: ["Twelve.", "Yes, 12."], 1: ["It is 12."], 2: ["Twelve, and " + "more words " * 20], 3: ["12", "12", "12"]}

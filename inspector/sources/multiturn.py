@@ -150,7 +150,10 @@ def rollout_multiturn(generate, tokenizer, prompts, *, mode: str = "scripted", t
         raise InputError(f"mode must be one of {MODES} (got {mode!r}).")
     if max_turns < 0 or max_completion_length < 1 or num_generations < 1:
         raise InputError("max_turns >= 0, max_completion_length >= 1 and num_generations >= 1 are needed.")
-    notes = prepare_tool_tokenizer(tokenizer) if mode in ("tools", "env") else []
+    notes = []
+    if mode in ("tools", "env"):  # a copy: the caller's (possibly shared, cached) tokenizer is left as it is
+        tokenizer = copy.deepcopy(tokenizer)
+        notes = prepare_tool_tokenizer(tokenizer)
     tools = _resolve_tools(tools if tools is not None else (["calculator"] if mode == "tools" else []))
     if mode == "tools" and not tools:
         raise InputError("mode 'tools' needs at least one tool.")
