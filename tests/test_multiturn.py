@@ -204,3 +204,14 @@ def test_bad_settings_are_refused(tok):
         rollout_multiturn(scripted(tok, {0: ["x"]}), tok, ["a"], mode="chat")
     with pytest.raises(InputError):
         rollout_multiturn(scripted(tok, {0: ["x"]}), tok, ["a"], mode="tools", tools=["no_such_tool"])
+
+
+def test_a_tool_call_that_does_not_parse_is_recorded(tok):
+    t = fresh(tok)
+    bad = '<tool_call>\n{"name": "calculator", "arguments": {"expression": \n</tool_call>'
+    ro = rollout_multiturn(scripted(t, {0: [bad], 1: ["12"]}), t, ["3*4?"], mode="tools", max_turns=2,
+                           max_completion_length=100, num_generations=2)
+    a = ro.trajectories[0]
+    assert a.events[0]["parse_failed"] and len(a.events) == 1 and 0 not in a.tool_mask
+    assert a.messages[-1] == {"role": "assistant", "content": t.decode(a.completion_ids, skip_special_tokens=True)}
+    assert "parse_failed" not in ro.trajectories[1].events[0]

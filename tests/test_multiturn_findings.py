@@ -133,3 +133,10 @@ def test_every_finding_names_turns_tokens_and_fix(code):
     }[code]
     f = codes(traps["t"], drifts=traps.get("drifts"))[code]
     assert f.positions and f.turns and f.fix and f.why and f.samples == [0]
+
+
+def test_environment_tokens_in_the_loss():
+    rows = [(i, "environment" if r == "tool" else r, tu, s, m) for i, r, tu, s, m in CLEAN]
+    assert codes(build(rows)) == {}
+    f = codes(build(rows, tm_19=1))["mt-tool-tokens-trained"]
+    assert f.positions == [(0, 19)]
