@@ -30,7 +30,7 @@ IMPORTANCE_SAMPLING_LEVELS = ("token", "sequence")
 SAMPLER_MODES = ("token_truncate", "token_mask", "sequence_truncate", "sequence_mask")
 TRAINERS = ("ppo", "grpo", "verl")
 
-VERL_LOSS_AGG_MODES = ("token-mean", "seq-mean-token-sum", "seq-mean-token-mean", "seq-mean-token-sum-norm")
+VERL_LOSS_AGG_MODES = ("token-mean", "token-sum", "seq-mean-token-sum", "seq-mean-token-mean", "seq-mean-token-sum-norm")
 VERL_ROLLOUT_IS_LEVELS = ("token", "sequence")
 VERL_KL_LOSS_TYPES = ("low_var_kl", "k3", "kl", "k1", "abs", "mse", "k2")
 VERL_SAFETY_BOUND = 20.0  # verl's rollout_corr_helper.SAFETY_BOUND on log ratios
@@ -141,7 +141,10 @@ class VerlGRPOConfig:
     `num_generations` is `actor_rollout_ref.rollout.n`. `epsilon` is `compute_grpo_outcome_advantage`'s.
     `rollout_is` None turns the rollout correction off; `rollout_is_threshold` is a float (truncate: clamp
     from above) or a "lower_upper" string (IcePop: weights outside the bounds become 0), as in verl.
-    `loss_scale_factor` None divides `seq-mean-token-sum-norm` by the response width, as `agg_loss` does.
+    `loss_scale_factor` (`actor.loss_scale_factor`) None divides `seq-mean-token-sum-norm` by the response
+    width, as `agg_loss` does: verl pads every batch to `response_length` (`data.max_response_length`, the
+    generation cap), so that width is the cap, not the longest completion. `response_length` None takes the
+    width of the tensors given; `rollout_grpo_step` sets it to the rollout's max_new_tokens.
     """
 
     num_generations: int = 8
@@ -159,6 +162,7 @@ class VerlGRPOConfig:
     rollout_is: str | None = None
     rollout_is_threshold: float | str = 2.0
     loss_scale_factor: float | None = None
+    response_length: int | None = None
 
     def __post_init__(self):
         if self.reward_weights is not None and not isinstance(self.reward_weights, tuple):
@@ -178,6 +182,15 @@ class VerlGRPOConfig:
         if self.epsilon < 0:
             raise InputError(f"epsilon must be >= 0 (got {self.epsilon}).")
         verl_is_bounds(self.rollout_is_threshold)
+        f = self.loss_scale_factor
+        if f is not None and (isinstance(f, bool) or not isinstance(f, (int, float)) or not math.isfinite(f) or f <= 0):
+            raise InputError(
+                f"loss_scale_factor must be a positive number or None (None: divide by the response length, as "
+                f"verl's agg_loss does); got {f!r}."
+            )
+        n = self.response_length
+        if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
+            raise InputError(f"response_length must be a positive whole number of tokens or None (got {n!r}).")
 
     @property
     def clip_low(self) -> float:
@@ -358,7 +371,7 @@ def verl_sampler_correction(
     if rollout_is == "token":
         raw = torch.exp(torch.clamp(log_ratio, -VERL_SAFETY_BOUND, VERL_SAFETY_BOUND))
     else:
-        total = (log_ratio * mask).sum(dim=-1, keepdim=True)
+        total = (torch.where(mask.bool(), log_ratio, 0.0) * mask).sum(dim=-1, keepdim=True)
         raw = torch.exp(torch.clamp(total, -VERL_SAFETY_BOUND, VERL_SAFETY_BOUND)).expand_as(log_ratio)
     raw = raw * mask
     if lower is None:
@@ -368,8 +381,83 @@ def verl_sampler_correction(
         kept = (raw >= lower) & (raw <= upper)
         ratio = torch.where(kept, raw, torch.zeros_like(raw))
         clamped, dropped = torch.zeros_like(kept), ~kept & mask.bool()
-    return SamplerCorrection("verl", rollout_is, rollout_is, log_ratio * mask, raw, ratio, clamped, dropped,
+    return SamplerCorrection("verl", rollout_is, rollout_is, torch.where(mask.bool(), log_ratio, 0.0), raw, ratio, clamped, dropped,
                              lower, upper)
+
+
+def _verl_masked_mean(values, mask, axis=None):
+    """verl's `verl_F.masked_mean`: NaN outside the mask ignored, `+ 1e-8` in the denominator."""
+    return (torch.where(mask.bool(), values, 0.0) * mask).sum(axis) / (mask.sum(axis) + 1e-8)
+
+
+def verl_is_metrics(c: SamplerCorrection, mask: torch.Tensor) -> dict[str, float]:
+    """verl's `compute_is_metrics` (and IcePop's `rollout_is_oob_ratio`) for a verl correction, with verl's
+    names under its `rollout_corr/` prefix. Sequence-level extremes come from each completion's summed log
+    ratio, so padding never counts; the fractions, std and effective sample size are verl's."""
+    mask = mask.to(c.ratio.dtype)
+    w, raw = c.ratio, c.raw_ratio
+    upper = c.clip_max
+    lower = 1.0 / upper if c.clip_min is None else c.clip_min
+    log_up, log_lo = math.log(upper), math.log(lower)
+    m: dict[str, float] = {}
+    if c.level == "sequence":
+        log_seq = c.logps_diff.sum(-1, keepdim=True)  # the unclamped per-sequence log ratio
+        m["rollout_is_max"] = float(torch.exp(torch.clamp(log_seq.max(), max=VERL_SAFETY_BOUND)))
+        m["rollout_is_min"] = float(torch.exp(log_seq.min()))
+        m["rollout_is_mean"] = float(_verl_masked_mean(w, mask))
+        m["rollout_is_ratio_fraction_high"] = float((log_seq > log_up).float().mean())
+        m["rollout_is_ratio_fraction_low"] = float((log_seq < log_lo).float().mean())
+    else:
+        keep = mask.bool()
+        m["rollout_is_mean"] = float(_verl_masked_mean(w, mask))
+        m["rollout_is_ratio_fraction_high"] = float(_verl_masked_mean((raw > upper).float(), mask))
+        m["rollout_is_ratio_fraction_low"] = float(_verl_masked_mean((raw < lower).float(), mask))
+        m["rollout_is_max"] = float(w.masked_fill(~keep, -math.inf).max())
+        m["rollout_is_min"] = float(w.masked_fill(~keep, math.inf).min())
+    clamped = w.clamp(min=0.0, max=upper)
+    mean_c = _verl_masked_mean(clamped, mask)
+    var = _verl_masked_mean(clamped.square(), mask) - mean_c.square()
+    m["rollout_is_std"] = float(torch.sqrt(torch.clamp(var, min=0.0))) if mask.sum() > 1 else 0.0
+    m["rollout_is_eff_sample_size"] = 1.0 / float(_verl_masked_mean((clamped / (mean_c + 1e-8)).square(), mask))
+    seq_mean = _verl_masked_mean(w, mask, -1)
+    m["rollout_is_seq_mean"] = float(seq_mean.mean())
+    m["rollout_is_seq_std"] = float(seq_mean.std()) if seq_mean.numel() > 1 else 0.0
+    m["rollout_is_seq_max"] = float(seq_mean.max())
+    m["rollout_is_seq_min"] = float(seq_mean.min())
+    m["rollout_is_seq_max_deviation"] = float((seq_mean - 1.0).abs().max())
+    raw_seq = _verl_masked_mean(raw, mask, -1)
+    m["rollout_is_seq_fraction_high"] = float((raw_seq > upper).float().mean())
+    m["rollout_is_seq_fraction_low"] = float((raw_seq < lower).float().mean())
+    if c.clip_min is not None:  # IcePop: the share of tokens outside [lower, upper], read from `dropped`
+        m["rollout_is_oob_ratio"] = float(_verl_masked_mean(c.dropped.float(), mask))
+    return {f"rollout_corr/{k}": v for k, v in m.items()}
+
+
+def verl_offpolicy_metrics(old: torch.Tensor, rollout: torch.Tensor, mask: torch.Tensor) -> dict[str, float]:
+    """verl's `compute_offpolicy_metrics` (KL, perplexities, chi-squared), named `rollout_corr/...` as verl
+    logs them whenever the batch holds the rollout's logprobs."""
+    mask = mask.to(old.dtype)
+    m: dict[str, float] = {}
+    mean_train = _verl_masked_mean(old, mask, -1)
+    m["training_ppl"] = float(torch.exp(-mean_train).mean())
+    m["training_log_ppl"] = float((-mean_train).mean())
+    m["kl"] = float(_verl_masked_mean(rollout - old, mask))
+    log_ratio = old - rollout
+    m["k3_kl"] = float(_verl_masked_mean(torch.exp(log_ratio) - log_ratio - 1, mask))
+    mean_rollout = _verl_masked_mean(rollout, mask, -1)
+    m["rollout_ppl"] = float(torch.exp(-mean_rollout).mean())
+    m["rollout_log_ppl"] = float((-mean_rollout).mean())
+    diff = mean_rollout - mean_train
+    m["log_ppl_diff"] = float(diff.mean())
+    m["log_ppl_abs_diff"] = float(diff.abs().mean())
+    m["log_ppl_diff_max"] = float(diff.max())
+    m["log_ppl_diff_min"] = float(diff.min())
+    m["ppl_ratio"] = float(torch.exp(diff).mean())
+    rho = torch.exp(torch.clamp(log_ratio, -VERL_SAFETY_BOUND, VERL_SAFETY_BOUND))
+    m["chi2_token"] = float(_verl_masked_mean(rho.square(), mask) - 1.0)
+    seq = (torch.where(mask.bool(), log_ratio, 0.0) * mask).sum(-1)
+    m["chi2_seq"] = float(torch.exp(2.0 * torch.clamp(seq, -VERL_SAFETY_BOUND, VERL_SAFETY_BOUND)).mean() - 1.0)
+    return {f"rollout_corr/{k}": v for k, v in m.items()}
 
 
 # ---------------------------------------------------------------------------------------------- the step
@@ -790,8 +878,12 @@ def verl_grpo_advantages(scores: torch.Tensor, index: list, epsilon: float = 1e-
     return advantages, means, stds
 
 
-def verl_agg_loss(loss_mat: torch.Tensor, loss_mask: torch.Tensor, loss_agg_mode: str, loss_scale_factor=None):
-    """verl's `agg_loss` on one data-parallel rank (`masked_sum` drops NaN outside the mask where verl uses it)."""
+def verl_agg_loss(loss_mat: torch.Tensor, loss_mask: torch.Tensor, loss_agg_mode: str, loss_scale_factor=None,
+                  response_length: int | None = None):
+    """verl's `agg_loss` on one data-parallel rank (`masked_sum` drops NaN outside the mask where verl uses it).
+
+    `response_length`: the width verl pads the batch to (the generation cap); `seq-mean-token-sum-norm`
+    without a `loss_scale_factor` divides by it. None: the width of `loss_mask`."""
     loss_mask = loss_mask.to(loss_mat.dtype)
 
     def masked_sum(values, mask):
@@ -799,12 +891,15 @@ def verl_agg_loss(loss_mat: torch.Tensor, loss_mask: torch.Tensor, loss_agg_mode
 
     if loss_agg_mode == "token-mean":
         return masked_sum(loss_mat, loss_mask) / loss_mask.sum()
+    if loss_agg_mode == "token-sum":
+        return masked_sum(loss_mat, loss_mask)
     if loss_agg_mode in ("seq-mean-token-sum", "seq-mean-token-sum-norm"):
         seq_losses = torch.sum(loss_mat * loss_mask, dim=-1)
         seq_mask = (torch.sum(loss_mask, dim=-1) > 0).float()
         loss = masked_sum(seq_losses, seq_mask) / seq_mask.sum()
         if loss_agg_mode == "seq-mean-token-sum-norm":
-            loss = loss / (loss_mask.shape[-1] if loss_scale_factor is None else loss_scale_factor)
+            horizon = loss_mask.shape[-1] if response_length is None else response_length
+            loss = loss / (horizon if loss_scale_factor is None else loss_scale_factor)
         return loss
     if loss_agg_mode == "seq-mean-token-mean":
         counts = torch.sum(loss_mask, dim=-1)
@@ -841,6 +936,10 @@ def _verl_step(rewards_per_func, completion_mask, is_truncated, per_token_logps,
         )
     if config.use_kl_loss and ref_per_token_logps is None:
         raise InputError("use_kl_loss needs the reference model's logprobs (ref_per_token_logps).")
+    width = config.response_length
+    if width is not None and width < completion_mask.shape[1]:
+        raise InputError(f"response_length={width} is shorter than the completions' width {completion_mask.shape[1]}: "
+                         "set it to the generation cap (max_new_tokens) the rollout was made with.")
     is_truncated = is_truncated.bool()
     lengths = completion_mask.long().sum(1)
     mask = completion_mask.long()
@@ -856,10 +955,15 @@ def _verl_step(rewards_per_func, completion_mask, is_truncated, per_token_logps,
     old_given = old_per_token_logps is not None
     old = old_per_token_logps.detach().float() if old_given else trainer_lp
     correction = None
-    if sampling_per_token_logps is not None and config.rollout_is is not None:
-        correction = verl_sampler_correction(old, sampling_per_token_logps.detach().float(), mask, config.rollout_is,
-                                             config.rollout_is_threshold)
-        metrics.update(_sampling_metrics(old, sampling_per_token_logps.detach().float(), mask, correction))
+    if sampling_per_token_logps is not None and mask.any():
+        from .mismatch import verl_debug_metrics  # mismatch imports this module
+
+        sampling = sampling_per_token_logps.detach().float()
+        if config.rollout_is is not None:
+            correction = verl_sampler_correction(old, sampling, mask, config.rollout_is, config.rollout_is_threshold)
+            metrics.update(verl_is_metrics(correction, mask))
+        metrics.update(verl_offpolicy_metrics(old, sampling, mask))
+        metrics.update(verl_debug_metrics(old, sampling, mask))
     lp = trainer_lp.clone().requires_grad_(True)
     old_lp = old if old_given else lp.detach()
     adv = advantages.unsqueeze(1) * maskf  # verl's token-level advantages
@@ -874,12 +978,12 @@ def _verl_step(rewards_per_func, completion_mask, is_truncated, per_token_logps,
         per_token_loss = torch.where(adv < 0, clip2, clip1)
         if correction is not None:
             per_token_loss = per_token_loss * correction.ratio
-        loss = verl_agg_loss(per_token_loss, maskf, config.loss_agg_mode, config.loss_scale_factor)
+        loss = verl_agg_loss(per_token_loss, maskf, config.loss_agg_mode, config.loss_scale_factor, width)
         per_token_kl = None
         if ref_per_token_logps is not None:
             per_token_kl = verl_kl_penalty(lp, ref_per_token_logps.detach().float(), config.kl_loss_type)
             if config.use_kl_loss:
-                loss = loss + verl_agg_loss(per_token_kl, maskf, config.loss_agg_mode, config.loss_scale_factor) * config.kl_loss_coef
+                loss = loss + verl_agg_loss(per_token_kl, maskf, config.loss_agg_mode, config.loss_scale_factor, width) * config.kl_loss_coef
         (token_weights,) = torch.autograd.grad(loss, lp, allow_unused=True)
     if token_weights is None:
         token_weights = torch.zeros_like(trainer_lp)
@@ -888,9 +992,9 @@ def _verl_step(rewards_per_func, completion_mask, is_truncated, per_token_logps,
     metrics["actor/ppo_kl"] = float((-neg_kl.detach() * maskf).sum() / denom)
     metrics["actor/pg_clipfrac_lower"] = float((torch.gt(clip1, pg3).float() * (adv < 0).float() * maskf).sum() / denom)
     if per_token_kl is not None and config.use_kl_loss:
-        metrics["actor/kl_loss"] = float(verl_agg_loss(per_token_kl.detach(), maskf, config.loss_agg_mode, config.loss_scale_factor))
+        metrics["actor/kl_loss"] = float(verl_agg_loss(per_token_kl.detach(), maskf, config.loss_agg_mode, config.loss_scale_factor, width))
     if entropies is not None:
-        metrics["actor/entropy"] = float(verl_agg_loss(entropies.float(), maskf, config.loss_agg_mode, config.loss_scale_factor))
+        metrics["actor/entropy"] = float(verl_agg_loss(entropies.float(), maskf, config.loss_agg_mode, config.loss_scale_factor, width))
     return GRPOStep(
         trainer="verl", num_generations=G, reward_func_names=names, rewards_per_func=rpf, completion_mask=mask,
         is_truncated=is_truncated, lengths=lengths, rewards=scores, mean_grouped_rewards=means, std_rewards=stds,
@@ -936,7 +1040,8 @@ def rollout_grpo_step(rollout, rewards_per_func: torch.Tensor, config: GRPOConfi
     The rollout's samples per prompt must equal `config.num_generations` (the groups are its prompts).
     `use_sampler_logprobs=False` treats the rollout as generated by the trainer itself (TRL without vLLM:
     no sampler correction). `inputs` reuses `rollout_grpo_inputs(rollout)` across calls.
-    With a `GRPOConfig`, `max_completion_length` (dr_grpo's constant) becomes the rollout's max_new_tokens.
+    With a `GRPOConfig`, `max_completion_length` (dr_grpo's constant) becomes the rollout's max_new_tokens;
+    with a `VerlGRPOConfig`, `response_length` (the width verl pads to) does, unless it is set.
     """
     spp = (rollout.settings or {}).get("samples_per_prompt")
     if spp is not None and spp != config.num_generations:
@@ -948,6 +1053,9 @@ def rollout_grpo_step(rollout, rewards_per_func: torch.Tensor, config: GRPOConfi
     mnt = (rollout.settings or {}).get("max_new_tokens")
     if isinstance(config, GRPOConfig) and mnt:
         config = replace(config, max_completion_length=int(mnt))
+    elif isinstance(config, VerlGRPOConfig) and mnt and config.response_length is None:
+        # verl pads the batch to the generation cap: seq-mean-token-sum-norm divides by it
+        config = replace(config, response_length=max(int(mnt), int(inputs["completion_mask"].shape[1])))
     kw = dict(inputs)
     if not use_sampler_logprobs:
         kw["sampling_per_token_logps"] = None

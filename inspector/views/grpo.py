@@ -246,10 +246,11 @@ def sampler_correction_figure(r: Rollout, step: GRPOStep) -> go.Figure:
                            showarrow=False, x=0.5, y=0.5, xref="paper", yref="paper")
     else:
         mask = step.completion_mask.float()
-        if s.level == "sequence":
-            raw = s.raw_ratio.reshape(-1).float().numpy()
-            used = s.ratio.reshape(-1).float().numpy()
-            dropped = s.dropped.reshape(-1).bool().numpy()
+        if s.level == "sequence":  # TRL's (B, 1); verl's (B, T), one value over the mask and 0 outside it
+            B = s.raw_ratio.shape[0]
+            raw = s.raw_ratio.reshape(B, -1).float().amax(1).numpy()
+            used = s.ratio.reshape(B, -1).float().amax(1).numpy()
+            dropped = s.dropped.reshape(B, -1).bool().any(1).numpy()
         else:
             n = mask.sum(1).clamp(min=1)
             raw = ((s.raw_ratio.float() * mask).sum(1) / n).numpy()
