@@ -112,6 +112,10 @@ def main(argv: list[str] | None = None) -> int:
             else:  # the reward model's score is the one reward function here
                 rewards_per_func, names = rollout.scores.float().unsqueeze(1), ["reward_model"]
             step = rollout_grpo_step(rollout, rewards_per_func, grpo_config, reward_func_names=names)
+            if args.reward_func:  # what the functions passed to log_metric / log_extra: in the metrics, the JSON
+                from .rewards import attach_reward_logs
+
+                attach_reward_logs(step, table)
         except InspectorError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 1

@@ -36,7 +36,7 @@ from .ppo import PPOConfig, rollout_ppo_step
 from .diagnostics import diagnose_grpo
 from .grpo import LOSS_TYPES, MULTI_OBJECTIVE_AGGREGATIONS, SAMPLER_MODES, SCALE_REWARDS, VERL_LOSS_AGG_MODES, make_config, rollout_grpo_step
 from .importing import compare_with_log
-from .rewards import BUILTIN_REWARDS, DEFAULT_FORMAT_PATTERN, DEFAULT_LENGTH_TARGET, RewardTable, builtin_for_logged_name, builtin_reward, score_rewards
+from .rewards import BUILTIN_REWARDS, DEFAULT_FORMAT_PATTERN, DEFAULT_LENGTH_TARGET, RewardTable, attach_reward_logs, builtin_for_logged_name, builtin_reward, score_rewards
 from .views.grpo import (
     GRPO_CSS,
     grpo_groups_html,
@@ -649,8 +649,8 @@ def _grpo_api(m, r: Rollout, trainer: str, reward_funcs, reward_weights, setting
     use_sampler = bool(settings.pop("use_sampler_logprobs", True))
     config = make_config(trainer, num_generations=int(r.settings["samples_per_prompt"]), reward_weights=tuple(weights),
                          **settings)
-    step = rollout_grpo_step(r, table.rewards_per_func, config, reward_func_names=table.names,
-                             use_sampler_logprobs=use_sampler)
+    step = attach_reward_logs(rollout_grpo_step(r, table.rewards_per_func, config, reward_func_names=table.names,
+                                                use_sampler_logprobs=use_sampler), table)
     return {"trainer": trainer, "grpo": step.to_dict(), "grpo_diagnostics": [f.to_dict() for f in diagnose_grpo(r, step)]}
 
 
@@ -904,7 +904,8 @@ def grpo_step_for(r: Rollout, state: dict, trainer: str, reward_funcs: list[str]
     config = _grpo_config(trainer, G, w, settings)
     step = rollout_grpo_step(r, rpf, config, reward_func_names=names,
                              use_sampler_logprobs=bool(settings.get("use_sampler_logprobs", True)))
-    return step, RewardTable(rpf, names, w)
+    attach_reward_logs(step, table)  # log_metric values join the metrics table, log_extra columns the step
+    return step, RewardTable(rpf, names, w, table.extra, table.metrics)
 
 
 def grpo_views(r: Rollout | None, state: dict | None, trainer: str, reward_funcs, w_sentiment, w_length, w_format,

@@ -163,8 +163,9 @@ def token_weights_heatmap(r: Rollout, step: GRPOStep) -> go.Figure:
 def loss_type_table(r: Rollout, rewards_per_func, config: GRPOConfig, *, inputs: dict | None = None,
                     reward_func_names=None, use_sampler_logprobs: bool = True) -> pd.DataFrame:
     """The same rollout under every TRL loss type: for the shortest and the longest completion with a nonzero
-    advantage, the mean per-token weight divided by the completion's advantage (how much one of its tokens
-    counts per unit of advantage), and long / short: 1.0 means no length bias. Empty when no such pair exists."""
+    advantage, how much one of its tokens counts per unit of advantage under the loss's aggregation
+    (`weight_per_advantage`: the sampler ratio and the entropy mask left out), and long / short: 1.0 means no
+    length bias. Empty when no such pair exists."""
     columns = ["loss_type", "short (tokens)", "long (tokens)", "short: weight / advantage", "long: weight / advantage",
                "long / short", "note"]
     rows = []
