@@ -37,6 +37,13 @@ def verl():
         _lift(read("verl/trainer/ppo/rollout_corr_helper.py"),
               {"compute_rollout_correction_weights", "_parse_rollout_is_threshold", "compute_is_metrics",
                "compute_offpolicy_metrics", "SAFETY_BOUND"}, ns, "verl/trainer/ppo/rollout_corr_helper.py")
+        import logging
+
+        debug = _lift(read("verl/utils/debug/metrics.py"),
+                      {"calculate_debug_metrics", "calculate_log_prob_diff", "pearson_correlation_coefficient"},
+                      {"torch": torch, "logger": logging.getLogger("verl"), "DataProto": object},
+                      "verl/utils/debug/metrics.py")
+        ns["calculate_debug_metrics"] = debug["calculate_debug_metrics"]
     return SimpleNamespace(**{k: v for k, v in ns.items() if callable(v) or k == "SAFETY_BOUND"})
 
 
@@ -154,7 +161,8 @@ def test_response_length_is_validated_and_must_cover_the_completions():
 @pytest.mark.parametrize("threshold", [2.0, "0.5_1.5"])
 def test_rollout_corr_metrics_equal_verls_without_counting_padding(verl, level, threshold):
     """Every `rollout_corr/...` metric verl logs (compute_rollout_correction_weights' IS metrics and
-    compute_offpolicy_metrics), from the batch padded to response_length: no padding among the extremes."""
+    compute_offpolicy_metrics) and `training/rollout_probs_diff_...` (calculate_debug_metrics), from the batch
+    padded to response_length: no padding among the extremes."""
     rewards, mask, lp, old, sampler, *_ = _batch(24)
     B, W = mask.shape[0], 16
     cfg = VerlGRPOConfig(num_generations=4, rollout_is=level, rollout_is_threshold=threshold, response_length=W)
@@ -168,6 +176,10 @@ def test_rollout_corr_metrics_equal_verls_without_counting_padding(verl, level, 
         assert ours[key] == pytest.approx(value, rel=1e-5, abs=1e-6), key
     if level == "sequence":
         assert ours["rollout_corr/rollout_is_min"] > 0.05       # padding (ratio 0) never counts
+    batch = {"rollout_log_probs": ps, "old_log_probs": po, "response_mask": pm.long(),
+             "responses": torch.zeros(B, W, dtype=torch.long)}
+    for key, value in verl.calculate_debug_metrics(SimpleNamespace(batch=batch)).items():
+        assert s.metrics[key] == pytest.approx(value, rel=1e-5, abs=1e-7), key
 
 
 def test_sequence_rollout_is_min_ignores_padding_by_hand():
