@@ -150,3 +150,40 @@ def test_an_opened_trl_grpo_log_shows_its_rewards_beside_the_recomputed_ones(mod
     assert "The file and the recompute disagree:** length_reward:" in status
     assert "advantage:" not in status and "smollm2-sentiment:" not in status
     assert groups.count(" data-group=") == 4
+
+
+def test_an_opened_trl_log_takes_its_reward_columns_and_weights_from_the_fields(models):
+    from pathlib import Path
+
+    log = Path(__file__).parent / "data" / "trl_grpo_extra_completions_00001.parquet"
+    settings = [GRPO_DEFAULTS[k] for k in ui.GRPO_SETTINGS]
+    statuses = {}
+    for weights in ("", "1, 0.5"):
+        r = ui.import_callback(str(log), "", "", "", "", True, "EOS token", "", "trl", 1.0, "", weights)[0]
+        state = ui.grpo_rewards(r)
+        assert state["table"].names == ["number_reward", "length_reward"]
+        status, _, _, log_update, *_ = ui.grpo_views(r, state, "grpo", ["sentiment"], 1, 1, 1, 1, *settings)
+        frame = log_update["value"]
+        statuses[weights] = (status, (frame["advantage (file)"] - frame["advantage (recomputed)"]).abs().max())
+    status, gap = statuses["1, 0.5"]
+    assert gap < 1e-5 and "`number_reward` ×1, `length_reward` ×0.5" in status
+    assert "Reward columns by TRL's column order" in status and "completion_tokens, last_number taken as log_extra" in status
+    status, gap = statuses[""]
+    assert gap > 0.03 and "advantage: 4 of 12 completions disagree" in status  # weights 1: the run is not reproduced
+    named = ui.import_callback(str(log), "", "", "", "", True, "EOS token", "", "trl", 1.0, "number_reward", "2")[0]
+    assert named.settings["reward_columns"] == ["number_reward"] and named.settings["reward_weights"] == [2.0]
+    assert named.settings["extra_columns"] == ["length_reward", "completion_tokens", "last_number"]
+
+
+def test_the_open_file_endpoint_takes_reward_columns_and_weights(client):
+    from pathlib import Path
+
+    from gradio_client import handle_file
+
+    log = Path(__file__).parent / "data" / "trl_grpo_extra_completions_00001.parquet"
+    record = client.predict(handle_file(str(log)), 1.0, "", "1, 0.5", api_name="/open_file")
+    assert record["settings"]["reward_columns"] == ["number_reward", "length_reward"]
+    assert record["settings"]["reward_weights"] == [1.0, 0.5]
+    assert record["settings"]["prompt_messages"][0][0]["role"] == "system"
+    with pytest.raises(Exception, match="reward_weights has 3"):
+        client.predict(handle_file(str(log)), 1.0, "", "1, 2, 3", api_name="/open_file")
