@@ -103,7 +103,7 @@ IDLE = "() => !Array.from(document.querySelectorAll('.progress-text')).some(e =>
 def wait_done(page, previous_status: str) -> None:
     """Until the status shows a new finished rollout and no panel shows progress any more."""
     page.wait_for_function(DONE, arg=previous_status, timeout=300_000)
-    page.wait_for_function(IDLE, timeout=60_000)
+    page.wait_for_function(IDLE, timeout=300_000)  # the panels after the status: as long as the run may take
 
 
 def run_and_wait(page, previous_status: str = "") -> str:
@@ -269,7 +269,7 @@ def test_a_bad_ppo_setting_is_refused_on_its_field_and_the_results_stay(page):
                                timeout=30_000)
         message = page.inner_text("#kl-coef")
         assert "at least 0" in message, message  # the field, by name, with its allowed range
-        page.wait_for_function(IDLE, timeout=30_000)
+        page.wait_for_function(IDLE, timeout=300_000)
         assert page.inner_text("#panel-ppo") == table and page.inner_text("#panel-ppo-metrics") == metrics
         assert page.locator("#panel-ppo tr[data-row='advantages']").is_visible()
         assert "Something went wrong" not in page.inner_text("body")
@@ -287,7 +287,7 @@ def test_an_empty_prompt_box_keeps_the_results(page):
     page.fill("#prompts textarea", "  \n ")
     page.click("#run")
     page.wait_for_function("() => /no prompts/i.test(document.querySelector('#prompts').innerText)", timeout=30_000)
-    page.wait_for_function(IDLE, timeout=30_000)
+    page.wait_for_function(IDLE, timeout=300_000)
     assert page.inner_text("#status-line") == previous
     assert page.input_value("#sample-picker input") == choices and choices
     assert page.locator(".error:visible").count() == 0
