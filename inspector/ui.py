@@ -530,14 +530,17 @@ def compare_choices(r: Rollout | None):
 
 @gpu
 def import_callback(upload, policy, reward, value, reference, use_chat, stop_choice, stop_custom, attention,
-                    temperature=1.0, request: gr.Request = None, progress=gr.Progress()):
+                    temperature=1.0, reward_columns="", reward_weights="", request: gr.Request = None,
+                    progress=gr.Progress()):
     """Open a file: a rollout record is shown as it is (no model needed); a table of completions (TRL's
-    prompt / completion / reward, verl's input / output / score) is re-scored with the loaded models."""
+    prompt / completion / reward, verl's input / output / score) is re-scored with the loaded models. For a TRL
+    GRPO log, `reward_columns` / `reward_weights` (comma-separated) name its reward functions' columns and give
+    TRL's `reward_weights`."""
     try:
         if upload is None:
             raise InspectorError("Choose a file first: a rollout .json, or a .jsonl / .csv / .parquet of completions.")
         path = Path(upload if isinstance(upload, str) else upload.name)
-        parsed = read_upload_file(path)
+        parsed = read_upload_file(path, reward_columns=reward_columns, reward_weights=reward_weights)
         if isinstance(parsed, dict):
             r = rollout_from_dict(parsed)
             m = None
@@ -563,14 +566,17 @@ def _temperature(value) -> float:
 
 
 @gpu
-def open_file_api(file, temperature: float = 1.0) -> dict:
+def open_file_api(file, temperature: float = 1.0, reward_columns: str = "", reward_weights: str = "") -> dict:
     """Open a file through the API: a rollout record comes back validated; a table of completions (TRL's or
     verl's) comes back re-scored by the default models, as a rollout record, its logprobs taken at the
-    training `temperature` the completions were sampled at (default 1.0)."""
+    training `temperature` the completions were sampled at (default 1.0). For a TRL GRPO log,
+    `reward_columns` (comma-separated names) tells its reward columns from its log_extra columns and
+    `reward_weights` (comma-separated) gives TRL's `reward_weights`; the record's settings say how it decided."""
     try:
         if file is None:
             raise InspectorError("No file was sent.")
-        parsed = read_upload_file(file if isinstance(file, str) else getattr(file, "name", None) or file["path"])
+        parsed = read_upload_file(file if isinstance(file, str) else getattr(file, "name", None) or file["path"],
+                                  reward_columns=reward_columns, reward_weights=reward_weights)
         if isinstance(parsed, dict):
             return rollout_to_dict(rollout_from_dict(parsed))
         return rollout_to_dict(rescore(load_models(), parsed, temperature=_temperature(temperature)))
@@ -738,6 +744,14 @@ def _controls(p: dict) -> None:
             1.0, label="Training temperature of the completions", minimum=0.01, elem_id="import-temperature",
             info="The sampling temperature they were generated at (1.0: TRL GRPO's and verl's default; TRL PPO's is "
                  "0.7); logprobs and the recompute use it")
+        with gr.Row():
+            p["import_reward_columns"] = gr.Textbox(
+                "", label="TRL GRPO log: reward columns", elem_id="import-reward-columns", max_lines=1,
+                placeholder="blank = by TRL's column order", info="Comma-separated, in reward_funcs order; the "
+                "other columns are log_extra ones")
+            p["import_reward_weights"] = gr.Textbox(
+                "", label="reward_weights", elem_id="import-reward-weights", max_lines=1, placeholder="blank = 1 each",
+                info="Comma-separated, as TRL's reward_weights")
         p["import"] = gr.Button("Open and inspect", elem_id="import")
 
 
@@ -855,7 +869,7 @@ def grpo_rewards(r: Rollout | None, policy="", reward="", value="", reference=""
         if logged:
             file_table = RewardTable(
                 torch.tensor([[float("nan") if v is None else float(v) for v in r.columns[c]] for c in logged]).T,
-                list(logged), [1.0] * len(logged))
+                list(logged), list(r.settings.get("reward_weights") or [1.0] * len(logged)))
             funcs = {name: builtin_for_logged_name(name, m) for name in logged}
             funcs = {k: f for k, f in funcs.items() if f is not None}
             recomputed = {}
@@ -944,6 +958,8 @@ def grpo_views(r: Rollout | None, state: dict | None, trainer: str, reward_funcs
     status = (f"**{name}** · {step.num_groups} group(s) × num_generations {G} · loss `{loss}` · rewards "
               + ", ".join(f"`{n}` ×{w:g}" for n, w in zip(used.names, used.weights))
               + f" · loss {float(step.loss):+.5f}")
+    if state.get("from_file") and r.settings.get("reward_columns_how"):
+        status += f"  \nReward columns {r.settings['reward_columns_how']} (Open a file)."
     if problems:
         status += "  \n**The file and the recompute disagree:** " + " ".join(problems)
     return (status, diagnostics_html(diagnose_grpo(r, step)), grpo_groups_html(r, step), log_update,
@@ -1116,7 +1132,7 @@ def _wire(p: dict) -> None:
     p["import"].click(
         _keeping_results(import_callback, len(rollout_outputs)),
         c(["upload", "policy", "reward", "value", "reference", "use_chat", "stop_choice", "stop_custom", "attention",
-           "import_temperature"]),
+           "import_temperature", "import_reward_columns", "import_reward_weights"]),
         kept,
         api_visibility="private", **model_event(),
     ).then(**ppo)
@@ -1166,9 +1182,10 @@ def build_app() -> gr.Blocks:
         with gr.Row(visible=False):  # the file endpoint: a File input so that clients upload as they should
             api_file = gr.File()
             api_temperature = gr.Number(1.0)
+            api_columns, api_weights = gr.Textbox(""), gr.Textbox("")
             api_record = gr.JSON()
             api_button = gr.Button()
-        api_button.click(open_file_api, [api_file, api_temperature], api_record, api_name="open_file",
+        api_button.click(open_file_api, [api_file, api_temperature, api_columns, api_weights], api_record, api_name="open_file",
                          **model_event())
     demo.queue(max_size=int(os.environ.get("INSPECTOR_QUEUE_SIZE", "16")), default_concurrency_limit=1)
     return demo
