@@ -316,6 +316,7 @@ def rescore(models, parsed: Completions, *, stop_token_id="eos", use_chat_templa
         models, parsed.prompts, parsed.completions, ended=ended, stop_token_id=stop_token_id,
         use_chat_template=use_chat_template and not parsed.prompt_is_text, attention=attention, source=parsed.source,
         samples_per_prompt=groups or 1, columns=parsed.columns, temperature=temperature, progress=progress,
+        trainer={"trl-grpo": "grpo", "verl": "verl"}.get(parsed.kind, "ppo"),
     )
     if parsed.prompt_is_text:
         rollout.notes.append(
