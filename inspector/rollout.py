@@ -331,6 +331,12 @@ def run_rollout(
             capture=capture,
         )
         rollout.engine = engine
+    if trainer != "ppo":
+        rollout.notes.append(
+            f"Made for {trainer}: generation stopped at every EOS id ({rollout.eos_token_ids}) and the trainer-side "
+            "passes saw TRL 1.16 GRPO's attention cat(prompt_mask, completion_mask) (`conventions` says so per "
+            "field). The PPO views show these numbers as they are; for TRL 0.x PPO's, run again with Trainer = PPO."
+        )
     unfinished = ~torch.isin(rollout.responses, torch.tensor(ender)).any(-1) if ender is not None else torch.ones(rollout.batch_size, dtype=torch.bool)
     if rollout.response_width < settings.max_new_tokens and unfinished.any():
         rollout.notes.append(
