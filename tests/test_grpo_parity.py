@@ -133,7 +133,8 @@ def _compare(r, tokenizer, trainer, inputs, cfg: GRPOConfig, vllm_layout: bool, 
           f"loss {s.loss.item():+.8f} vs TRL {trl['loss'].item():+.8f}")
     assert logp_gap < 2e-4 and ent_gap < 2e-4
     assert torch.allclose(s.advantages, out["advantages"], atol=1e-5)
-    assert s.loss.item() == pytest.approx(trl["loss"].item(), rel=1e-4, abs=1e-6)
+    # the vLLM layout's ratio carries the two recomputes' float32 difference (~1e-5 nats): the loss shows it
+    assert s.loss.item() == pytest.approx(trl["loss"].item(), rel=1e-4, abs=2e-5 if vllm_layout else 1e-6)
     assert weight_gap < 1e-6 + 1e-4 * trl["grad"].abs().max().item()
     assert (trl["grad"][~m] == 0).all() and (s.token_weights[:, :T][~m] == 0).all()
     if vllm_layout:
@@ -219,12 +220,14 @@ def test_a_model_with_two_eos_ids(tmp_path_factory):
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(str(converted_default_policy()))
-    other = tok.convert_tokens_to_ids(".")
+    other = tok.convert_tokens_to_ids(",")
     folder = _copy_with_eos(tmp_path_factory, [tok.eos_token_id, other])
     models = load_models(str(folder))
     r = _rollout(models, seed=0)
     assert r.eos_token_ids == [tok.eos_token_id, other]
-    assert (r.responses == other).any(), "no completion ended at the second EOS id"
+    ends = (r.responses == other).int().argmax(1)
+    early = (r.responses == other).any(1) & (ends + 1 < r.response_width)
+    assert early.any(), "no completion ended at the second EOS id before the last column"
     # generation stopped there: nothing but padding after the first EOS id of each row
     mask = rollout_grpo_inputs(r)["completion_mask"].bool()
     assert (r.responses[~mask] == r.pad_token_id).all()
