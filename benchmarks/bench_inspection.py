@@ -6,6 +6,9 @@ The median of the repetitions is reported, with the machine it ran on.
 
     python benchmarks/bench_inspection.py [--reps 3] [--batch 8] [--tokens 128]
 
+The inspect side also prints the time of each pass after generation (recompute, reference, value, reward,
+decoding, diagnostics, PPO step, views), so one can see where the time over bare generate goes.
+
 Sides, on the same prompts, seed and sampling settings (temperature 0.7, top_k 0, top_p 1.0):
 - bare: `model.generate` with nothing kept (the physical floor);
 - inspect: `run_rollout` (generation with the per-token capture, the recompute, value and reward passes),
@@ -320,6 +323,9 @@ def main() -> None:
             results[side].append(res)
             print(f"  rep {rep + 1} {side:8s} {res['seconds']:7.2f} s  peak +{res['peak_growth_mb']:7.1f} MB  "
                   f"({res['width']} tokens)", flush=True)
+            if side == "inspect":
+                print("    passes after generation: " + ", ".join(f"{k} {v:.3f} s" for k, v in res["stages"].items()
+                                                                  if k != "generate"), flush=True)
     med = {s: {k: statistics.median(r[k] for r in rs) for k in ("seconds", "peak_growth_mb")} for s, rs in results.items()}
     print("\nmedians:")
     for s, m in med.items():
