@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
             temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed,
             stop_token_id=stop, use_chat_template=not args.no_chat_template, attention=args.attention,
             samples_per_prompt=args.samples, ignore_generation_config=args.ignore_generation_config,
-            engine_url=args.engine_url,
+            engine_url=args.engine_url, trainer=args.trainer,
         )
     except InspectorError as exc:
         print(f"error: {exc}", file=sys.stderr)

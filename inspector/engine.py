@@ -433,17 +433,18 @@ def trainer_side_capture(lm_head: torch.nn.Module, hidden: torch.Tensor, respons
 
 
 def sample_rollout(url: str, models, enc, samples_per_prompt: int, settings: SamplingSettings, *,
-                   top_logprobs: int = 5, timeout: float = 180.0, stop_token_id: int | None = None):
+                   top_logprobs: int = 5, timeout: float = 180.0, stop_token_id: int | list[int] | None = None):
     """The engine side of `run_rollout`: sample every prompt of `enc` (its rows repeat each prompt
-    `samples_per_prompt` times) with the server at `url`, stopping at `stop_token_id` (None: at no token, as
-    `generate` with no stop). Returns the `Generation`, the capture function `_score_rollout` calls on the
+    `samples_per_prompt` times) with the server at `url`, stopping at `stop_token_id` (one id, or every id of a
+    list: a GRPO trainer's EOS ids, each sent in `stop_token_ids`; None: at no token, as `generate` with no stop). Returns the `Generation`, the capture function `_score_rollout` calls on the
     policy's hidden states, and the record's `engine` entry."""
     tokenizer = models.tokenizer
     n = samples_per_prompt
     rows = range(0, enc.queries.shape[0], n)
     prompt_ids = [enc.queries[i][enc.attention_mask[i].bool()].tolist() for i in rows]
     result, info = sample(url, tokenizer, enc.queries, prompt_ids, settings, n, top_logprobs=top_logprobs,
-                          timeout=timeout, stop_token_ids=[] if stop_token_id is None else [stop_token_id])
+                          timeout=timeout, stop_token_ids=[] if stop_token_id is None else
+                          [int(i) for i in stop_token_id] if isinstance(stop_token_id, (list, tuple)) else [stop_token_id])
     gen = result.generation
     lm_head = models.policy.get_output_embeddings()
 

@@ -1013,14 +1013,23 @@ def rollout_grpo_inputs(rollout, eos_token_ids: list[int] | None = None) -> dict
     """The tensors `grpo_step` takes, read from a Rollout without any model pass.
 
     completion_mask and is_truncated follow TRL 1.16's plain-generate path on `rollout.responses`, with
-    `eos_token_ids` (TRL's: pass `model_eos_token_ids(models)` when the models are at hand; default: the
-    tokenizer's EOS, plus `rollout.settings["generation_eos_token_ids"]` when recorded). Trainer logprobs are the forward recompute (`new_logprobs`), sampler
-    logprobs the generation-time ones (`logprobs`), the reference's `ref_logprobs`, entropies `entropy`.
-    Rollouts from before the rename (`gen_logprobs` + `logprobs`) are read with their old names.
+    `eos_token_ids` (default: the record's `eos_token_ids`, TRL's for the model it was made with; records
+    without them: the tokenizer's EOS, plus `rollout.settings["generation_eos_token_ids"]` when recorded). A
+    custom stop token always counts as one (TRL stops elsewhere through the generation config's EOS), so a pad
+    after it, never sampled, stays out of the mask even when pad == EOS. Trainer logprobs are the forward
+    recompute (`new_logprobs`), sampler logprobs the generation-time ones (`logprobs`), the reference's
+    `ref_logprobs`, entropies the trainer's full-vocabulary `entropies` (None for records without them; never
+    `entropy`, the sampled-from distribution's). Rollouts from before the rename (`gen_logprobs` + `logprobs`)
+    are read with their old names. See `trainer_mismatch` for rollouts made under PPO's conventions.
     """
     if eos_token_ids is None:
-        extra = (rollout.settings or {}).get("generation_eos_token_ids")
-        eos_token_ids = trl_eos_token_ids(rollout.eos_token_id, extra)
+        eos_token_ids = list(getattr(rollout, "eos_token_ids", None) or [])
+        if not eos_token_ids:
+            extra = (rollout.settings or {}).get("generation_eos_token_ids")
+            eos_token_ids = trl_eos_token_ids(rollout.eos_token_id, extra)
+        stop = getattr(rollout, "stop_token_id", None)
+        if stop is not None and stop not in eos_token_ids:
+            eos_token_ids = [*eos_token_ids, stop]
     completion_mask, is_truncated = trl_completion_mask(rollout.responses, eos_token_ids, rollout.pad_token_id)
     if hasattr(rollout, "new_logprobs"):
         trainer, sampler = rollout.new_logprobs, rollout.logprobs
@@ -1029,8 +1038,26 @@ def rollout_grpo_inputs(rollout, eos_token_ids: list[int] | None = None) -> dict
     return {
         "completion_mask": completion_mask, "is_truncated": is_truncated, "per_token_logps": trainer,
         "sampling_per_token_logps": sampler, "ref_per_token_logps": rollout.ref_logprobs,
-        "entropies": rollout.entropy,
+        "entropies": getattr(rollout, "entropies", None),
     }
+
+
+def trainer_mismatch(rollout, trainer: str) -> str | None:
+    """None when the rollout's trainer-side fields follow `trainer`'s conventions (GRPO and verl share them),
+    else what differs and what to re-run, in plain words."""
+    made = getattr(rollout, "trainer", None) or "ppo"
+    if (made == "ppo") == (trainer == "ppo"):
+        return None
+    if trainer == "ppo":
+        return (f"This rollout was made for {made}: its trainer logprobs (`new_logprobs`), values and scores follow "
+                "TRL 1.16 GRPO's attention `cat(prompt_mask, completion_mask)`, not TRL 0.x PPO's `ids != pad`. "
+                "Run it again with Trainer = PPO (CLI `--trainer ppo`, API `trainer=\"ppo\"`) for PPO's numbers.")
+    return ("This rollout was made for PPO (TRL 0.x): its trainer logprobs (`new_logprobs`) were recomputed under "
+            "PPO's `ids != pad` attention (which hides every EOS equal to the pad, the chat template's included), "
+            "its generation stopped at one stop token, and it holds no trainer entropies. That is not what "
+            f"{'TRL 1.16 GRPO' if trainer == 'grpo' else 'verl'} computes: run it again with Trainer = "
+            f"{'GRPO (TRL 1.16)' if trainer == 'grpo' else 'verl GRPO'} (CLI `--trainer {trainer}`, API "
+            f"`trainer=\"{trainer}\"`).")
 
 
 def rollout_grpo_step(rollout, rewards_per_func: torch.Tensor, config: GRPOConfig | VerlGRPOConfig = GRPOConfig(), *,

@@ -423,6 +423,7 @@ def rescore(models, parsed: Completions, *, stop_token_id="eos", use_chat_templa
         use_chat_template=use_chat_template and not parsed.prompt_is_text and chats is None, attention=attention,
         source=parsed.source, samples_per_prompt=groups or 1, columns=parsed.columns, temperature=temperature,
         progress=progress,
+        trainer={"trl-grpo": "grpo", "verl": "verl"}.get(parsed.kind, "ppo"),
     )
     if chats is not None:
         _keep_chat_prompts(rollout, parsed, tok)

@@ -23,7 +23,7 @@ from .scoring import (
     backbone_states,
     forward_logprobs,
     get_reward,
-    head_logprobs,
+    head_logprobs_and_entropies,
     head_token_details,
     trl_attention_mask,
 )
@@ -39,6 +39,35 @@ the policy's generation `eos_token_id`, so generation ends at it, and no stop to
 `max_new_tokens` and only the truncation looks at the stop token."""
 
 ATTENTION_MODES = ("trl", "tokenizer")
+
+TRAINERS = ("ppo", "grpo", "verl")
+"""Whose conventions the trainer-side fields follow. "ppo": TRL 0.x PPO (`ids != pad` attention, the stop
+token alone ends generation). "grpo" (TRL 1.16) and "verl": generation ends at every EOS id (the tokenizer's,
+the model's generation config's, and a custom stop token), and the policy recompute sees
+`cat(prompt_mask, completion_mask)`: the tokenizer's prompt mask and the completion up to its first EOS id."""
+
+PPO_CONVENTIONS = {
+    "new_logprobs": "TRL 0.x PPO: attention ids != pad, logits / (temperature + 1e-7)",
+    "entropies": "TRL 0.x PPO: full vocabulary at logits / (temperature + 1e-7), same pass as new_logprobs",
+    "ref_logprobs": "TRL 0.x PPO: attention ids != pad",
+    "values": "TRL 0.x PPO: value model over query_responses, attention ids != pad",
+    "scores": "TRL 0.x PPO: get_reward on postprocessed_query_responses, attention ids != pad",
+    "responses": "TRL 0.x PPO: generation stops at the stop token alone",
+}
+GRPO_CONVENTIONS = {
+    "new_logprobs": "TRL 1.16 GRPO: attention cat(prompt_mask, completion_mask), logits / temperature",
+    "entropies": "TRL 1.16 GRPO: entropy_from_logits over the full vocabulary at logits / temperature, "
+                 "same pass as new_logprobs",
+    "ref_logprobs": "TRL 1.16 GRPO: attention cat(prompt_mask, completion_mask)",
+    "values": "attention cat(prompt_mask, completion_mask) (GRPO has no value model)",
+    "scores": "reward model under cat(prompt_mask, completion_mask), read at the last completion token",
+    "responses": "TRL 1.16 GRPO: generation stops at every id of eos_token_ids",
+}
+
+
+def trainer_conventions(trainer: str) -> dict[str, str]:
+    """The record's `conventions` for a trainer: field name -> whose convention it follows."""
+    return dict(PPO_CONVENTIONS if trainer == "ppo" else GRPO_CONVENTIONS)
 
 _run_lock = threading.Lock()  # one rollout at a time per process: the seed is global RNG state
 
@@ -103,6 +132,13 @@ class Rollout:
     processed_logprobs: torch.Tensor | None = None  # (B, G) engine rollouts: the trainer's recompute of the
     # sampled-from distribution (temperature, top-k, top-p renormalised), to say which one the engine reports
     columns: dict[str, list] = field(default_factory=dict)  # per-sample data columns (an answer, verl's gts, a file's own)
+    entropies: torch.Tensor | None = None   # (B, G) the trainer's entropy: full vocabulary at the recompute's
+    # scaled logits, from the same pass as new_logprobs (TRL's `entropy_from_logits`; GRPO's entropy metric and
+    # top_entropy_quantile mask, verl's actor/entropy). `entropy` is the sampled-from (top-k / top-p) distribution's.
+    trainer: str = "ppo"                    # whose conventions the trainer-side fields follow (TRAINERS)
+    conventions: dict[str, str] = field(default_factory=dict)  # field name -> its convention, e.g. new_logprobs
+    eos_token_ids: list[int] = field(default_factory=list)  # TRL 1.16's eos_token_ids: tokenizer EOS, the model's
+    # generation-config EOS ids, and (GRPO, a custom stop) the stop token: generation ends at them, the GRPO mask knows them
 
     @property
     def batch_size(self) -> int:
@@ -208,6 +244,7 @@ def run_rollout(
     engine_url: str | None = None,
     ignore_generation_config: bool = False,
     generation_stop: str = "stop",
+    trainer: str = "ppo",
     progress=None,
 ) -> Rollout:
     """Generate responses to `prompts` with the policy and compute every quantity TRL's PPO rollout computes.
@@ -218,6 +255,9 @@ def run_rollout(
     `ignore_generation_config`: sample without the model's generation_config.json (its repetition penalty,
     n-gram bans, ...), which `generate` otherwise merges in; the processors it adds are measured either way.
     `attention`: "trl" (`ids != pad_token_id` everywhere, as TRL) or "tokenizer" (the true mask).
+    `trainer`: "ppo" (TRL 0.x PPO's conventions, as above), "grpo" (TRL 1.16) or "verl": generation stops at
+    every EOS id (`eos_token_ids`: the tokenizer's, the model's generation config's, a custom stop token) and
+    the recompute sees GRPO's `cat(prompt_mask, completion_mask)`, whatever `attention` says.
     `limits` (default: `Limits.from_env()`) bounds the request; `max_prompt_tokens` and `max_time` default to
     its values. `engine_url` samples with an OpenAI-compatible server (e.g. vLLM) at that URL instead of
     in-process `generate` (see `inspector.engine`); the trainer-side passes stay in-process. `compare_masks` also scores the responses under the true attention mask where TRL's mask hides
@@ -229,6 +269,8 @@ def run_rollout(
         raise InputError(f"attention must be one of {ATTENTION_MODES}, not {attention!r}.")
     if generation_stop not in GENERATION_STOPS:
         raise InputError(f"generation_stop must be one of {GENERATION_STOPS}, not {generation_stop!r}.")
+    if trainer not in TRAINERS:
+        raise InputError(f"trainer must be one of {TRAINERS}, not {trainer!r}.")
     if not isinstance(prompts, (list, tuple)):
         raise InputError("prompts must be a list of strings.")
     if not isinstance(samples_per_prompt, int) or samples_per_prompt < 1:
@@ -244,6 +286,7 @@ def run_rollout(
     tok = models.tokenizer
     pad, eos = tok.pad_token_id, tok.eos_token_id
     stop = _resolve_stop(tok, stop_token_id)
+    eos_ids = trainer_eos_token_ids(models, stop, trainer)
     if models.value is not None and not same_tokenizer(models.value_tokenizer, tok):
         raise ModelLoadError(value_vocabulary_message(models.names["policy"], models.names["value"]))
 
@@ -258,11 +301,11 @@ def run_rollout(
     enc = encode_prompts(tok, expanded, use_chat_template, max_prompt_tokens)
     Q = enc.queries.shape[1]
     limits.check_batch(len(expanded), Q, settings.max_new_tokens)
-    trl_mode = attention == "trl"
+    trl_mode = attention == "trl" and trainer == "ppo"
 
     with _run_lock:
         capture, engine = None, {"engine": "transformers.generate", "url": None, "served_model": None}
-        ender = stop if generation_stop == "stop" else None
+        ender = None if generation_stop != "stop" or stop is None else stop if trainer == "ppo" else eos_ids
         if engine_url:
             from .engine import sample_rollout
 
@@ -278,8 +321,9 @@ def run_rollout(
             )
         timings["generate"] = time.perf_counter() - clock
         rollout = _score_rollout(
-            models, expanded, prompt_index, enc, gen, stop=stop, attention=attention,
+            models, expanded, prompt_index, enc, gen, stop=stop, attention=attention if trainer == "ppo" else "tokenizer",
             temperature=settings.effective_temperature, say=say, timings=timings, compare_masks=compare_masks,
+            trainer=trainer, eos_ids=eos_ids,
             settings=settings.to_dict() | {"samples_per_prompt": samples_per_prompt,
                                            "use_chat_template": use_chat_template, "top_logprobs": top_logprobs,
                                            "ignore_generation_config": bool(ignore_generation_config),
@@ -287,7 +331,13 @@ def run_rollout(
             capture=capture,
         )
         rollout.engine = engine
-    unfinished = ~(rollout.responses == ender).any(-1) if ender is not None else torch.ones(rollout.batch_size, dtype=torch.bool)
+    if trainer != "ppo":
+        rollout.notes.append(
+            f"Made for {trainer}: generation stopped at every EOS id ({rollout.eos_token_ids}) and the trainer-side "
+            "passes saw TRL 1.16 GRPO's attention cat(prompt_mask, completion_mask) (`conventions` says so per "
+            "field). The PPO views show these numbers as they are; for TRL 0.x PPO's, run again with Trainer = PPO."
+        )
+    unfinished = ~torch.isin(rollout.responses, torch.tensor(ender)).any(-1) if ender is not None else torch.ones(rollout.batch_size, dtype=torch.bool)
     if rollout.response_width < settings.max_new_tokens and unfinished.any():
         rollout.notes.append(
             f"Generation stopped at the time limit ({max_time:.0f} s) after {rollout.response_width} of "
@@ -302,15 +352,17 @@ def run_rollout(
 @torch.no_grad()
 def _score_rollout(models: Models, expanded: list[str], prompt_index: list[int], enc, gen, *, stop, attention: str,
                    temperature: float, say, timings: dict, settings: dict, compare_masks: bool = False,
-                   capture=None) -> Rollout:
+                   capture=None, trainer: str = "ppo", eos_ids: list[int] | None = None) -> Rollout:
     """Everything after generation: the split, truncation, masks, the recompute, value and reward passes,
     and the record. `gen` holds the sequences and the per-token capture (a `Generation`); `capture(hidden,
     responses)`, if given, returns record fields computed from the policy's hidden states (what a serving
-    engine did not report)."""
+    engine did not report). `trainer` != "ppo": every pass sees TRL 1.16 GRPO's `cat(prompt_mask,
+    completion_mask)`, the completion mask ending at the first of `eos_ids`."""
     tok = models.tokenizer
     pad, eos = tok.pad_token_id, tok.eos_token_id
+    eos_ids = list(eos_ids) if eos_ids is not None else trainer_eos_token_ids(models, stop, trainer)
     Q = enc.queries.shape[1]
-    trl_mode = attention == "trl"
+    trl_mode = attention == "trl" and trainer == "ppo"
     sequences = gen.sequences
     responses = sequences[:, Q:]
     query_responses = torch.cat((enc.queries, responses), dim=1)
@@ -319,7 +371,12 @@ def _score_rollout(models: Models, expanded: list[str], prompt_index: list[int],
     sequence_lengths = first_true_indices(postprocessed == pad) - 1
     contain_eos = torch.any(postprocessed == eos, dim=-1) if eos is not None else torch.zeros(len(expanded), dtype=torch.bool)
 
-    if trl_mode:
+    if trainer != "ppo":
+        from .grpo import trl_completion_mask
+
+        completion_mask = trl_completion_mask(responses, eos_ids, pad)[0].bool()
+        qr_mask = pqr_mask = torch.cat((enc.attention_mask.bool(), completion_mask), dim=1)
+    elif trl_mode:
         qr_mask = trl_attention_mask(query_responses, pad)
         pqr_mask = None
     else:
@@ -333,10 +390,16 @@ def _score_rollout(models: Models, expanded: list[str], prompt_index: list[int],
     say(0.55, "Recomputing logprobs (training-time forward pass)")
     policy_backbone = getattr(models.policy, models.policy.base_model_prefix)
     hidden = backbone_states(policy_backbone, query_responses.to(device), qr_mask.to(device))
-    new_logprobs = head_logprobs(
-        models.policy.get_output_embeddings(), hidden, responses.to(device), Q, temperature
-    ).cpu()
+    # TRL 0.x PPO divides by temperature + 1e-7, TRL 1.16 GRPO's fused head by the temperature itself
+    divisor = temperature + 1e-7 if trainer == "ppo" else temperature
+    new_logprobs, entropies = head_logprobs_and_entropies(
+        models.policy.get_output_embeddings(), hidden, responses.to(device), Q, divisor)
+    new_logprobs, entropies = new_logprobs.cpu(), entropies.float().cpu()
+    timings["recompute"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
     captured = capture(hidden, responses) if capture else {}
+    timings["engine_capture"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
     if models.reference_is_policy:
         ref_logprobs = new_logprobs.clone()
     else:
@@ -345,7 +408,7 @@ def _score_rollout(models: Models, expanded: list[str], prompt_index: list[int],
             models.reference, query_responses.to(device), pad, Q, temperature,
             attention_mask=qr_mask.to(device),
         ).cpu()
-    timings["logprobs"] = time.perf_counter() - t0
+    timings["reference"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
     say(0.75, "Value model pass")
@@ -358,6 +421,8 @@ def _score_rollout(models: Models, expanded: list[str], prompt_index: list[int],
         full_value, _, _ = get_reward(models.value, query_responses.to(device), pad, Q, attention_mask=qr_mask.to(device))
     values = full_value[:, Q - 1 : -1].squeeze(-1).float().cpu()
     del hidden
+    timings["value"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
 
     say(0.85, "Reward model pass")
     reward_same_tok = same_tokenizer(models.reward_tokenizer, tok)
@@ -402,8 +467,9 @@ def _score_rollout(models: Models, expanded: list[str], prompt_index: list[int],
         rows = torch.arange(len(expanded), device=true_logits.device)
         scores_true_mask = true_logits[rows, score_positions.to(true_logits.device)].squeeze(-1).float().cpu()
         scores_true_mask_at_end = true_scores.float().cpu()
-    timings["value_reward"] = time.perf_counter() - t0
+    timings["reward"] = time.perf_counter() - t0
 
+    t0 = time.perf_counter()
     say(0.95, "Decoding")
     ids_seen = torch.cat([sequences.flatten(), query_responses.flatten(), gen.topk_ids.flatten()]).unique().tolist()
     tokens = {i: tok.convert_ids_to_tokens(i) for i in ids_seen}
@@ -461,10 +527,29 @@ def _score_rollout(models: Models, expanded: list[str], prompt_index: list[int],
         timings=timings,
         generation_config=gen.generation_config,
         inherited_processors=processor_effects(gen.inherited, gen.logprobs, new_logprobs, ~_padding(sequence_lengths, responses.shape[1])),
+        entropies=entropies,
+        trainer=trainer,
+        conventions=trainer_conventions(trainer),
+        eos_token_ids=eos_ids,
     )
     for name, value in captured.items():
         setattr(rollout, name, value)
+    timings["decoding"] = time.perf_counter() - t0
     return rollout
+
+
+def trainer_eos_token_ids(models: Models, stop: int | None, trainer: str = "grpo") -> list[int]:
+    """TRL 1.16's `eos_token_ids` for the loaded models: the tokenizer's EOS, then every id of the policy's
+    generation_config.eos_token_id. Under a GRPO-family trainer a custom stop token joins them, as it does in
+    TRL when it is set as the model's generation-config EOS (TRL's way to stop elsewhere): generation ends at
+    it and the completion mask ends there, so the pad after it (the EOS when pad == EOS) is never taken for a
+    sampled token."""
+    from .grpo import model_eos_token_ids
+
+    ids = model_eos_token_ids(models)
+    if trainer != "ppo" and stop is not None and stop not in ids:
+        ids.append(stop)
+    return ids
 
 
 def _padding(sequence_lengths: torch.Tensor, width: int) -> torch.Tensor:
@@ -511,6 +596,7 @@ def score_completions(
     samples_per_prompt: int = 1,
     columns: dict[str, list] | None = None,
     temperature: float = 1.0,
+    trainer: str = "ppo",
     progress=None,
 ) -> Rollout:
     """A Rollout for completions produced elsewhere (a TRL completions table, a verl dump): the prompts are
@@ -521,7 +607,8 @@ def score_completions(
     under the raw logits, and `new_logprobs` the recompute with logits / (temperature + 1e-7) as TRL's.
     `use_chat_template=False` tokenizes each prompt as the text it is (a verl dump's prompt, already rendered
     by the trainer's chat template). `samples_per_prompt`: consecutive rows that answer one prompt (a GRPO
-    group). `columns` (one list per name, one value per completion) are kept on the record.
+    group). `columns` (one list per name, one value per completion) are kept on the record. `trainer`: whose
+    conventions the recompute follows (see `run_rollout`).
     Raises InputError for mismatched or empty inputs and LimitError over a limit.
     """
     limits = limits or Limits.from_env()
@@ -544,9 +631,12 @@ def score_completions(
     if not isinstance(temperature, (int, float)) or not temperature > 0:
         raise InputError(f"temperature must be above 0 (got {temperature!r}): give the training temperature.")
     temperature = float(temperature)
+    if trainer not in TRAINERS:
+        raise InputError(f"trainer must be one of {TRAINERS}, not {trainer!r}.")
     tok = models.tokenizer
     pad, eos = tok.pad_token_id, tok.eos_token_id
     stop = _resolve_stop(tok, stop_token_id)
+    eos_ids = trainer_eos_token_ids(models, stop, trainer)
     enc = encode_prompts(tok, list(prompts), use_chat_template, limits.max_prompt_tokens)
     ids = [tok(c, add_special_tokens=False)["input_ids"] + ([eos] if e and eos is not None else [])
            for c, e in zip(completions, ended)]
@@ -564,8 +654,14 @@ def score_completions(
     say = (lambda f, m: progress(f, m)) if progress else (lambda f, m: None)
     with _run_lock:
         device = next(models.policy.parameters()).device
-        mask = trl_attention_mask(sequences, pad) if attention == "trl" else torch.cat(
-            (enc.attention_mask.bool(), _response_mask(responses, [eos] if eos is not None else [])), dim=1)
+        if trainer != "ppo":
+            from .grpo import trl_completion_mask
+
+            mask = torch.cat((enc.attention_mask.bool(), trl_completion_mask(responses, eos_ids, pad)[0].bool()), 1)
+        elif attention == "trl":
+            mask = trl_attention_mask(sequences, pad)
+        else:
+            mask = torch.cat((enc.attention_mask.bool(), _response_mask(responses, [eos] if eos is not None else [])), 1)
         say(0.1, "Policy pass over the imported completions")
         backbone = getattr(models.policy, models.policy.base_model_prefix)
         hidden = backbone_states(backbone, sequences.to(device), mask.to(device))
@@ -577,7 +673,8 @@ def score_completions(
                          topk_logprobs=details["topk_logprobs"])
         rollout = _score_rollout(
             models, list(prompts), [i // samples_per_prompt for i in range(len(prompts))], enc, gen, stop=stop,
-            attention=attention, temperature=temperature, say=say, timings=timings,
+            attention=attention if trainer == "ppo" else "tokenizer", temperature=temperature, say=say, timings=timings,
+            trainer=trainer, eos_ids=eos_ids,
             settings={"source": source, "do_sample": False, "temperature": temperature,
                       "effective_temperature": temperature,
                       "top_k": 0, "top_p": 1.0, "max_new_tokens": width, "samples_per_prompt": samples_per_prompt,

@@ -34,7 +34,7 @@ from .diagnostics import diagnose
 from .mismatch import sampler_mismatch
 from .ppo import PPOConfig, rollout_ppo_step
 from .diagnostics import diagnose_grpo
-from .grpo import LOSS_TYPES, MULTI_OBJECTIVE_AGGREGATIONS, SAMPLER_MODES, SCALE_REWARDS, VERL_LOSS_AGG_MODES, make_config, rollout_grpo_step
+from .grpo import LOSS_TYPES, MULTI_OBJECTIVE_AGGREGATIONS, SAMPLER_MODES, SCALE_REWARDS, VERL_LOSS_AGG_MODES, make_config, rollout_grpo_step, trainer_mismatch
 from .importing import compare_with_log
 from .rewards import BUILTIN_REWARDS, DEFAULT_FORMAT_PATTERN, DEFAULT_LENGTH_TARGET, RewardTable, attach_reward_logs, builtin_for_logged_name, builtin_reward, score_rewards
 from .views.grpo import (
@@ -393,8 +393,9 @@ def _status(r: Rollout, origin: str | None = None) -> str:
              f"{r.context_length} · attention `{r.attention}`")
     if origin:
         return f"{origin} · {shape}"
+    passes = sum(v for k, v in t.items() if k not in ("generate", "total"))
     return (f"{shape} · generate {t.get('generate', 0):.1f} s · passes "
-            f"{t.get('logprobs', 0) + t.get('value_reward', 0):.1f} s · total {t.get('total', 0):.1f} s")
+            f"{passes:.1f} s · total {t.get('total', 0):.1f} s")
 
 
 def _made(r: Rollout) -> str:
@@ -464,7 +465,7 @@ def run_callback(policy, reward, value, reference, prompts_text, use_chat, max_n
             top_k=int(top_k), top_p=float(top_p), seed=int(seed), samples_per_prompt=int(samples),
             use_chat_template=bool(use_chat), attention=str(attention), compare_masks=bool(compare_masks),
             ignore_generation_config=bool(ignore_generation_config), stop=_stop_value(stop_choice, stop_custom),
-            engine_url=(engine_url or "").strip() or None,
+            engine_url=(engine_url or "").strip() or None, trainer=str(trainer or "ppo"),
         )
         m, r = _rollout(_names(policy, reward, value, reference) | {"dtype": precision or "float32"},
                         parse_prompts(prompts_text), settings, progress=lambda f, msg: progress(f, desc=msg))
@@ -630,7 +631,7 @@ def rollout_api(
                  top_p=top_p, seed=seed, samples_per_prompt=samples_per_prompt,
                  use_chat_template=use_chat_template, attention=attention, compare_masks=bool(compare_masks),
                  ignore_generation_config=bool(ignore_generation_config), stop=stop,
-                 engine_url=(engine_url or "").strip() or None),
+                 engine_url=(engine_url or "").strip() or None, trainer=str(trainer)),
         )
         record = rollout_to_dict(r)
         if trainer != "ppo":
@@ -931,6 +932,9 @@ def grpo_views(r: Rollout | None, state: dict | None, trainer: str, reward_funcs
     if trainer == "ppo":
         return ("Choose **GRPO (TRL 1.16)** or **verl GRPO** under *Trainer* (left) to see this rollout as GRPO "
                 "trains on it: groups, advantages and how much each token counts.", "", "", *blank)
+    mismatch = trainer_mismatch(r, trainer)
+    if mismatch:  # never show one trainer's numbers computed under another's conventions
+        return (f"**{mismatch}**", "", "", *blank)
     G = int(r.settings.get("samples_per_prompt", 1))
     if G < 2:
         return (f"This rollout has {G} sample per prompt. GRPO needs num_generations ≥ 2: set *samples per prompt* to 2 "
