@@ -15,6 +15,7 @@ class Finding:
     fix: str
     samples: list[int] = field(default_factory=list)
     positions: list[tuple[int, int]] = field(default_factory=list)  # (sample, absolute index in sequences)
+    turns: list[tuple[int, int]] = field(default_factory=list)      # (sample, turn) for multi-turn findings
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -101,6 +101,8 @@ class MultiTurnRollout:
     rewards: list[float] = field(default_factory=list)                  # (B,) weighted sum, as TRL sums
     advantages: list[float] = field(default_factory=list)               # (B,) GRPO advantages
     grpo: dict | None = None                                            # the GRPO step's outputs (loss, per-token weights)
+    drift: list[dict] = field(default_factory=list)                     # per trajectory: template drift (diagnostics/drift.py)
+    findings: list[dict] = field(default_factory=list)                  # Finding.to_dict() of diagnostics/multiturn.py
 
     def __len__(self) -> int:
         return len(self.trajectories)
