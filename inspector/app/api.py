@@ -112,10 +112,46 @@ def _grpo_api(m, r: Rollout, trainer: str, reward_funcs, reward_weights, setting
     return {"trainer": trainer, "grpo": step.to_dict(), "grpo_diagnostics": [f.to_dict() for f in diagnose_grpo(r, step)]}
 
 
+@gpu
+def multiturn_api(
+    prompts: list[str],
+    mode: str = "scripted",
+    max_turns: int = 2,
+    max_completion_length: int = 48,
+    num_generations: int = 2,
+    seed: int = 0,
+    temperature: float = 1.0,
+    tools: list[str] | None = None,
+    scripted_replies: list[str] | None = None,
+    policy: str = "",
+) -> dict:
+    """A multi-turn rollout with TRL 1.16's tool loop, as JSON (`MultiTurnRollout.to_dict()`): every trajectory's
+    token stream with per-token role, turn, sampled flag, logprob, TRL's completion_mask and tool_mask, the
+    messages and events; the GRPO step (rewards, advantages, per-token weights), template drift and findings.
+
+    mode: "scripted" (a scripted environment answers each assistant turn; any chat model), "tools" (built-in
+    python tools by name: calculator, failing_tool, looping_tool, huge_tool; default calculator) or "env" (the
+    built-in guess-the-number environment). num_generations >= 2 (GRPO groups).
+    """
+    from ..sources.multiturn_run import run_multiturn
+
+    if isinstance(prompts, str):
+        prompts = parse_prompts(prompts)
+    try:
+        m = load_models(**model_names(policy, "", "", ""))
+        r = run_multiturn(m, list(prompts), mode=str(mode), tools=tools or None, scripted_replies=scripted_replies,
+                          max_turns=int(max_turns), max_completion_length=int(max_completion_length),
+                          num_generations=int(num_generations), seed=int(seed), temperature=float(temperature))
+        return r.to_dict()
+    except Exception as exc:
+        raise friendly(exc) from exc
+
+
 def add_endpoints() -> None:
     """The endpoints, inside the page's Blocks: `/rollout` as a plain API function, `/open_file` behind hidden
     components so that clients upload the file as they should."""
     gr.api(rollout_api, api_name="rollout", **model_event())
+    gr.api(multiturn_api, api_name="multiturn", **model_event())
     with gr.Row(visible=False):
         api_file = gr.File()
         api_temperature = gr.Number(1.0)

@@ -12,16 +12,17 @@
 
 from __future__ import annotations
 
-import difflib
 import json
 
 import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
+from ..diagnostics.finding import Finding
 from ..record.trajectory import MultiTurnRollout, Trajectory
 from ._common import esc, fmt, plural, readable, visible
 from .figures import LOGPROB_FLOOR, MASK_GREY, MODEBAR
+from .ppo import diagnostics_html
 
 MASK_CLASSES = {
     "trained": "trained (in the loss)",
@@ -229,39 +230,51 @@ def grpo_table(r: MultiTurnRollout) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=GRPO_COLUMNS[:4] + names + GRPO_COLUMNS[4:])
 
 
-def first_difference(a: list[int], b: list[int]) -> int | None:
-    """The first index where two token streams differ (the shorter one's length when one is a prefix), else None."""
-    for i, (x, y) in enumerate(zip(a, b)):
-        if x != y:
-            return i
-    return None if len(a) == len(b) else min(len(a), len(b))
-
-
-def drift_html(generated: list[int], rerendered: list[int], tokens: dict, *, context: int = 6, note: str = "") -> str:
-    """The stream as generated turn by turn against a fresh render of the final messages: the first differing token
-    (with `context` tokens around it, the differing ones outlined) and how many tokens differ after alignment."""
-    first = first_difference(generated, rerendered)
+def drift_html(r: MultiTurnRollout, sample: int = 0, *, context: int = 6) -> str:
+    """Template drift of one trajectory (`r.drift[sample]`, diagnostics/drift.py): the stream as generated against a
+    fresh render of its final messages, the first differing token outlined with `context` tokens around it, the
+    count of differing tokens, and the turns whose decoded text re-tokenizes differently or whose <think> the
+    template dropped."""
+    d = next((x for x in (r.drift or []) if x.get("sample") == sample), None)
+    if d is None:
+        return ("<div class='mt-drift' data-drift='absent'><p>Drift is not computed for this record: a trainer's "
+                "file is shown as written (its final messages are not re-rendered here).</p></div>")
+    if d.get("error"):
+        return f"<div class='mt-drift' data-drift='error'><p><b>The final messages did not render</b>: {esc(d['error'])}</p></div>"
+    t = r.trajectories[sample]
+    first = d.get("first_diff")
+    extra = []
+    for x in d.get("retokenized") or []:
+        extra.append(f"turn {x['turn']}: decoding its {x['generated']} tokens and encoding the text again gives "
+                     f"{x['retokenized']} tokens ({plural(x['differing'], 'token')} differ)")
+    for x in d.get("think_dropped") or []:
+        extra.append(f"turn {x['turn']}: its &lt;think&gt; block is gone from the re-rendered conversation")
+    more = "".join(f"<li>{e}</li>" for e in extra)
+    more = f"<ul>{more}</ul>" if more else ""
+    trailing = (f" (the re-render adds {plural(d['trailing'], 'token')} after the stream's end, not counted)"
+                if d.get("trailing") else "")
     if first is None:
-        return (f"<div class='mt-drift' data-drift='none'><p><b>No drift</b>: the {len(generated)} generated tokens equal "
-                f"the re-rendered stream token for token.</p>{f'<p>{esc(note)}</p>' if note else ''}</div>")
-    changed = sum(max(i2 - i1, j2 - j1) for op, i1, i2, j1, j2 in
-                  difflib.SequenceMatcher(None, generated, rerendered, autojunk=False).get_opcodes() if op != "equal")
-    lo = max(first - context, 0)
+        return (f"<div class='mt-drift' data-drift='none'><p><b>No drift</b>: the {d.get('stream_length')} generated "
+                f"tokens equal the re-rendered stream token for token{trailing}.</p>{more}</div>")
+    lo, hi = max(first - context, 0), min(first + context + 1, len(t.token_ids))
+    cells = "".join(f"<span class='tk{' diff' if i == first else ''}' title='#{i} id {t.token_ids[i]}'>"
+                    f"{esc(visible(_piece(r.tokens, t.token_ids[i])))}</span>" for i in range(lo, hi))
+    got, want = d.get("stream_token"), d.get("rendered_token")
+    show = lambda tid: "(end)" if tid is None else f"{esc(visible(_piece(r.tokens, tid)))} (id {tid})"  # noqa: E731
+    n = d.get("differing", 0)
+    return (f"<div class='mt-drift' data-drift='{first}'><p><b>Drift at token {first}</b> (turn {d.get('first_turn')}): "
+            f"{plural(n, 'token')} {'differs' if n == 1 else 'differ'} after alignment; generated "
+            f"{d.get('stream_length')}, re-rendered {d.get('rendered_length')}{trailing}.</p>"
+            f"<table><tr><td>generated</td><td>{cells}</td></tr><tr><td>first difference</td><td>generated "
+            f"<code>{show(got)}</code> · re-rendered <code>{show(want)}</code></td></tr></table>{more}</div>")
 
-    def row(ids):
-        cells = []
-        for i in range(lo, min(first + context + 1, len(ids))):
-            other = rerendered if ids is generated else generated
-            diff = i >= first and (i >= len(other) or other[i] != ids[i])
-            cells.append(f"<span class='tk{' diff' if diff else ''}' title='#{i} id {ids[i]}'>"
-                         f"{esc(visible(_piece(tokens, ids[i])))}</span>")
-        return "".join(cells) or "<i>(ends here)</i>"
 
-    return (f"<div class='mt-drift' data-drift='{first}'><p><b>Drift at token {first}</b>: "
-            f"{plural(changed, 'token')} {'differs' if changed == 1 else 'differ'} after alignment (generated {len(generated)}, re-rendered "
-            f"{len(rerendered)}).</p>{f'<p>{esc(note)}</p>' if note else ''}<table>"
-            f"<tr><td>generated</td><td>{row(generated)}</td></tr>"
-            f"<tr><td>re-rendered</td><td>{row(rerendered)}</td></tr></table></div>")
+def findings_html(r: MultiTurnRollout) -> str:
+    """The multi-turn findings (`r.findings`, Finding dicts) as the page's finding cards."""
+    if r is None:
+        return ""
+    return diagnostics_html([Finding(**{**f, "positions": [tuple(p) for p in f.get("positions", [])]})
+                             for f in (r.findings or [])])
 
 
 def reward_input_html(t: Trajectory | None) -> str:
