@@ -46,7 +46,7 @@ def conversation(b: int, answer: str) -> list[dict]:
     ]
 
 
-CONVERSATIONS = [conversation(7, "12 * 7 = 84."), conversation(8, "12 * 7 = 96.")]
+CONVERSATIONS = [conversation(7, "84."), conversation(8, "12 * 7 = 96.")]
 REWARDS = [1.0, 0.0]
 ADVANTAGES = [0.7071, -0.7071]
 

@@ -1,7 +1,7 @@
 """Readers of trainers' multi-turn files: one trajectory of each fixture checked against the file's own values.
 
 The fixtures (tests/data/multiturn/) are built by scripts/build_multiturn_fixtures.py from the same two tool-calling
-conversations: sample 0 calls multiply(12, 7), gets 84 and answers "12 * 7 = 84."; sample 1 calls multiply(12, 8).
+conversations: sample 0 calls multiply(12, 7), gets 84 and answers "84."; sample 1 calls multiply(12, 8).
 The j-th sampled token of sample s has the logprob -(s + 1) / 10 - j / 1000 in every file that keeps logprobs.
 """
 
@@ -146,6 +146,10 @@ def test_skyrl_right_aligned_response_and_groups(tokenizer):
     n1 = int(b["response_mask"][1].sum())
     assert t1.completion_ids == b["sequences"][1, -n1:].tolist()
     assert t1.loss_mask == b["loss_mask"][1, R - n1:].astype(int).tolist()
+    n0 = int(b["response_mask"][0].sum())
+    assert n0 < n1 and t0.completion_ids == b["sequences"][0, -n0:].tolist()   # the shorter response: right-aligned
+    assert t0.loss_mask == b["loss_mask"][0, R - n0:].astype(int).tolist() and t0.loss_mask[-1] == 0
+    assert t0.logprobs[t0.prompt_length] == pytest.approx(-0.1)
     assert t0.group == t1.group == 0
     assert r.advantages[0] == pytest.approx(0.7071)
 
@@ -189,7 +193,7 @@ def test_transcripts_mark_the_generation_spans_as_trl_s_training_template_does(t
     marked = [i for i, s in enumerate(t.sampled) if s]
     # TRL's qwen2_5_training.jinja opens {% generation %} right after "<|im_start|>assistant": the "\n" before
     # the tool call and the "\n" after <|im_end|> are in the span (4 more tokens than were sampled)
-    assert len(marked) == sum(t.loss_mask) == 46 + 4
+    assert len(marked) == sum(t.loss_mask) == 39 + 4
     assert text(tokenizer, t.token_ids[:t.prompt_length]).endswith("<|im_start|>assistant")
     assert t.token_ids[marked[0]] == NEWLINE and t.token_ids[marked[-1]] == NEWLINE
     assert t.logprobs == [None] * len(t.token_ids)
