@@ -260,7 +260,8 @@ def drift_html(r: MultiTurnRollout, sample: int = 0, *, context: int = 6) -> str
     cells = "".join(f"<span class='tk{' diff' if i == first else ''}' title='#{i} id {t.token_ids[i]}'>"
                     f"{esc(visible(_piece(r.tokens, t.token_ids[i])))}</span>" for i in range(lo, hi))
     got, want = d.get("stream_token"), d.get("rendered_token")
-    show = lambda tid: "(end)" if tid is None else f"{esc(visible(_piece(r.tokens, tid)))} (id {tid})"  # noqa: E731
+    show = lambda tid: ("(end)" if tid is None else f"id {tid}" if tid not in r.tokens  # noqa: E731
+                        else f"{esc(visible(_piece(r.tokens, tid)))} (id {tid})")
     n = d.get("differing", 0)
     return (f"<div class='mt-drift' data-drift='{first}'><p><b>Drift at token {first}</b> (turn {d.get('first_turn')}): "
             f"{plural(n, 'token')} {'differs' if n == 1 else 'differ'} after alignment; generated "
@@ -284,7 +285,8 @@ def reward_input_html(t: Trajectory | None) -> str:
                 "(a trainer's file does not carry them).</p></div>")
     parts = []
     for key, value in t.reward_input.items():
-        text = json.dumps(value, indent=1, ensure_ascii=False, default=str)
+        flat = isinstance(value, list) and all(isinstance(x, (int, float, str)) for x in value)
+        text = json.dumps(value, indent=None if flat else 1, ensure_ascii=False, default=str)
         parts.append(f"<details open data-key='{esc(key)}'><summary><code>{esc(key)}=</code></summary><pre>{esc(text)}</pre></details>")
     return f"<div class='mt-reward'><p>What the reward functions receive for this sample:</p>{''.join(parts)}</div>"
 
