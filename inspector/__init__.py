@@ -17,6 +17,8 @@ from .sources.generation import SamplingSettings, encode_prompts, generate
 from .models import DEFAULT_POLICY, DEFAULT_REWARD, Models, load_models
 from .record.rollout import EOS, Rollout
 from .sources.runner import run_rollout
+from .sources.multiturn_run import run_multiturn
+from .record.trajectory import MultiTurnRollout, Trajectory
 from .trainers.scoring import forward_logits, forward_logprobs, get_reward
 from .tensors import (
     INVALID_LOGPROB,
@@ -30,6 +32,9 @@ from .tensors import (
 )
 
 __all__ = [
+    "MultiTurnRollout",
+    "Trajectory",
+    "run_multiturn",
     "DEFAULT_POLICY",
     "DEFAULT_REWARD",
     "EOS",

@@ -44,16 +44,23 @@ def _parser() -> argparse.ArgumentParser:
                         "or module:function with TRL's signature (default: the reward model's score)")
     p.add_argument("--reward-weights", type=float, nargs="+", default=None, help="one weight per --reward-func")
     p.add_argument("--json", metavar="FILE", help="write the whole rollout record as JSON")
+    from .cli_multiturn import add_arguments
+
+    add_arguments(p)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    from .record.format import rollout_to_json
+    if args.multi_turn:
+        from .cli_multiturn import main_multiturn
+
+        return main_multiturn(args)
     from .models import load_models
-    from .views.report import format_rollout
+    from .record.format import rollout_to_json
     from .record.rollout import EOS
     from .sources.runner import run_rollout
+    from .views.report import format_rollout
 
     grpo_config = None
     if args.trainer != "ppo":
@@ -97,22 +104,10 @@ def main(argv: list[str] | None = None) -> int:
               f"sampler mismatch: {mm.diagnosis.text}")
     step = None
     if grpo_config is not None:
-        from .trainers.grpo import rollout_grpo_step
         from .views.report import format_grpo_step
 
         try:
-            if args.reward_func:  # reward functions as GRPO users write them, called as TRL calls them
-                from dataclasses import replace
-
-                from .trainers.rewards import builtin_reward, load_reward_func, score_rewards
-
-                funcs = [builtin_reward(n, models) if n == "sentiment" else load_reward_func(n) for n in args.reward_func]
-                table = score_rewards(rollout, funcs, args.reward_weights, tokenizer=models.tokenizer)
-                grpo_config = replace(grpo_config, reward_weights=tuple(table.weights))
-                rewards_per_func, names = table.rewards_per_func, table.names
-            else:  # the reward model's score is the one reward function here
-                rewards_per_func, names = rollout.scores.float().unsqueeze(1), ["reward_model"]
-            step = rollout_grpo_step(rollout, rewards_per_func, grpo_config, reward_func_names=names)
+            step = _grpo_step(args, models, rollout, grpo_config)
         except InspectorError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 1
@@ -128,6 +123,25 @@ def main(argv: list[str] | None = None) -> int:
             fh.write(text)
         print(f"wrote {args.json}")
     return 0
+
+
+def _grpo_step(args, models, rollout, grpo_config):
+    """The GRPO step of the rollout under `--reward-func` (reward functions as GRPO users write them, called as
+    TRL calls them), or with the reward model's score as the one reward function."""
+    from .trainers.grpo import rollout_grpo_step
+
+    if args.reward_func:
+        from dataclasses import replace
+
+        from .trainers.rewards import builtin_reward, load_reward_func, score_rewards
+
+        funcs = [builtin_reward(n, models) if n == "sentiment" else load_reward_func(n) for n in args.reward_func]
+        table = score_rewards(rollout, funcs, args.reward_weights, tokenizer=models.tokenizer)
+        grpo_config = replace(grpo_config, reward_weights=tuple(table.weights))
+        rewards_per_func, names = table.rewards_per_func, table.names
+    else:
+        rewards_per_func, names = rollout.scores.float().unsqueeze(1), ["reward_model"]
+    return rollout_grpo_step(rollout, rewards_per_func, grpo_config, reward_func_names=names)
 
 
 if __name__ == "__main__":

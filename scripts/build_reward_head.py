@@ -46,7 +46,8 @@ if str(ROOT) not in sys.path:
 
 import torch  # noqa: E402
 
-from inspector.models import DEFAULT_POLICY, resolve_source  # noqa: E402
+from inspector.models import DEFAULT_POLICY
+from inspector.weights import resolve_source  # noqa: E402
 from inspector.trainers.scoring import get_reward  # noqa: E402
 from inspector.tensors import truncate_response  # noqa: E402
 

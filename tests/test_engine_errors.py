@@ -14,7 +14,7 @@ import torch
 
 from inspector.sources.engine import EngineError, normalize_url, probe, sample
 from inspector.sources.generation import SamplingSettings, encode_prompts
-from inspector.models import converted_default_policy
+from inspector.weights import converted_default_policy
 
 SETTINGS = SamplingSettings(max_new_tokens=4, temperature=0.7, seed=0)
 

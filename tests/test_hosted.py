@@ -23,7 +23,8 @@ from inspector import models as registry
 from inspector.errors import InputError, LimitError
 from inspector.sources.files import read_upload, read_upload_file
 from inspector.limits import HOSTED, Limits
-from inspector.models import DEFAULT_POLICY, resolve_source
+from inspector.models import DEFAULT_POLICY
+from inspector.weights import resolve_source
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parent.parent
@@ -369,7 +370,7 @@ def test_a_model_in_the_hub_cache_resolves_offline_and_an_absent_one_is_named(tm
     subprocess.run([sys.executable, str(ROOT / "scripts" / "make_hub_cache.py"), str(hf_home)], check=True,
                    capture_output=True, timeout=300)
     probe = ("import json, sys; from huggingface_hub import scan_cache_dir;"
-             "from inspector.models import hub_snapshot, DEFAULT_POLICY;"
+             "from inspector.weights import hub_snapshot, DEFAULT_POLICY;"
              "s = scan_cache_dir() if sys.argv[1] == 'scan' else None;"
              "print(json.dumps([[r.repo_id for r in s.repos] if s else [], len(s.warnings) if s else 0,"
              " hub_snapshot(DEFAULT_POLICY)]))")

@@ -112,37 +112,49 @@ def _grpo_api(m, r: Rollout, trainer: str, reward_funcs, reward_weights, setting
     return {"trainer": trainer, "grpo": step.to_dict(), "grpo_diagnostics": [f.to_dict() for f in diagnose_grpo(r, step)]}
 
 
+MULTITURN_LIMITS = {"prompts": 8, "num_generations": 8, "max_turns": 8, "max_completion_length": 512}
+
+
 @gpu
 def multiturn_api(
     prompts: list[str],
     mode: str = "scripted",
+    tools: list[str] | None = None,
+    env: str = "guess",
+    scripted_replies: list[str] | None = None,
     max_turns: int = 2,
-    max_completion_length: int = 48,
+    max_completion_length: int = 128,
     num_generations: int = 2,
     seed: int = 0,
     temperature: float = 1.0,
-    tools: list[str] | None = None,
-    scripted_replies: list[str] | None = None,
+    top_p: float = 1.0,
+    tool_time_limit: float = 5.0,
+    tool_size_cap: int = 4096,
     policy: str = "",
 ) -> dict:
-    """A multi-turn rollout with TRL 1.16's tool loop, as JSON (`MultiTurnRollout.to_dict()`): every trajectory's
-    token stream with per-token role, turn, sampled flag, logprob, TRL's completion_mask and tool_mask, the
-    messages and events; the GRPO step (rewards, advantages, per-token weights), template drift and findings.
-
-    mode: "scripted" (a scripted environment answers each assistant turn; any chat model), "tools" (built-in
-    python tools by name: calculator, failing_tool, looping_tool, huge_tool; default calculator) or "env" (the
-    built-in guess-the-number environment). num_generations >= 2 (GRPO groups).
-    """
+    """Multi-turn rollouts with TRL 1.16's loop on the policy, returned as the MultiTurnRollout record (JSON):
+    per token role, turn, sampled, logprob, completion_mask and tool_mask; the GRPO step under their product;
+    template drift; findings; what the reward functions receive. mode: "tools" (built-in tools by name:
+    calculator, failing_tool, looping_tool, huge_tool), "env" (built-in environment: guess) or "scripted"."""
     from ..sources.multiturn_run import run_multiturn
 
     if isinstance(prompts, str):
         prompts = parse_prompts(prompts)
     try:
-        m = load_models(**model_names(policy, "", "", ""))
-        r = run_multiturn(m, list(prompts), mode=str(mode), tools=tools or None, scripted_replies=scripted_replies,
-                          max_turns=int(max_turns), max_completion_length=int(max_completion_length),
-                          num_generations=int(num_generations), seed=int(seed), temperature=float(temperature))
-        return r.to_dict()
+        asked = {"prompts": len(prompts), "num_generations": int(num_generations), "max_turns": int(max_turns),
+                 "max_completion_length": int(max_completion_length)}
+        over = [f"{k}={v} (at most {MULTITURN_LIMITS[k]})" for k, v in asked.items() if v > MULTITURN_LIMITS[k]]
+        if over or not prompts:
+            raise InspectorError("Too much asked: " + ", ".join(over) if over else "Give at least one prompt.")
+        if not 0 < float(tool_time_limit) <= 30 or not 0 < int(tool_size_cap) <= 1 << 16:
+            raise InspectorError("tool_time_limit must lie in (0, 30] seconds and tool_size_cap in (0, 65536] characters.")
+        m = load_models(model_names(policy, "", "", "")["policy"])
+        ro = run_multiturn(m, list(prompts), mode=str(mode), tools=list(tools) if tools else None, env=str(env),
+                           scripted_replies=list(scripted_replies) if scripted_replies else None,
+                           max_turns=int(max_turns), max_completion_length=int(max_completion_length),
+                           num_generations=int(num_generations), seed=int(seed), temperature=float(temperature),
+                           top_p=float(top_p), tool_time_limit=float(tool_time_limit), tool_size_cap=int(tool_size_cap))
+        return ro.to_dict()
     except Exception as exc:
         raise friendly(exc) from exc
 

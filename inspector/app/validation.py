@@ -75,8 +75,8 @@ def run_validator(*values):
 
 def check_trainer(trainer: str, samples_per_prompt: int) -> None:
     """GRPO turns samples per prompt into num_generations, which must be at least 2."""
-    if trainer not in dict((v, k) for k, v in TRAINERS):
-        raise InspectorError(f"trainer must be one of {', '.join(v for _, v in TRAINERS)} (got {trainer!r}).")
+    if trainer not in TRAINERS:
+        raise InspectorError(f"trainer must be one of {', '.join(TRAINERS)} (got {trainer!r}).")
     if trainer != "ppo" and int(samples_per_prompt) < 2:
         raise InspectorError(
             f"GRPO compares the completions of each prompt: num_generations (samples per prompt) must be at least 2, "

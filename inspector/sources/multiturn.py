@@ -17,7 +17,7 @@ import torch
 from ..errors import InputError
 from ..record.trajectory import MultiTurnRollout, Trajectory
 from .multiturn_loop import LoopState, first_turn, run_loop
-from .multiturn_template import TOOL_TEMPLATE_NAME, prepare_tool_tokenizer
+from .multiturn_template import TOOL_TEMPLATE_NAME, parse_response, prepare_tool_tokenizer
 from .multiturn_tools import BUILTIN_ENVS, BUILTIN_TOOLS, TOOL_SIZE_CAP, TOOL_TIME_LIMIT_S, ScriptedReplies
 
 MODES = ("tools", "env", "scripted")
@@ -53,17 +53,27 @@ def model_generator(model, tokenizer, *, max_new_tokens: int, temperature: float
 
 
 def _prompt_roles(tokenizer, messages: list[dict], prompt_ids: list[int], tools, chat_template) -> list[str]:
-    """Role per prompt token, from the rendered prefix lengths (template header tokens take the role of the
-    message they open)."""
+    """Role per prompt token. ChatML templates (`<|im_start|>role`) are read by their headers, so a system block
+    the template adds itself is "system"; otherwise from the rendered prefix lengths of the messages."""
+    start_id = tokenizer.convert_tokens_to_ids("<|im_start|>")
+    if isinstance(start_id, int) and start_id != tokenizer.unk_token_id and start_id in prompt_ids:
+        roles, current = [], messages[0]["role"] if messages else "user"
+        for k, t in enumerate(prompt_ids):
+            if t == start_id and k + 1 < len(prompt_ids):
+                word = tokenizer.decode([prompt_ids[k + 1]]).strip()
+                current = word if word in ("system", "user", "assistant", "tool") else current
+            roles.append(current)
+        return roles
     roles, start = [], 0
     for k in range(1, len(messages) + 1):
         ids = tokenizer.apply_chat_template(messages[:k], tools=tools or None, tokenize=True, return_dict=False,
                                             chat_template=chat_template, add_generation_prompt=k == len(messages))
         if list(prompt_ids[:len(ids)]) != list(ids):
-            return roles + [messages[min(k, len(messages)) - 1]["role"]] * (len(prompt_ids) - len(roles))
+            break
         roles += [messages[k - 1]["role"]] * (len(ids) - start)
         start = len(ids)
-    return (roles + ["assistant"] * (len(prompt_ids) - len(roles)))[:len(prompt_ids)]
+    last = messages[-1]["role"] if messages else "user"
+    return (roles + [last] * (len(prompt_ids) - len(roles)))[:len(prompt_ids)]
 
 
 def _resolve_tools(tools) -> list:
@@ -140,7 +150,10 @@ def rollout_multiturn(generate, tokenizer, prompts, *, mode: str = "scripted", t
         raise InputError(f"mode must be one of {MODES} (got {mode!r}).")
     if max_turns < 0 or max_completion_length < 1 or num_generations < 1:
         raise InputError("max_turns >= 0, max_completion_length >= 1 and num_generations >= 1 are needed.")
-    notes = prepare_tool_tokenizer(tokenizer) if mode in ("tools", "env") else []
+    notes = []
+    if mode in ("tools", "env"):  # a copy: the caller's (possibly shared, cached) tokenizer is left as it is
+        tokenizer = copy.deepcopy(tokenizer)
+        notes = prepare_tool_tokenizer(tokenizer)
     tools = _resolve_tools(tools if tools is not None else (["calculator"] if mode == "tools" else []))
     if mode == "tools" and not tools:
         raise InputError("mode 'tools' needs at least one tool.")
@@ -159,12 +172,15 @@ def rollout_multiturn(generate, tokenizer, prompts, *, mode: str = "scripted", t
              tool_dicts=tool_dicts, scripted=scripted, chat_template=chat_template,
              bounds={"time_limit": tool_time_limit, "size_cap": tool_size_cap})
     funcs, names, weights = _reward_setup(reward_funcs, reward_weights, envs)
-    rpf, kw_names = score_multiturn(funcs, rows, [s.completions for s in states],
+    completions = [s.completions for s in states]
+    if mode == "scripted":  # TRL's rollout_func path decodes the whole completion as one assistant message
+        completions = [[parse_response(tokenizer, s.completion_ids, prefix=s.prompt_ids)[0]] for s in states]
+    rpf, kw_names = score_multiturn(funcs, rows, completions,
                                     [s.completion_ids for s in states], envs)
     trajs = [_trajectory(i, s, tokenizer, tool_lists[i], chat_template, num_generations, mode)
              for i, s in enumerate(states)]
-    for t, s in zip(trajs, states):
-        t.reward_input = {"prompt": s.prompt_messages, "completion": s.completions,
+    for t, s, c in zip(trajs, states, completions):
+        t.reward_input = {"prompt": s.prompt_messages, "completion": c,
                           "completion_ids": list(s.completion_ids), "kwargs": kw_names}
     rewards = [sum(w * v for w, v in zip(weights, r) if not math.isnan(v)) for r in rpf]
     vocab = sorted({t for tr in trajs for t in tr.token_ids})

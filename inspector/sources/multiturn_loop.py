@@ -126,6 +126,7 @@ def run_loop(states: list[LoopState], generate, tokenizer, *, mode: str, max_ite
             pcts.append(pct)
             keep.append(i)
         if not keep:
+            active = []
             break
         outs, lps = generate(pcts, keep)
         nxt = []

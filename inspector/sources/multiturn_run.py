@@ -9,15 +9,18 @@ from ..trainers.grpo import model_eos_token_ids
 from ..trainers.grpo_config import GRPOConfig
 from ..trainers.grpo_multiturn import attach_step, multiturn_grpo_step, policy_logprobs, trajectory_batch
 from .multiturn import rollout_multiturn
+from .multiturn_template import TOOL_TEMPLATE_NAME, tool_chat_template
 from .multiturn_tools import TOOL_SIZE_CAP, TOOL_TIME_LIMIT_S
 
 
 def analyse(rollout, tokenizer, eos_token_ids: list[int], tools=None) -> None:
-    """Drift per trajectory and the findings, kept on the record (plain dicts)."""
+    """Drift per trajectory and the findings, kept on the record (plain dicts). The re-render uses the template
+    the rollout was made with (the shipped one when the rollout's notes say it replaced the tokenizer's)."""
+    template = tool_chat_template() if rollout.settings.get("chat_template") == TOOL_TEMPLATE_NAME else None
     drifts = {}
     for i, t in enumerate(rollout.trajectories):
         try:
-            drifts[i] = template_drift(t, tokenizer, tools=tools)
+            drifts[i] = template_drift(t, tokenizer, tools=tools, chat_template=template)
         except Exception as exc:  # a template that cannot render the final messages is itself a finding
             drifts[i] = {"error": f"{type(exc).__name__}: {exc}", "first_diff": None, "differing": 0}
     rollout.drift = [{k: v for k, v in drifts[i].items() if k != "rendered"} | {"sample": i} for i in drifts]

@@ -44,7 +44,7 @@ LABEL = "GRPO"
 ID = "grpo"
 HEADING = "The GRPO step: groups, advantages and how much each token counts"
 
-TRAINERS = [("PPO (TRL 0.x)", "ppo"), ("GRPO (TRL 1.16)", "grpo"), ("verl GRPO", "verl")]
+TRAINER_CHOICES = [("PPO (TRL 0.x)", "ppo"), ("GRPO (TRL 1.16)", "grpo"), ("verl GRPO", "verl")]
 
 
 REWARD_LABELS = {"sentiment": "sentiment reward model", "length": "length", "format": "format (regex)",
@@ -70,7 +70,7 @@ GRPO_OUTPUTS = ["grpo_status", "grpo_diagnostics", "grpo_groups", "grpo_log", "g
 
 def controls(p: dict) -> None:
     """The trainer choice and GRPO's reward functions (only the built-ins: the page never imports code)."""
-    p["trainer"] = gr.Radio(TRAINERS, value="ppo", label="Trainer", elem_id="trainer")
+    p["trainer"] = gr.Radio(TRAINER_CHOICES, value="ppo", label="Trainer", elem_id="trainer")
     with gr.Accordion("GRPO reward functions", open=False, elem_id="grpo-rewards"):
         p["reward_funcs"] = gr.CheckboxGroup([(REWARD_LABELS[n], n) for n in BUILTIN_REWARDS], value=["sentiment"],
                                              label="Reward functions (TRL's signature, built in)", elem_id="reward-funcs")
