@@ -129,8 +129,8 @@ def run_turns(policy, reward, value, reference, mode, prompts_text, max_turns, m
             raise InputError("Write at least one prompt.")
         models = load_models(**model_names(policy, reward, value, reference))
         progress(0.1, "multi-turn rollout")
-        r = run_multiturn(models, prompts, mode=mode, max_turns=int(max_turns), max_completion_length=int(max_len),
-                          num_generations=int(generations), seed=int(seed or 0))
+        r = run_multiturn(models, prompts, mode=mode, env="guess" if mode == "env" else None, max_turns=int(max_turns),
+                          max_completion_length=int(max_len), num_generations=int(generations), seed=int(seed or 0))
         r.settings["mode"] = mode
         return (r, *turn_views(r, 0, "turn 1" if any(k == 1 for k in r.trajectories[0].turn) else ALL))
     except Exception as exc:
