@@ -169,6 +169,8 @@ def test_grpo_step_weights_only_model_tokens(tok):
     lp = -torch.rand(batch["completion_ids"].shape)
     step, _ = multiturn_grpo_step(ro, GRPOConfig(num_generations=2, max_completion_length=200), lp, batch=batch)
     tm = batch["tool_mask"].bool()
+    pad = batch["completion_mask"] == 0
+    assert pad.any() and batch["tool_mask"][pad].eq(1).all()     # TRL right-pads tool_mask with 1
     assert step.advantages.abs().sum() > 0
     assert (step.token_weights[~tm] == 0).all() and (step.token_weights[tm & batch["completion_mask"].bool()] != 0).all()
     assert torch.equal(step.completion_mask, batch["completion_mask"] * batch["tool_mask"])

@@ -60,3 +60,15 @@ def test_api_function_and_its_limits():
     assert rec["settings"]["mode"] == "scripted" and len(rec["trajectories"]) == 2
     with pytest.raises(Exception, match="at most"):
         multiturn_api(["a"], num_generations=64)
+
+
+def test_gradio_client_multiturn_endpoint(app_url):
+    from gradio_client import Client
+
+    client = Client(app_url, verbose=False)
+    rec = client.predict(prompts=["What is 2+2?"], mode="tools", tools=["calculator", "failing_tool"], max_turns=1,
+                         max_completion_length=16, num_generations=2, seed=0, api_name="/multiturn")
+    assert rec["settings"]["mode"] == "tools" and len(rec["trajectories"]) == 2
+    assert rec["settings"]["chat_template"] == "qwen2_5"
+    with pytest.raises(Exception, match="at most"):
+        client.predict(prompts=["a"], max_turns=99, api_name="/multiturn")

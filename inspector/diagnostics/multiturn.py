@@ -158,7 +158,7 @@ def fake_tool_result(trajs, decode) -> list[Finding]:
         for turn in sorted({t.turn[k] for k in range(t.prompt_length, len(t.token_ids)) if t.sampled[k]}):
             ks = [k for k in range(t.prompt_length, len(t.token_ids)) if t.turn[k] == turn and t.sampled[k]]
             text = decode([t.token_ids[k] for k in ks])
-            if any(m in text for m in TOOL_RESULT_MARKERS) and any(loss[k] for k in ks):
+            if any(m in text for m in TOOL_RESULT_MARKERS):
                 hits += [(i, k, turn) for k in ks if loss[k]][:1]
     if not hits:
         return []
