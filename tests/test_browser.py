@@ -159,6 +159,7 @@ TAB_BAR = [  # (id, label, the first words of the panel's own heading), in the o
     ("ppo", "PPO step", "The PPO step, token by token"),
     ("grpo", "GRPO", "The GRPO step: groups, advantages"),
     ("mismatch", "Sampler mismatch", "The sampler's logprobs"),
+    ("turns", "Multi-turn", "Multi-turn rollouts: which tokens the model wrote"),
     ("batch", "Batch & compare", "The batch, one row per sample"),
 ]
 LABELS = "() => Array.from(document.querySelectorAll('#views [role=tab]')).map(b => [b.id, b.innerText.trim()])"

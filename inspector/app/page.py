@@ -17,6 +17,7 @@ from ..limits import Limits
 from ..sources.examples import EXAMPLES
 from ..views import PPO_CSS, TOKEN_CSS
 from ..views.grpo import GRPO_CSS
+from ..views.turns import TURNS_CSS
 from . import api
 from .controls import RUN_INPUTS, left_column
 from .hosting import DOWNLOADS_TTL, model_event
@@ -26,7 +27,7 @@ from .common import session_of
 from .tabs import TABS, ppo
 from .validation import run_validator
 
-CSS = TOKEN_CSS + PPO_CSS + GRPO_CSS + """
+CSS = TOKEN_CSS + PPO_CSS + GRPO_CSS + TURNS_CSS + """
 .panel-note { color: #4b5563; font-size: 0.9em; }
 #status-line { min-height: 1.5em; }
 #status-row { align-items: flex-start; }
