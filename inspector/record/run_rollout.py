@@ -60,7 +60,7 @@ def retokenize(step, tok) -> None:
 def _pad(rows, width: int, value, left: bool = False, dtype=torch.float32) -> torch.Tensor:
     out = torch.full((len(rows), width), value, dtype=dtype)
     for i, r in enumerate(rows):
-        r = torch.as_tensor(np.asarray(r, dtype=np.float64 if dtype.is_floating_point else np.int64), dtype=dtype)
+        r = torch.tensor(np.array(r, dtype=np.float64 if dtype.is_floating_point else np.int64), dtype=dtype)
         if len(r):
             if left:
                 out[i, width - len(r):] = r
@@ -114,6 +114,13 @@ def _fill(step, notes: list[str]) -> dict:
         entropy = zeros
     notes.append("ranks, top-k alternatives and values: not in this format; shown as 0 / empty.")
     return {"sampler": sampler, "trainer": trainer, "ref": ref, "entropy": entropy}
+
+
+def _model_names(step, tok) -> dict:
+    policy = step.tokenizer_name or getattr(tok, "name_or_path", None) or f"{step.format} run"
+    return {"policy": f"{policy} (tokenizer; step {step.step} of a {step.format} run)",
+            "reward": f"the run's own rewards ({step.format})", "value": "none (not in this format)",
+            "reference": "the run's reference logprobs" if step.ref_logprobs is not None else "none (not in this format)"}
 
 
 def step_to_rollout(step, tokenizer=None) -> Rollout:
@@ -187,7 +194,7 @@ def step_to_rollout(step, tokenizer=None) -> Rollout:
         reward_query_responses=seq, reward_context_length=Q, score_positions=Q + lengths.clamp(min=0),
         pad_token_id=int(pad), eos_token_id=eos[0] if eos else None, stop_token_id=eos[0] if eos else None,
         attention="trl", chat_template_applied=True, settings=settings,
-        model_names={"policy": step.tokenizer_name or (getattr(tok, "name_or_path", None) or f"{step.format} run")},
+        model_names=_model_names(step, tok),
         reward_tokenizer_is_policy=True, pad_equals_eos=bool(eos) and pad == eos[0], tokens=tokens, reward_tokens=tokens,
         special_ids=sorted(set(getattr(tok, "all_special_ids", []) or [])), response_texts=texts, response_texts_raw=raw,
         postprocessed_response_texts=texts, notes=notes, columns=columns,
