@@ -2,7 +2,7 @@
 
 import os
 
-from inspector.app.page import build_app, launch_kwargs
+from inspector.app import build_app, launch_kwargs
 
 demo = build_app()
 

@@ -36,23 +36,25 @@ LONG = [  # prompts the default policy answers at length: every response runs to
 
 def one_click(models, prompts: list[str], tokens: int, samples: int):
     """Seconds from the request to every view built, as the page's run callback and its PPO follow-up do."""
-    from inspector.app import page as ui
+    from inspector.app.loading import models_markdown
+    from inspector.app.rollouts import rollout_views
+    from inspector.app.tabs.ppo import ppo_views
     from inspector.sources.runner import run_rollout
 
     started, cpu = time.perf_counter(), time.process_time()
     r = run_rollout(models, prompts, max_new_tokens=tokens, do_sample=True, temperature=0.7, top_k=0, top_p=1.0,
                     seed=0, samples_per_prompt=samples)
-    views = ui.rollout_views(r, ui.models_markdown(models))
+    views = rollout_views(r, models_markdown(models))
     for fig in views:
         if hasattr(fig, "to_json"):
             fig.to_json()
-    ui.ppo_views(r, 0, 0.05, "k1", 1.0, 0.95, False, False, 1.0)
+    ppo_views(r, 0, 0.05, "k1", 1.0, 0.95, False, False, 1.0)
     return time.perf_counter() - started, time.process_time() - cpu, r
 
 
 def main() -> None:
     from inspector import load_models  # first: it sets OMP_WAIT_POLICY before torch loads
-    from inspector.app import page as ui
+    from inspector.sources.examples import EXAMPLES
 
     import torch
     from inspector.errors import LimitError
@@ -64,7 +66,7 @@ def main() -> None:
     torch.set_num_threads(2)
     models = load_models()
     one_click(models, ["Hi"], 4, 1)  # warm the code paths
-    default = ui.EXAMPLES["Sentiment contrast"]
+    default = EXAMPLES["Sentiment contrast"]
     shapes = [("the page's default request (48 tokens)", default, 48, 1),
               ("default prompts, 64 tokens", default, 64, 1),
               ("default prompts, 2 samples each, 64 tokens", default, 64, 2)]

@@ -1,7 +1,12 @@
-"""Rollout Inspector: see exactly what a PPO trainer would train on, token by token.
+"""Rollout Inspector: see exactly what a PPO or GRPO trainer would train on, token by token.
 
 The public API: tensor functions identical to TRL's, model loading with offline defaults, and
 `run_rollout`, which returns one `Rollout` record of every quantity of a PPO rollout.
+
+The subpackages follow the data's way (docs/architecture.md): `sources` make or read rollouts, `record` is
+the Rollout and its file format, `trainers` compute each trainer's quantities from a record, `diagnostics`
+name the traps in words, `views` draw figures, tables and token HTML, and `app` is the page (the only
+package that imports gradio).
 """
 
 import os as _os

@@ -62,11 +62,11 @@ def main(argv: list[str] | None = None) -> int:
     if argv and argv[0] in SUBCOMMANDS:
         return SUBCOMMANDS[argv[0]](argv[1:])
     args = _parser().parse_args(argv)
-    from .record.format import rollout_to_json
     from .models import load_models
-    from .views.report import format_rollout
+    from .record.format import rollout_to_json
     from .record.rollout import EOS
     from .sources.runner import run_rollout
+    from .views.report import format_rollout
 
     grpo_config = None
     if args.trainer != "ppo":
@@ -110,22 +110,10 @@ def main(argv: list[str] | None = None) -> int:
               f"sampler mismatch: {mm.diagnosis.text}")
     step = None
     if grpo_config is not None:
-        from .trainers.grpo import rollout_grpo_step
         from .views.report import format_grpo_step
 
         try:
-            if args.reward_func:  # reward functions as GRPO users write them, called as TRL calls them
-                from dataclasses import replace
-
-                from .trainers.rewards import builtin_reward, load_reward_func, score_rewards
-
-                funcs = [builtin_reward(n, models) if n == "sentiment" else load_reward_func(n) for n in args.reward_func]
-                table = score_rewards(rollout, funcs, args.reward_weights, tokenizer=models.tokenizer)
-                grpo_config = replace(grpo_config, reward_weights=tuple(table.weights))
-                rewards_per_func, names = table.rewards_per_func, table.names
-            else:  # the reward model's score is the one reward function here
-                rewards_per_func, names = rollout.scores.float().unsqueeze(1), ["reward_model"]
-            step = rollout_grpo_step(rollout, rewards_per_func, grpo_config, reward_func_names=names)
+            step = _grpo_step(args, models, rollout, grpo_config)
         except InspectorError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 1
@@ -141,6 +129,25 @@ def main(argv: list[str] | None = None) -> int:
             fh.write(text)
         print(f"wrote {args.json}")
     return 0
+
+
+def _grpo_step(args, models, rollout, grpo_config):
+    """The GRPO step of the rollout under `--reward-func` (reward functions as GRPO users write them, called as
+    TRL calls them), or with the reward model's score as the one reward function."""
+    from .trainers.grpo import rollout_grpo_step
+
+    if args.reward_func:
+        from dataclasses import replace
+
+        from .trainers.rewards import builtin_reward, load_reward_func, score_rewards
+
+        funcs = [builtin_reward(n, models) if n == "sentiment" else load_reward_func(n) for n in args.reward_func]
+        table = score_rewards(rollout, funcs, args.reward_weights, tokenizer=models.tokenizer)
+        grpo_config = replace(grpo_config, reward_weights=tuple(table.weights))
+        rewards_per_func, names = table.rewards_per_func, table.names
+    else:
+        rewards_per_func, names = rollout.scores.float().unsqueeze(1), ["reward_model"]
+    return rollout_grpo_step(rollout, rewards_per_func, grpo_config, reward_func_names=names)
 
 
 if __name__ == "__main__":

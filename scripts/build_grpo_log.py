@@ -32,7 +32,8 @@ def trl_grpo_log(output_dir: Path) -> Path:
     from transformers import AutoTokenizer
     from trl import GRPOConfig, GRPOTrainer
 
-    from inspector.models import DEFAULT_REWARD, converted_default_policy, load_models
+    from inspector.models import DEFAULT_REWARD, load_models
+    from inspector.weights import converted_default_policy
     from inspector.trainers.rewards import arithmetic_answers, exact_answer_reward, format_reward, length_reward
 
     policy_dir = converted_default_policy()

@@ -12,7 +12,7 @@ How the head is trained, offline and deterministically (about three minutes on t
 2. every response is labelled with VADER's compound score, and so are a few of its prefixes that end on a
    word boundary: a prefix is a response of its own, with exactly the features the head reads for it, since
    the backbone is causal and TRL's mask hides the EOS (= pad) token that would end it;
-3. the features are the 576-d hidden states the head reads at score time (`inspector.scoring.get_reward`
+3. the features are the 576-d hidden states the head reads at score time (`inspector.trainers.scoring.get_reward`
    with an identity head), with the query each response was generated for;
 4. a ridge regression of the compound score on the features gives the head, its feature standardisation
    folded into weight and bias. Positive, negative and neutral examples (by VADER) weigh the same in total,
@@ -46,7 +46,8 @@ if str(ROOT) not in sys.path:
 
 import torch  # noqa: E402
 
-from inspector.models import DEFAULT_POLICY, resolve_source  # noqa: E402
+from inspector.models import DEFAULT_POLICY
+from inspector.weights import resolve_source  # noqa: E402
 from inspector.trainers.scoring import get_reward  # noqa: E402
 from inspector.tensors import truncate_response  # noqa: E402
 

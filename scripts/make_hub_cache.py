@@ -72,7 +72,8 @@ def make_hub_cache(hf_home: Path, source: Path, repo_id: str) -> Path:
 
 
 def main() -> None:
-    from inspector.models import DEFAULT_POLICY, converted_default_policy
+    from inspector.models import DEFAULT_POLICY
+    from inspector.weights import converted_default_policy
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("hf_home", type=Path, help="the HF_HOME folder to write (its hub/ subfolder is the cache)")

@@ -48,7 +48,7 @@ def sampled_rollout(models):
 @pytest.fixture(scope="session")
 def app_url(models):
     """The real app, launched once on a free loopback port for the client and browser tests."""
-    from inspector.app.page import build_app, launch_kwargs
+    from inspector.app import build_app, launch_kwargs
 
     demo = build_app()
     demo.launch(server_name="127.0.0.1", server_port=None, prevent_thread_lock=True, quiet=True, **launch_kwargs())

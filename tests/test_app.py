@@ -11,8 +11,17 @@ import plotly.graph_objects as go
 import pytest
 import torch
 
-from inspector.app import page as ui
-from inspector.record.format import rollout_from_dict
+from inspector.app.api import rollout_api
+from inspector.app.common import parse_prompts
+from inspector.app.controls import RUN_INPUTS
+from inspector.app.loading import load_callback
+from inspector.app.rollouts import arrival_views, import_callback, run_callback, sample_views
+from inspector.app.tabs.batch import compare_choices, compare_view
+from inspector.app.tabs.ppo import ppo_validator, ppo_views
+from inspector.app.validation import ppo_problems, run_problems, run_validator
+from inspector.sources.examples import DEFAULT_EXAMPLE, EXAMPLES
+from inspector.views import BATCH_COLUMNS, displayed
+from inspector.record.format import rollout_from_dict, rollout_to_dict
 from inspector.trainers.ppo import PPOConfig, rollout_ppo_step
 
 pytestmark = pytest.mark.integration
@@ -24,7 +33,7 @@ def run(prompts, **overrides):
     settings = dict(use_chat=True, max_new_tokens=16, do_sample=True, temperature=0.7, top_k=0, top_p=1.0, seed=3,
                     samples=1, stop_choice="EOS token", stop_custom="", attention="trl")
     settings.update(overrides)
-    return ui.run_callback(*DEFAULT_MODELS, "\n".join(prompts), *settings.values())
+    return run_callback(*DEFAULT_MODELS, "\n".join(prompts), *settings.values())
 
 
 @pytest.fixture(scope="module")
@@ -33,8 +42,8 @@ def outputs(models):
 
 
 def test_parse_prompts():
-    assert ui.parse_prompts(" a \n\n  b\n   \n") == ["a", "b"]
-    assert ui.parse_prompts("") == []
+    assert parse_prompts(" a \n\n  b\n   \n") == ["a", "b"]
+    assert parse_prompts("") == []
 
 
 def test_run_callback_returns_every_view(outputs):
@@ -51,7 +60,7 @@ def test_run_callback_returns_every_view(outputs):
     stops, table = stops.data, table.data  # pandas Stylers: the page prints each float column at one precision
     assert isinstance(stops, pd.DataFrame) and len(stops) == 2
     assert isinstance(table, pd.DataFrame) and len(table) == 2
-    shown = ui.displayed(table, ui.BATCH_COLUMNS).to_html()
+    shown = displayed(table, BATCH_COLUMNS).to_html()
     assert f"{table['score'][0]:.4f}" in shown and "-0.0000" not in shown
     assert pd.read_csv(table_csv).shape[0] == 2
     record_path, jsonl_path, parquet_path = record_json
@@ -67,34 +76,34 @@ def test_run_callback_returns_every_view(outputs):
 
 def test_sample_views_follow_the_pick(outputs):
     r = outputs[0]
-    split0, _, _ = ui.sample_views(r, 0)
-    split1, _, fig1 = ui.sample_views(r, 1)
+    split0, _, _ = sample_views(r, 0)
+    split1, _, fig1 = sample_views(r, 1)
     assert split0 != split1
-    assert ui.sample_views(None, 0) == ("", "", None)
-    assert ui.sample_views(r, 99)[0] == split0  # out of range falls back to the first sample
+    assert sample_views(None, 0) == ("", "", None)
+    assert sample_views(r, 99)[0] == split0  # out of range falls back to the first sample
 
 
 def test_ppo_views_follow_the_settings(outputs):
     r = outputs[0]
-    html_k1, metrics_k1 = ui.ppo_views(r, 0, 0.05, "k1", 1.0, 0.95, False, False, 1.0)
+    html_k1, metrics_k1 = ppo_views(r, 0, 0.05, "k1", 1.0, 0.95, False, False, 1.0)
     assert "data-row='advantages'" in html_k1 and "data-row='rewards'" in html_k1
     assert set(metrics_k1["metric"]) >= {"objective/kl", "objective/rlhf_reward", "val/num_eos_tokens"}
     shown = metrics_k1.set_index("metric")["value"]
     step = rollout_ppo_step(r, PPOConfig())
     for key in ("objective/kl", "objective/entropy", "objective/rlhf_reward", "val/num_eos_tokens"):
         assert float(shown[key]) == pytest.approx(step.metrics[key], abs=1e-6), key
-    _, penalised = ui.ppo_views(r, 1, 0.05, "k3", 0.9, 0.8, True, True, 5.0)
+    _, penalised = ppo_views(r, 1, 0.05, "k3", 0.9, 0.8, True, True, 5.0)
     expected = rollout_ppo_step(r, PPOConfig(kl_estimator="k3", gamma=0.9, lam=0.8, whiten_rewards=True,
                                              missing_eos_penalty=5.0))
     penalised = penalised.set_index("metric")["value"]
     assert float(penalised["objective/scores"]) == pytest.approx(expected.metrics["objective/scores"], abs=1e-6)
     assert penalised["config/missing_eos_penalty"] == "5.0"  # settings as typed, "none" when off
     with pytest.raises(gr.Error, match="kl_estimator"):
-        ui.ppo_views(r, 0, 0.05, "k9", 1.0, 0.95, False, False, 1.0)
+        ppo_views(r, 0, 0.05, "k9", 1.0, 0.95, False, False, 1.0)
 
 
 def test_load_callback_summarises_the_models(models):
-    md = ui.load_callback(*DEFAULT_MODELS)
+    md = load_callback(*DEFAULT_MODELS)
     assert "| policy |" in md and "| value |" in md and "the reward model itself" in md
 
 
@@ -114,7 +123,7 @@ def test_bad_input_shows_a_message_and_the_next_run_works(models, prompts, overr
 
 def test_bad_model_id_keeps_the_loaded_models(models):
     with pytest.raises(gr.Error, match="Could not load the policy model"):
-        ui.run_callback("no-such-org/no-such-model", "", "", "", "hi", True, 4, True, 0.7, 0, 1.0, 0, 1,
+        run_callback("no-such-org/no-such-model", "", "", "", "hi", True, 4, True, 0.7, 0, 1.0, 0, 1,
                         "EOS token", "", "trl")
     assert run(["Say hi."], max_new_tokens=4)[0].batch_size == 1
 
@@ -131,7 +140,7 @@ def test_custom_stop_token_ends_generation(models):
 
 
 def test_rollout_api_function(models):
-    record = ui.rollout_api(["Say hi."], max_new_tokens=6, seed=1)
+    record = rollout_api(["Say hi."], max_new_tokens=6, seed=1)
     assert record["format"] == "rollout-inspector/2"
     assert len(record["scores"]) == 1 and len(record["responses"][0]) <= 6
 
@@ -194,11 +203,11 @@ def test_odd_text_is_handled(client):
 
 def test_compare_two_samples(outputs):
     r = outputs[0]
-    html = ui.compare_view(r, 0, 1)
+    html = compare_view(r, 0, 1)
     assert "data-compare='0'" in html and "data-compare='1'" in html
     assert f"{float(r.scores[1]):+.4f}" in html
-    assert ui.compare_view(r, 0, 7) == "" and ui.compare_view(None, 0, 1) == ""
-    left, right, both = ui.compare_choices(r)
+    assert compare_view(r, 0, 7) == "" and compare_view(None, 0, 1) == ""
+    left, right, both = compare_choices(r)
     assert left["value"] == 0 and right["value"] == 1 and both == html
 
 
@@ -262,23 +271,23 @@ def test_oversized_upload_through_the_api(client, tmp_path, monkeypatch):
 def test_a_bad_generation_setting_is_refused_on_its_field(field, overrides, message):
     values = dict(prompts_text="hi", max_new_tokens=8, do_sample=True, temperature=0.7, top_k=0, top_p=1.0, seed=0,
                   stop_choice="EOS token", stop_custom="")
-    assert ui.run_problems(**values) == {}
-    problems = ui.run_problems(**(values | overrides))
+    assert run_problems(**values) == {}
+    problems = run_problems(**(values | overrides))
     assert list(problems) == [field] and message in problems[field]
     # the validator marks that field alone, in the order of the page's inputs
-    marks = ui.run_validator("", "", "", "", values["prompts_text"], True, values["max_new_tokens"], True,
+    marks = run_validator("", "", "", "", values["prompts_text"], True, values["max_new_tokens"], True,
                              values["temperature"], values["top_k"], values["top_p"], values["seed"], 1,
                              values["stop_choice"], values["stop_custom"], "trl")
     assert all(m["is_valid"] for m in marks)
-    args = dict(zip(ui.RUN_INPUTS, ["", "", "", "", values["prompts_text"], True, values["max_new_tokens"], True,
+    args = dict(zip(RUN_INPUTS, ["", "", "", "", values["prompts_text"], True, values["max_new_tokens"], True,
                                     values["temperature"], values["top_k"], values["top_p"], values["seed"], 1,
                                     values["stop_choice"], values["stop_custom"], "trl", False]))
     args.update({("prompts" if k == "prompts_text" else k): v for k, v in overrides.items()})
-    marks = ui.run_validator(*args.values())
-    assert [n for n, m in zip(ui.RUN_INPUTS, marks) if not m["is_valid"]] == [field]
+    marks = run_validator(*args.values())
+    assert [n for n, m in zip(RUN_INPUTS, marks) if not m["is_valid"]] == [field]
     # greedy decoding does not read temperature, top_p or top_k
     if field in ("temperature", "top_p", "top_k"):
-        assert ui.run_problems(**(values | overrides | {"do_sample": False})) == {}
+        assert run_problems(**(values | overrides | {"do_sample": False})) == {}
 
 
 @pytest.mark.parametrize(
@@ -293,49 +302,49 @@ def test_a_bad_generation_setting_is_refused_on_its_field(field, overrides, mess
 )
 def test_a_bad_ppo_setting_is_refused_by_name(outputs, field, overrides, message):
     values = dict(kl_coef=0.05, gamma=1.0, lam=0.95, penalty_on=False, penalty=-2)
-    assert ui.ppo_problems(**values) == {}  # the penalty is not read while it is off
-    problems = ui.ppo_problems(**(values | overrides))
+    assert ppo_problems(**values) == {}  # the penalty is not read while it is off
+    problems = ppo_problems(**(values | overrides))
     assert list(problems) == [field] and message in problems[field]
     args = (outputs[0], 0, values["kl_coef"], "k1", values["gamma"], values["lam"], False, values["penalty_on"],
             values["penalty"])
     names = ["rollout", "sample", "kl_coef", "kl_estimator", "gamma", "lam", "whiten_rewards", "penalty_on",
              "missing_eos_penalty"]
     bad = dict(zip(names, args)) | {("missing_eos_penalty" if k == "penalty" else k): v for k, v in overrides.items()}
-    marks = ui.ppo_validator(*bad.values())
+    marks = ppo_validator(*bad.values())
     assert [n for n, m in zip(names, marks) if not m["is_valid"]] == [field]
     with pytest.raises(gr.Error, match=field):  # called directly, the function refuses by name too
-        ui.ppo_views(*bad.values())
+        ppo_views(*bad.values())
 
 
 def test_the_ppo_panel_says_why_kl_is_zero(outputs):
-    html, _ = ui.ppo_views(outputs[0], 0, 0.05, "k1", 1.0, 0.95, False, False, 1.0)
+    html, _ = ppo_views(outputs[0], 0, 0.05, "k1", 1.0, 0.95, False, False, 1.0)
     assert "KL is 0 by construction" in html and "Reference model" in html
     other = dataclasses.replace(outputs[0], model_names={**outputs[0].model_names, "reference": "some/other-model"})
-    html, _ = ui.ppo_views(other, 0, 0.05, "k1", 1.0, 0.95, False, False, 1.0)
+    html, _ = ppo_views(other, 0, 0.05, "k1", 1.0, 0.95, False, False, 1.0)
     assert "KL is 0 by construction" not in html
 
 
 def test_arrival_shows_the_saved_example_a_link_names():
-    views = ui.arrival_views({"example": "short-answers-pad-eos", "sample": "2"})
+    views = arrival_views({"example": "short-answers-pad-eos", "sample": "2"})
     r, status, sample = views[0], views[3], views[2]
-    assert r.prompts == ui.EXAMPLES["Short answers (pad == EOS)"] and sample["value"] == 2
+    assert r.prompts == EXAMPLES["Short answers (pad == EOS)"] and sample["value"] == 2
     assert "Saved example" in status and "short-answers-pad-eos.json" in status and "made 20" in status
     prompts, example_set, note = views[-3:]
     assert prompts.splitlines() == r.prompts and example_set == "Short answers (pad == EOS)" and not note["visible"]
-    default = ui.arrival_views({})
-    assert default[0].prompts == ui.EXAMPLES[ui.DEFAULT_EXAMPLE] and default[2]["value"] == 0
-    odd = ui.arrival_views({"example": "nope", "sample": "99"})
-    assert odd[0].prompts == ui.EXAMPLES[ui.DEFAULT_EXAMPLE] and odd[2]["value"] == 0
+    default = arrival_views({})
+    assert default[0].prompts == EXAMPLES[DEFAULT_EXAMPLE] and default[2]["value"] == 0
+    odd = arrival_views({"example": "nope", "sample": "99"})
+    assert odd[0].prompts == EXAMPLES[DEFAULT_EXAMPLE] and odd[2]["value"] == 0
     assert "nope" in odd[-1]["value"] and "99" in odd[-1]["value"] and odd[-1]["visible"]
 
 
 def test_a_rollout_from_a_file_says_where_it_came_from(outputs, tmp_path):
     r = outputs[0]
     record = tmp_path / "shared-run.json"
-    record.write_text(json.dumps(ui.rollout_to_dict(r)), encoding="utf-8")
-    views = ui.import_callback(str(record), *DEFAULT_MODELS, True, "EOS token", "", "trl")
+    record.write_text(json.dumps(rollout_to_dict(r)), encoding="utf-8")
+    views = import_callback(str(record), *DEFAULT_MODELS, True, "EOS token", "", "trl")
     assert "`shared-run.json`" in views[3] and "our rollout record" in views[3] and "made 20" in views[3]
     table = tmp_path / "rows.jsonl"
     table.write_text('{"input": "Hi", "output": "Hello!", "score": 1.0}\n', encoding="utf-8")
-    views = ui.import_callback(str(table), *DEFAULT_MODELS, True, "EOS token", "", "trl")
+    views = import_callback(str(table), *DEFAULT_MODELS, True, "EOS token", "", "trl")
     assert "`rows.jsonl`" in views[3] and "verl rollout dump" in views[3] and "1 sample × " in views[3]

@@ -127,6 +127,36 @@ def test_the_page_opens_on_the_saved_example(browser, app_url):
         page.close()
 
 
+TAB_BAR = [  # (id, label, the first words of the panel's own heading), in the order of the tab bar
+    ("sequences", "Sequences", "Raw output.sequences"),
+    ("logprobs", "Logprobs", "Logprobs and entropy of each response token"),
+    ("value-reward", "Value & reward", "Value model input versus reward model input"),
+    ("ppo", "PPO step", "The PPO step, token by token"),
+    ("grpo", "GRPO", "The GRPO step: groups, advantages"),
+    ("mismatch", "Sampler mismatch", "The sampler's logprobs"),
+    ("batch", "Batch & compare", "The batch, one row per sample"),
+]
+LABELS = "() => Array.from(document.querySelectorAll('#views [role=tab]')).map(b => [b.id, b.innerText.trim()])"
+
+
+def test_every_tab_keeps_its_label_and_shows_its_own_heading(browser, app_url):
+    """A click on each tab, in order and back: every label stays its own, and the panel shown is the tab's."""
+    expected = [[f"tab-{tab}-button", label] for tab, label, _ in TAB_BAR]
+    page = open_page(browser, app_url)
+    try:
+        assert page.evaluate(LABELS) == expected
+        for tab, label, heading in TAB_BAR + TAB_BAR[-2::-1]:
+            page.click(f"#tab-{tab}-button")
+            page.wait_for_selector(f"#heading-{tab}", state="visible", timeout=30_000)
+            assert page.inner_text(f"#heading-{tab}").startswith(heading)
+            assert page.get_attribute(f"#tab-{tab}-button", "aria-selected") == "true"
+            assert page.evaluate(LABELS) == expected, f"after a click on {label!r}"
+            shown = [t for t, _, _ in TAB_BAR if page.locator(f"#heading-{t}").is_visible()]
+            assert shown == [tab]
+    finally:
+        page.close()
+
+
 def test_a_deep_link_lands_on_the_named_sample(browser, app_url):
     page = open_page(browser, app_url + "/?example=short-answers-pad-eos&sample=2")
     try:

@@ -69,11 +69,11 @@ def test_sequences_are_laid_out_as_trls_vllm_path(processed_rollout):
 
 
 def test_an_engine_rollout_has_every_panel_of_an_in_process_one(models, processed_rollout):
-    from inspector.app import page as ui
+    from inspector.app.rollouts import rollout_views
 
     local = run_rollout(models, PROMPTS, attention="tokenizer", **ARGS)
-    engine_views = ui.rollout_views(processed_rollout, "")
-    local_views = ui.rollout_views(local, "")
+    engine_views = rollout_views(processed_rollout, "")
+    local_views = rollout_views(local, "")
     assert [type(v) for v in engine_views] == [type(v) for v in local_views]
     for name in ("logprobs", "new_logprobs", "raw_logprobs", "ref_logprobs", "ranks", "entropy", "values"):
         a, b = getattr(processed_rollout, name), getattr(local, name)

@@ -14,7 +14,7 @@ import torch
 
 from inspector.sources.engine import EngineError, normalize_url, probe, sample
 from inspector.sources.generation import SamplingSettings, encode_prompts
-from inspector.models import converted_default_policy
+from inspector.weights import converted_default_policy
 
 SETTINGS = SamplingSettings(max_new_tokens=4, temperature=0.7, seed=0)
 
@@ -267,7 +267,7 @@ def test_layout_pads_as_trl(serve, tokenizer):
 def test_the_page_gives_the_message_and_keeps_serving(serve, tokenizer, models, monkeypatch, case):
     import gradio as gr
 
-    from inspector.app import page as ui
+    from inspector.app.rollouts import run_callback
 
     def completions(body):
         if case == "HTTP 500":
@@ -281,8 +281,8 @@ def test_the_page_gives_the_message_and_keeps_serving(serve, tokenizer, models, 
     settings = dict(use_chat=True, max_new_tokens=4, do_sample=True, temperature=0.7, top_k=0, top_p=1.0, seed=0,
                     samples=2, stop_choice="EOS token", stop_custom="", attention="tokenizer", compare_masks=False)
     with pytest.raises(gr.Error) as err:
-        ui.run_callback("", "", "", "", "Say hi.", *settings.values(), engine_url=url)
+        run_callback("", "", "", "", "Say hi.", *settings.values(), engine_url=url)
     assert url in str(err.value) and case in str(err.value)
     monkeypatch.delenv("INSPECTOR_MAX_TIME")
-    r = ui.run_callback("", "", "", "", "Say hi.", *settings.values(), engine_url="")[0]
+    r = run_callback("", "", "", "", "Say hi.", *settings.values(), engine_url="")[0]
     assert r.batch_size == 2 and r.engine["engine"] == "transformers.generate"

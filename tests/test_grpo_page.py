@@ -6,7 +6,9 @@ from __future__ import annotations
 import pytest
 from test_browser import ARTIFACTS, browser, open_page, run_and_wait, show_tab, wait_plotted  # noqa: F401 (fixture)
 
-from inspector.app import page as ui
+from inspector.app.rollouts import import_callback, run_callback
+from inspector.app.tabs.grpo import GRPO_SETTINGS, grpo_rewards, grpo_views
+from inspector.app.validation import check_trainer
 from inspector.trainers.rewards import arithmetic_prompts
 
 pytestmark = [pytest.mark.integration]
@@ -16,10 +18,10 @@ PROMPTS = arithmetic_prompts(3)  # at a low temperature the model answers 3 + 5 
 
 def test_grpo_with_one_sample_per_prompt_is_refused_before_generating():
     with pytest.raises(Exception, match="num_generations .* must be at least 2"):
-        ui.run_callback("", "", "", "", "Say hi.", True, 8, True, 0.7, 0, 1.0, 0, 1, "EOS token", "", "trl",
+        run_callback("", "", "", "", "Say hi.", True, 8, True, 0.7, 0, 1.0, 0, 1, "EOS token", "", "trl",
                         trainer="grpo")
     with pytest.raises(Exception, match="trainer must be one of"):
-        ui.check_trainer("dpo", 4)
+        check_trainer("dpo", 4)
 
 
 @pytest.mark.browser
@@ -135,13 +137,13 @@ def test_an_opened_trl_grpo_log_shows_its_rewards_beside_the_recomputed_ones(mod
     from pathlib import Path
 
     log = Path(__file__).parent / "data" / "trl_grpo_completions_00001.parquet"
-    outputs = ui.import_callback(str(log), "", "", "", "", True, "EOS token", "", "trl")
+    outputs = import_callback(str(log), "", "", "", "", True, "EOS token", "", "trl")
     r = outputs[0]
-    state = ui.grpo_rewards(r)
+    state = grpo_rewards(r)
     assert state["from_file"] and state["table"].names == ["smollm2-sentiment", "length_reward", "format_reward",
                                                            "exact_answer_reward"]
-    settings = [GRPO_DEFAULTS[k] for k in ui.GRPO_SETTINGS]
-    status, diag, groups, log_update, *_ = ui.grpo_views(r, state, "grpo", ["sentiment"], 1, 1, 1, 1, *settings)
+    settings = [GRPO_DEFAULTS[k] for k in GRPO_SETTINGS]
+    status, diag, groups, log_update, *_ = grpo_views(r, state, "grpo", ["sentiment"], 1, 1, 1, 1, *settings)
     assert log_update["visible"] is True
     frame = log_update["value"]
     assert {"advantage (file)", "advantage (recomputed)", "smollm2-sentiment (file)"} <= set(frame.columns)

@@ -23,7 +23,8 @@ from inspector import models as registry
 from inspector.errors import InputError, LimitError
 from inspector.sources.files import read_upload, read_upload_file
 from inspector.limits import HOSTED, Limits
-from inspector.models import DEFAULT_POLICY, resolve_source
+from inspector.models import DEFAULT_POLICY
+from inspector.weights import resolve_source
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parent.parent
@@ -151,9 +152,10 @@ HEAVY = {"run_callback", "import_callback", "rollout_api", "open_file_api", "loa
 
 
 def test_every_model_handler_shares_one_concurrency_group_and_asks_for_enough_gpu_time():
-    from inspector.app import page as ui
+    from inspector.app import build_app, launch_kwargs
+    from inspector.app.hosting import MODEL_GROUP
 
-    demo = ui.build_app()
+    demo = build_app()
     found = {}
     for fn in demo.fns.values():
         name = getattr(fn.fn, "__name__", None)
@@ -161,17 +163,17 @@ def test_every_model_handler_shares_one_concurrency_group_and_asks_for_enough_gp
             found[name] = fn
     assert set(found) == HEAVY
     for name, fn in found.items():
-        assert fn.concurrency_id == ui.MODEL_GROUP, name
+        assert fn.concurrency_id == MODEL_GROUP, name
         assert fn.concurrency_limit == 1, name
         assert fn.fn.gpu_duration >= Limits.from_env().max_time, name
-    assert ui.launch_kwargs()["max_file_size"] == Limits.from_env().max_upload_bytes
+    assert launch_kwargs()["max_file_size"] == Limits.from_env().max_upload_bytes
 
 
 def test_the_gpu_duration_follows_the_time_limit(monkeypatch):
-    from inspector.app import page as ui
+    from inspector.app.hosting import gpu
 
     monkeypatch.setenv("INSPECTOR_MAX_TIME", "500")
-    assert ui.gpu(lambda: None).gpu_duration >= 500
+    assert gpu(lambda: None).gpu_duration >= 500
 
 
 def folder_bytes(folder: Path) -> int:
@@ -180,21 +182,22 @@ def folder_bytes(folder: Path) -> int:
 
 def test_disk_stays_bounded_after_50_rollouts(greedy_rollout, tmp_path, monkeypatch):
     """The page's downloads (CSV, JSON record, JSONL, Parquet) of 50 rollouts by two sessions."""
-    from inspector.app import page as ui
+    from inspector.app.hosting import downloads_root
+    from inspector.app.rollouts import rollout_views
 
     monkeypatch.setenv("GRADIO_TEMP_DIR", str(tmp_path / "gradio"))
     monkeypatch.setattr("tempfile.tempdir", str(tmp_path / "tmp"))
     (tmp_path / "tmp").mkdir()
-    ui.rollout_views(greedy_rollout, "", "session-a")
+    rollout_views(greedy_rollout, "", "session-a")
     one = folder_bytes(tmp_path)
     assert one > 1000
     for i in range(50):
-        outputs = ui.rollout_views(greedy_rollout, "", "session-a" if i % 2 else "session-b")
-    root = str(ui.downloads_root())
+        outputs = rollout_views(greedy_rollout, "", "session-a" if i % 2 else "session-b")
+    root = str(downloads_root())
     files = [f for o in outputs for f in (o if isinstance(o, list) else [o]) if isinstance(f, str) and f.startswith(root)]
     assert len(files) == 4 and all(Path(f).is_file() for f in files)  # the last rollout's downloads are served
     assert folder_bytes(tmp_path) <= 2 * one + 4096  # one rollout's downloads per session, whatever the count
-    assert len(list(ui.downloads_root().iterdir())) == 2
+    assert len(list(downloads_root().iterdir())) == 2
 
 
 def test_an_oversized_upload_is_refused_before_it_is_read(tmp_path, monkeypatch):
@@ -349,13 +352,13 @@ def test_no_value_model_gives_zero_values_noted_in_the_record(other_vocab_policy
 
 
 def test_the_page_names_the_vocabulary_problem_and_offers_no_value_model(other_vocab_policy, models):
-    from inspector.app import page as ui
+    from inspector.app.loading import load_callback, vocabulary_check
 
-    note, button = ui.vocabulary_check(other_vocab_policy, "", "")
+    note, button = vocabulary_check(other_vocab_policy, "", "")
     assert "another vocabulary" in note and button["visible"] is True
-    note, button = ui.vocabulary_check("", "", "")
+    note, button = vocabulary_check("", "", "")
     assert note == "" and button["visible"] is False
-    summary = ui.load_callback(other_vocab_policy, "", "none", "")
+    summary = load_callback(other_vocab_policy, "", "none", "")
     assert "No value model" in summary
 
 
@@ -367,7 +370,7 @@ def test_a_model_in_the_hub_cache_resolves_offline_and_an_absent_one_is_named(tm
     subprocess.run([sys.executable, str(ROOT / "scripts" / "make_hub_cache.py"), str(hf_home)], check=True,
                    capture_output=True, timeout=300)
     probe = ("import json, sys; from huggingface_hub import scan_cache_dir;"
-             "from inspector.models import hub_snapshot, DEFAULT_POLICY;"
+             "from inspector.weights import hub_snapshot, DEFAULT_POLICY;"
              "s = scan_cache_dir() if sys.argv[1] == 'scan' else None;"
              "print(json.dumps([[r.repo_id for r in s.repos] if s else [], len(s.warnings) if s else 0,"
              " hub_snapshot(DEFAULT_POLICY)]))")

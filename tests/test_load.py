@@ -84,7 +84,7 @@ def test_no_leak_across_fifty_rollouts(models):
 def test_a_full_queue_answers_busy_and_keeps_serving(models, monkeypatch):
     from gradio_client import Client
 
-    from inspector.app.page import build_app, launch_kwargs
+    from inspector.app import build_app, launch_kwargs
 
     monkeypatch.setenv("INSPECTOR_QUEUE_SIZE", "1")
     demo = build_app()

@@ -12,7 +12,8 @@ from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM, LlamaForS
 
 import trl0
 from inspector import ModelLoadError, load_models, run_rollout
-from inspector.models import DEFAULT_POLICY, resolve_source
+from inspector.models import DEFAULT_POLICY
+from inspector.weights import resolve_source
 
 pytestmark = pytest.mark.integration
 

@@ -73,7 +73,7 @@ def sentiment_reward():
     from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
     from inspector.errors import ModelLoadError
-    from inspector.models import resolve_source
+    from inspector.weights import resolve_source
 
     try:
         source = resolve_source(DEFAULT_POLICY)

@@ -149,7 +149,7 @@ def test_a_default_rollout_in_the_browser_on_the_spaces_build(space):
 
 def test_the_spaces_build_loads_the_cached_model_and_names_a_truly_absent_one(space, tmp_path):
     _, env, python = space
-    probe = ("from inspector.models import resolve_source, DEFAULT_POLICY\n"
+    probe = ("from inspector.weights import resolve_source, DEFAULT_POLICY\n"
              "try:\n    print(resolve_source(DEFAULT_POLICY))\nexcept Exception as e:\n    print('ERROR', e)\n")
     out = subprocess.run([python, "-c", probe], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert "/models--HuggingFaceTB--SmolLM2-135M-Instruct/snapshots/" in out.stdout, out.stdout + out.stderr

@@ -97,7 +97,8 @@ def test_no_stop_token_generates_every_token(models):
 def penalised(tmp_path_factory):
     """The default policy's folder, its weights linked, with repetition_penalty 1.3 and no_repeat_ngram_size 3
     in its generation_config.json."""
-    from inspector.models import DEFAULT_POLICY, resolve_source
+    from inspector.models import DEFAULT_POLICY
+    from inspector.weights import resolve_source
 
     source = resolve_source(DEFAULT_POLICY)
     folder = tmp_path_factory.mktemp("penalised") / "SmolLM2-penalised"

@@ -315,21 +315,7 @@ def generate(
         input_ids = queries
     input_ids, attention_mask = input_ids.to(device), attention_mask.long().to(device)
     config, inherited = effective_generation_config(model, settings, pad_token_id, eos_token_id, use_model_config)
-    prepared = __import__("copy").deepcopy(config)
-    model._prepare_special_tokens(prepared, True, device=device)
-    chain = list(model._get_logits_processor(
-        generation_config=prepared, input_ids_seq_length=input_ids.shape[1], encoder_input_ids=input_ids,
-        logits_processor=LogitsProcessorList(), device=device, model_kwargs={"attention_mask": attention_mask},
-    ))
-    entries = []
-    for name in inherited:
-        positions = [i for i, p in enumerate(chain) if type(p).__name__ == PROCESSOR_FIELDS[name]]
-        if positions:
-            entries.append({"setting": name, "value": _plain_value(getattr(config, name)),
-                            "processor": PROCESSOR_FIELDS[name], "positions": positions})
-    leave_out = {e["setting"]: e["positions"] for e in entries}
-    if len(entries) > 1:
-        leave_out[ALL_INHERITED] = [i for e in entries for i in e["positions"]]
+    chain, entries, leave_out = _processor_chain(model, config, inherited, input_ids, attention_mask, device)
     raw, processed = _Capture(), _Capture(top_k=top_logprobs, detail=True)
     without = _Without(chain, leave_out) if leave_out else None
     processors = [raw] + ([without] if without else []) + chain + [processed]
@@ -358,10 +344,9 @@ def generate(
     for name, capture in (without.captures.items() if without else ()):
         capture.finish(responses)
     named = {e["setting"]: e for e in entries}
-    results = []
-    for name, capture in (without.captures.items() if without else ()):
-        entry = named.get(name, {"setting": name, "value": None, "processor": None})
-        results.append({k: v for k, v in entry.items() if k != "positions"} | {"without": capture.stacked("logprobs")})
+    results = [{k: v for k, v in named.get(name, {"setting": name, "value": None, "processor": None}).items()
+                if k != "positions"} | {"without": capture.stacked("logprobs")}
+               for name, capture in (without.captures.items() if without else ())]
     return Generation(
         sequences=sequences,
         logprobs=processed.stacked("logprobs"),
@@ -373,6 +358,30 @@ def generate(
         generation_config=config_summary(config, inherited, use_model_config),
         inherited=results,
     )
+
+
+def _processor_chain(model, config, inherited: list[str], input_ids, attention_mask, device):
+    """The logits processors `generate` would build from `config`, in its order; the inherited settings found in
+    the chain ({"setting", "value", "processor", "positions"} each); and which positions to leave out to
+    measure each one (and all of them together, when there are several)."""
+    from transformers import LogitsProcessorList
+
+    prepared = __import__("copy").deepcopy(config)
+    model._prepare_special_tokens(prepared, True, device=device)
+    chain = list(model._get_logits_processor(
+        generation_config=prepared, input_ids_seq_length=input_ids.shape[1], encoder_input_ids=input_ids,
+        logits_processor=LogitsProcessorList(), device=device, model_kwargs={"attention_mask": attention_mask},
+    ))
+    entries = []
+    for name in inherited:
+        positions = [i for i, p in enumerate(chain) if type(p).__name__ == PROCESSOR_FIELDS[name]]
+        if positions:
+            entries.append({"setting": name, "value": _plain_value(getattr(config, name)),
+                            "processor": PROCESSOR_FIELDS[name], "positions": positions})
+    leave_out = {e["setting"]: e["positions"] for e in entries}
+    if len(entries) > 1:
+        leave_out[ALL_INHERITED] = [i for e in entries for i in e["positions"]]
+    return chain, entries, leave_out
 
 
 def _plain_value(value):

@@ -9,19 +9,12 @@ import time
 import torch
 
 from ..errors import InputError, ModelLoadError
-from .generation import Generation, SamplingSettings, encode_prompts, generate
 from ..limits import Limits
 from ..models import Models, same_tokenizer, value_vocabulary_message
 from ..record.rollout import EOS, Rollout
-from ..trainers.scoring import (
-    backbone_states,
-    forward_logprobs,
-    get_reward,
-    head_logprobs,
-    head_token_details,
-    trl_attention_mask,
-)
-from ..tensors import first_true_indices, truncate_response
+from ..trainers.scoring import backbone_states, head_token_details, trl_attention_mask
+from .generation import Generation, SamplingSettings, encode_prompts, generate
+from .passes import response_mask, score_rollout
 
 GENERATION_STOPS = ("stop", "never")
 """Where generation stops. "stop" (default, TRL 0.14 and later): `PPOTrainer.__init__` makes the stop token
@@ -32,17 +25,6 @@ the policy's generation `eos_token_id`, so generation ends at it, and no stop to
 ATTENTION_MODES = ("trl", "tokenizer")
 
 _run_lock = threading.Lock()  # one rollout at a time per process: the seed is global RNG state
-
-
-def _response_mask(responses: torch.Tensor, stop_ids: list[int]) -> torch.Tensor:
-    """True for response tokens up to and including the first of `stop_ids` (the true, tokenizer-style mask)."""
-    if not stop_ids:
-        return torch.ones_like(responses, dtype=torch.bool)
-    hits = torch.zeros_like(responses, dtype=torch.bool)
-    for sid in stop_ids:
-        hits |= responses == sid
-    first = first_true_indices(hits)
-    return torch.arange(responses.shape[1]).unsqueeze(0) <= first.unsqueeze(1)
 
 
 def _resolve_stop(tokenizer, stop_token_id) -> int | None:
@@ -71,31 +53,6 @@ def stop_token_from_text(tokenizer, text: str) -> int:
         pieces = tokenizer.convert_ids_to_tokens(ids)
         raise InputError(f"The stop token {text!r} is {len(ids)} tokens for this tokenizer ({pieces}); a stop token must be one token.")
     return ids[0]
-
-
-def _reencode_for(tokenizer, prompts: list[str], response_texts: list[str], stopped: torch.Tensor):
-    """The reward model's own ids when its tokenizer differs from the policy's: the prompt as its chat
-    template writes it (if it has one), then the decoded response, then its EOS where the response stopped.
-    Returns (ids (B, T'), context_length, true mask (B, T')): left-padded queries, right-padded responses."""
-    if getattr(tokenizer, "chat_template", None):
-        query_ids = [
-            tokenizer.apply_chat_template([{"role": "user", "content": p}], tokenize=True, add_generation_prompt=True)
-            for p in prompts
-        ]
-        query_ids = [list(q["input_ids"]) if isinstance(q, dict) or hasattr(q, "keys") else list(q) for q in query_ids]
-    else:
-        query_ids = [tokenizer(p)["input_ids"] for p in prompts]
-    resp_ids = [tokenizer(r, add_special_tokens=False)["input_ids"] for r in response_texts]
-    resp_ids = [r + ([tokenizer.eos_token_id] if s and tokenizer.eos_token_id is not None else []) for r, s in zip(resp_ids, stopped.tolist())]
-    q_width, r_width = max(map(len, query_ids)), max(1, max(map(len, resp_ids)))
-    pad = tokenizer.pad_token_id
-    ids = torch.full((len(prompts), q_width + r_width), pad, dtype=torch.long)
-    mask = torch.zeros_like(ids, dtype=torch.bool)
-    for i, (q, r) in enumerate(zip(query_ids, resp_ids)):
-        ids[i, q_width - len(q) : q_width] = torch.tensor(q, dtype=torch.long)
-        ids[i, q_width : q_width + len(r)] = torch.tensor(r, dtype=torch.long)
-        mask[i, q_width - len(q) : q_width + len(r)] = True
-    return ids, q_width, mask
 
 
 @torch.no_grad()
@@ -138,14 +95,7 @@ def run_rollout(
     Raises InputError (LimitError over a limit) for unusable prompts or settings.
     """
     limits = limits or Limits.from_env()
-    if attention not in ATTENTION_MODES:
-        raise InputError(f"attention must be one of {ATTENTION_MODES}, not {attention!r}.")
-    if generation_stop not in GENERATION_STOPS:
-        raise InputError(f"generation_stop must be one of {GENERATION_STOPS}, not {generation_stop!r}.")
-    if not isinstance(prompts, (list, tuple)):
-        raise InputError("prompts must be a list of strings.")
-    if not isinstance(samples_per_prompt, int) or samples_per_prompt < 1:
-        raise InputError(f"samples_per_prompt must be at least 1 (got {samples_per_prompt!r}).")
+    _check_run(prompts, attention, generation_stop, samples_per_prompt)
     settings = SamplingSettings(
         max_new_tokens=max_new_tokens, do_sample=bool(do_sample), temperature=float(temperature),
         top_k=int(top_k), top_p=float(top_p), seed=int(seed),
@@ -155,42 +105,23 @@ def run_rollout(
     max_prompt_tokens = limits.max_prompt_tokens if max_prompt_tokens is None else max_prompt_tokens
     max_time = limits.max_time if max_time is None else max_time
     tok = models.tokenizer
-    pad, eos = tok.pad_token_id, tok.eos_token_id
     stop = _resolve_stop(tok, stop_token_id)
     if models.value is not None and not same_tokenizer(models.value_tokenizer, tok):
         raise ModelLoadError(value_vocabulary_message(models.names["policy"], models.names["value"]))
-
-    def say(fraction, message):
-        if progress:
-            progress(fraction, message)
-
+    say = (lambda f, m: progress(f, m)) if progress else (lambda f, m: None)
     timings: dict[str, float] = {}
     clock = time.perf_counter()
     expanded = [p for p in prompts for _ in range(samples_per_prompt)]
     prompt_index = [i for i in range(len(prompts)) for _ in range(samples_per_prompt)]
     enc = encode_prompts(tok, expanded, use_chat_template, max_prompt_tokens)
-    Q = enc.queries.shape[1]
-    limits.check_batch(len(expanded), Q, settings.max_new_tokens)
-    trl_mode = attention == "trl"
-
+    limits.check_batch(len(expanded), enc.queries.shape[1], settings.max_new_tokens)
     with _run_lock:
-        capture, engine = None, {"engine": "transformers.generate", "url": None, "served_model": None}
         ender = stop if generation_stop == "stop" else None
-        if engine_url:
-            from .engine import sample_rollout
-
-            say(0.05, f"Sampling {len(expanded)} x {max_new_tokens} tokens with the engine at {engine_url}")
-            gen, capture, engine = sample_rollout(engine_url, models, enc, samples_per_prompt, settings,
-                                                  top_logprobs=top_logprobs, timeout=max_time, stop_token_id=ender)
-        else:
-            say(0.05, f"Generating {len(expanded)} x {max_new_tokens} tokens")
-            gen = generate(
-                models.policy, enc.queries, pad, ender, settings,
-                attention_mask=None if trl_mode else enc.attention_mask,
-                top_logprobs=top_logprobs, max_time=max_time, use_model_config=not ignore_generation_config,
-            )
+        gen, capture, engine = _sample(models, enc, settings, engine_url, say, samples_per_prompt=samples_per_prompt,
+                                       stop=ender, trl_mode=attention == "trl", top_logprobs=top_logprobs, max_time=max_time,
+                                       ignore_generation_config=ignore_generation_config)
         timings["generate"] = time.perf_counter() - clock
-        rollout = _score_rollout(
+        rollout = score_rollout(
             models, expanded, prompt_index, enc, gen, stop=stop, attention=attention,
             temperature=settings.effective_temperature, say=say, timings=timings, compare_masks=compare_masks,
             settings=settings.to_dict() | {"samples_per_prompt": samples_per_prompt,
@@ -200,212 +131,55 @@ def run_rollout(
             capture=capture,
         )
         rollout.engine = engine
-    unfinished = ~(rollout.responses == ender).any(-1) if ender is not None else torch.ones(rollout.batch_size, dtype=torch.bool)
-    if rollout.response_width < settings.max_new_tokens and unfinished.any():
-        rollout.notes.append(
-            f"Generation stopped at the time limit ({max_time:.0f} s) after {rollout.response_width} of "
-            f"{settings.max_new_tokens} tokens; the responses are cut there."
-        )
-    if not enc.chat_template_applied and use_chat_template:
-        rollout.notes.append("The policy tokenizer has no chat template: prompts were tokenized as plain text.")
+    rollout.notes.extend(_run_notes(rollout, enc, settings, ender, max_time, use_chat_template))
     rollout.timings["total"] = time.perf_counter() - clock
     return rollout
 
 
-@torch.no_grad()
-def _score_rollout(models: Models, expanded: list[str], prompt_index: list[int], enc, gen, *, stop, attention: str,
-                   temperature: float, say, timings: dict, settings: dict, compare_masks: bool = False,
-                   capture=None) -> Rollout:
-    """Everything after generation: the split, truncation, masks, the recompute, value and reward passes,
-    and the record. `gen` holds the sequences and the per-token capture (a `Generation`); `capture(hidden,
-    responses)`, if given, returns record fields computed from the policy's hidden states (what a serving
-    engine did not report)."""
-    tok = models.tokenizer
-    pad, eos = tok.pad_token_id, tok.eos_token_id
-    Q = enc.queries.shape[1]
-    trl_mode = attention == "trl"
-    sequences = gen.sequences
-    responses = sequences[:, Q:]
-    query_responses = torch.cat((enc.queries, responses), dim=1)
-    postprocessed = truncate_response(stop, pad, responses) if stop is not None else responses.clone()
-    postprocessed_qr = torch.cat((enc.queries, postprocessed), dim=1)
-    sequence_lengths = first_true_indices(postprocessed == pad) - 1
-    contain_eos = torch.any(postprocessed == eos, dim=-1) if eos is not None else torch.zeros(len(expanded), dtype=torch.bool)
+def _check_run(prompts, attention: str, generation_stop: str, samples_per_prompt) -> None:
+    if attention not in ATTENTION_MODES:
+        raise InputError(f"attention must be one of {ATTENTION_MODES}, not {attention!r}.")
+    if generation_stop not in GENERATION_STOPS:
+        raise InputError(f"generation_stop must be one of {GENERATION_STOPS}, not {generation_stop!r}.")
+    if not isinstance(prompts, (list, tuple)):
+        raise InputError("prompts must be a list of strings.")
+    if not isinstance(samples_per_prompt, int) or samples_per_prompt < 1:
+        raise InputError(f"samples_per_prompt must be at least 1 (got {samples_per_prompt!r}).")
 
-    if trl_mode:
-        qr_mask = trl_attention_mask(query_responses, pad)
-        pqr_mask = None
-    else:
-        generated = _response_mask(responses, [eos] if eos is not None else [])
-        qr_mask = torch.cat((enc.attention_mask.bool(), generated), dim=1)
-        kept = generated & _response_mask(responses, [stop] if stop is not None else [])
-        pqr_mask = torch.cat((enc.attention_mask.bool(), kept), dim=1)
 
-    device = next(models.policy.parameters()).device
-    t0 = time.perf_counter()
-    say(0.55, "Recomputing logprobs (training-time forward pass)")
-    policy_backbone = getattr(models.policy, models.policy.base_model_prefix)
-    hidden = backbone_states(policy_backbone, query_responses.to(device), qr_mask.to(device))
-    new_logprobs = head_logprobs(
-        models.policy.get_output_embeddings(), hidden, responses.to(device), Q, temperature
-    ).cpu()
-    captured = capture(hidden, responses) if capture else {}
-    if models.reference_is_policy:
-        ref_logprobs = new_logprobs.clone()
-    else:
-        say(0.65, "Reference model pass")
-        ref_logprobs = forward_logprobs(
-            models.reference, query_responses.to(device), pad, Q, temperature,
-            attention_mask=qr_mask.to(device),
-        ).cpu()
-    timings["logprobs"] = time.perf_counter() - t0
+def _sample(models: Models, enc, settings: SamplingSettings, engine_url: str | None, say, *, samples_per_prompt: int,
+            stop: int | None, trl_mode: bool, top_logprobs: int, max_time: float, ignore_generation_config: bool):
+    """The completions and their per-token capture, from the engine at `engine_url` or from in-process
+    `generate`. Returns (Generation, the engine's capture of hidden-state fields or None, which engine)."""
+    n = enc.queries.shape[0]
+    if engine_url:
+        from .engine import sample_rollout
 
-    t0 = time.perf_counter()
-    say(0.75, "Value model pass")
-    value_backbone = getattr(models.value, models.value.base_model_prefix) if models.value is not None else None
-    if models.value is None:  # no value model: every value is 0 (NO_VALUE_NOTE in the record)
-        full_value = torch.zeros(query_responses.shape[0], query_responses.shape[1], 1)
-    elif value_backbone is policy_backbone:
-        full_value = models.value.score(hidden)  # the same backbone over the same ids and mask: reuse it
-    else:
-        full_value, _, _ = get_reward(models.value, query_responses.to(device), pad, Q, attention_mask=qr_mask.to(device))
-    values = full_value[:, Q - 1 : -1].squeeze(-1).float().cpu()
-    del hidden
-
-    say(0.85, "Reward model pass")
-    reward_same_tok = same_tokenizer(models.reward_tokenizer, tok)
-    stopped = (postprocessed == stop).any(-1) if stop is not None else torch.zeros(len(expanded), dtype=torch.bool)
-    response_texts = tok.batch_decode(postprocessed, skip_special_tokens=True)
-    if reward_same_tok:
-        reward_ids, reward_cl, reward_pad, reward_mask = postprocessed_qr, Q, pad, pqr_mask
-    else:
-        rtok = models.reward_tokenizer
-        reward_ids, reward_cl, true_mask = _reencode_for(rtok, expanded, response_texts, stopped)
-        reward_pad, reward_mask = rtok.pad_token_id, None if trl_mode else true_mask
-    if reward_same_tok and models.value_is_reward:
-        # Causal attention: the score logit at position p sees only positions <= p, and up to the score
-        # position postprocessed_query_responses equals query_responses, ids and mask alike (the
-        # truncation starts after the stop token). So the value pass already holds the score.
-        if trl_mode:
-            score_positions = first_true_indices(postprocessed_qr[:, Q:] == pad) - 1 + Q
-        else:
-            score_positions = first_true_indices(~pqr_mask[:, Q:]) - 1 + Q
-        rows = torch.arange(len(expanded), device=full_value.device)
-        scores = full_value[rows, score_positions.to(full_value.device)].squeeze(-1).float().cpu()
-    else:
-        _, scores, score_positions = get_reward(
-            models.reward, reward_ids.to(device), reward_pad, reward_cl,
-            attention_mask=None if reward_mask is None else reward_mask.to(device),
-        )
-        scores = scores.float().cpu()
-    score_positions = score_positions.cpu()
-    scores_true_mask = scores_true_mask_at_end = None
-    hidden_by_trl = (enc.queries == pad) & enc.attention_mask.bool()
-    if compare_masks and trl_mode and reward_same_tok and pad == eos and (hidden_by_trl.any() or contain_eos.any()):
-        # TRL's mask hides real tokens here (EOS == pad): score the same ids once more under the true mask,
-        # so that the diagnostics can say what the mask changes
-        say(0.9, "Reward under the true attention mask")
-        stops = [stop] if stop is not None else []
-        kept = _response_mask(responses, [eos]) & _response_mask(responses, stops)
-        true_mask = torch.cat((enc.attention_mask.bool(), kept), dim=1)
-        # one pass, read twice: at TRL's position (the mask's effect alone) and at the last token the true mask
-        # keeps, the EOS (the read position's effect on top)
-        true_logits, true_scores, _ = get_reward(models.reward, postprocessed_qr.to(device), pad, Q,
-                                                 attention_mask=true_mask.to(device))
-        rows = torch.arange(len(expanded), device=true_logits.device)
-        scores_true_mask = true_logits[rows, score_positions.to(true_logits.device)].squeeze(-1).float().cpu()
-        scores_true_mask_at_end = true_scores.float().cpu()
-    timings["value_reward"] = time.perf_counter() - t0
-
-    say(0.95, "Decoding")
-    ids_seen = torch.cat([sequences.flatten(), query_responses.flatten(), gen.topk_ids.flatten()]).unique().tolist()
-    tokens = {i: tok.convert_ids_to_tokens(i) for i in ids_seen}
-    if reward_same_tok:
-        reward_tokens = {i: tokens[i] for i in reward_ids.unique().tolist()}
-    else:
-        rtok = models.reward_tokenizer
-        reward_tokens = {i: rtok.convert_ids_to_tokens(i) for i in reward_ids.unique().tolist()}
-    notes = list(models.notes)
-    rollout = Rollout(
-        prompts=expanded,
-        prompt_index=prompt_index,
-        query_texts=enc.texts,
-        queries=enc.queries,
-        query_attention_mask=enc.attention_mask,
-        sequences=sequences,
-        responses=responses,
-        query_responses=query_responses,
-        postprocessed_responses=postprocessed,
-        postprocessed_query_responses=postprocessed_qr,
-        context_length=Q,
-        sequence_lengths=sequence_lengths,
-        contain_eos_token=contain_eos,
-        logprobs=gen.logprobs,
-        raw_logprobs=gen.raw_logprobs,
-        new_logprobs=new_logprobs,
-        ref_logprobs=ref_logprobs,
-        ranks=gen.ranks,
-        entropy=gen.entropy,
-        topk_ids=gen.topk_ids,
-        topk_logprobs=gen.topk_logprobs,
-        values=values,
-        scores=scores,
-        scores_true_mask=scores_true_mask,
-        scores_true_mask_at_end=scores_true_mask_at_end,
-        reward_query_responses=reward_ids,
-        reward_context_length=reward_cl,
-        score_positions=score_positions,
-        pad_token_id=pad,
-        eos_token_id=eos,
-        stop_token_id=stop,
-        attention=attention,
-        chat_template_applied=enc.chat_template_applied,
-        settings=settings,
-        model_names=dict(models.names),
-        reward_tokenizer_is_policy=reward_same_tok,
-        pad_equals_eos=pad == eos,
-        tokens=tokens,
-        reward_tokens=reward_tokens,
-        special_ids=sorted(set(tok.all_special_ids)),
-        response_texts=tok.batch_decode(responses, skip_special_tokens=True),
-        response_texts_raw=tok.batch_decode(responses, skip_special_tokens=False),
-        postprocessed_response_texts=response_texts,
-        notes=notes,
-        timings=timings,
-        generation_config=gen.generation_config,
-        inherited_processors=processor_effects(gen.inherited, gen.logprobs, new_logprobs, ~_padding(sequence_lengths, responses.shape[1])),
+        say(0.05, f"Sampling {n} x {settings.max_new_tokens} tokens with the engine at {engine_url}")
+        return sample_rollout(engine_url, models, enc, samples_per_prompt, settings, top_logprobs=top_logprobs,
+                              timeout=max_time, stop_token_id=stop)
+    say(0.05, f"Generating {n} x {settings.max_new_tokens} tokens")
+    gen = generate(
+        models.policy, enc.queries, models.tokenizer.pad_token_id, stop, settings,
+        attention_mask=None if trl_mode else enc.attention_mask,
+        top_logprobs=top_logprobs, max_time=max_time, use_model_config=not ignore_generation_config,
     )
-    for name, value in captured.items():
-        setattr(rollout, name, value)
-    return rollout
+    return gen, None, {"engine": "transformers.generate", "url": None, "served_model": None}
 
 
-def _padding(sequence_lengths: torch.Tensor, width: int) -> torch.Tensor:
-    return torch.arange(width).unsqueeze(0) > sequence_lengths.unsqueeze(1)
-
-
-def processor_effects(inherited: list[dict], logprobs: torch.Tensor, new_logprobs: torch.Tensor,
-                      valid: torch.Tensor) -> list[dict]:
-    """What each processor inherited from the model's generation config does to the sampled token's logprob,
-    over the tokens TRL trains on: |logprobs - logprobs without it| (max, mean, tokens changed, per sample),
-    and the largest |(logprobs without it) - new_logprobs|, the agreement with the recompute once it is gone."""
-    out = []
-    for entry in inherited:
-        without = entry["without"]
-        diff = (logprobs - without).abs()
-        diff = torch.where(valid, torch.nan_to_num(diff, nan=0.0, posinf=1e9), torch.zeros_like(diff))
-        rest = (without - new_logprobs).abs()
-        rest = torch.where(valid & torch.isfinite(rest), rest, torch.zeros_like(rest))
-        n = int(valid.sum())
-        out.append({k: v for k, v in entry.items() if k != "without"} | {
-            "max_effect": float(diff.max()) if n else 0.0,
-            "mean_effect": float(diff.sum() / n) if n else 0.0,
-            "tokens_changed": int((diff > 1e-4).sum()),
-            "tokens": n,
-            "sample_max_effect": [float(x) for x in diff.max(1).values] if n else [],
-            "max_gap_to_new_logprobs_without_it": float(rest.max()) if n else 0.0,
-        })
-    return out
+def _run_notes(rollout: Rollout, enc, settings: SamplingSettings, stop: int | None, max_time: float,
+               use_chat_template: bool) -> list[str]:
+    """What the record should say about the run itself: a time limit that cut the responses, a missing template."""
+    notes = []
+    unfinished = ~(rollout.responses == stop).any(-1) if stop is not None else torch.ones(rollout.batch_size, dtype=torch.bool)
+    if rollout.response_width < settings.max_new_tokens and unfinished.any():
+        notes.append(
+            f"Generation stopped at the time limit ({max_time:.0f} s) after {rollout.response_width} of "
+            f"{settings.max_new_tokens} tokens; the responses are cut there."
+        )
+    if not enc.chat_template_applied and use_chat_template:
+        notes.append("The policy tokenizer has no chat template: prompts were tokenized as plain text.")
+    return notes
 
 
 @torch.no_grad()
@@ -438,6 +212,55 @@ def score_completions(
     Raises InputError for mismatched or empty inputs and LimitError over a limit.
     """
     limits = limits or Limits.from_env()
+    ended, columns = _check_completions(prompts, completions, ended, attention, samples_per_prompt, columns,
+                                        temperature, limits)
+    temperature = float(temperature)
+    tok = models.tokenizer
+    pad, eos = tok.pad_token_id, tok.eos_token_id
+    stop = _resolve_stop(tok, stop_token_id)
+    enc = encode_prompts(tok, list(prompts), use_chat_template, limits.max_prompt_tokens)
+    responses = _completion_ids(tok, completions, ended, limits)
+    width = responses.shape[1]
+    limits.check_batch(len(prompts), enc.queries.shape[1], width)
+    sequences = torch.cat((enc.queries, responses), dim=1)
+    Q = enc.queries.shape[1]
+    timings: dict[str, float] = {}
+    clock = time.perf_counter()
+    say = (lambda f, m: progress(f, m)) if progress else (lambda f, m: None)
+    with _run_lock:
+        device = next(models.policy.parameters()).device
+        mask = trl_attention_mask(sequences, pad) if attention == "trl" else torch.cat(
+            (enc.attention_mask.bool(), response_mask(responses, [eos] if eos is not None else [])), dim=1)
+        say(0.1, "Policy pass over the imported completions")
+        backbone = getattr(models.policy, models.policy.base_model_prefix)
+        hidden = backbone_states(backbone, sequences.to(device), mask.to(device))
+        details = head_token_details(models.policy.get_output_embeddings(), hidden, responses.to(device), Q,
+                                     top_k=top_logprobs, temperature=temperature)
+        del hidden
+        gen = Generation(sequences=sequences, logprobs=details["logprobs"], raw_logprobs=details["raw_logprobs"],
+                         ranks=details["ranks"], entropy=details["entropy"], topk_ids=details["topk_ids"],
+                         topk_logprobs=details["topk_logprobs"])
+        rollout = score_rollout(
+            models, list(prompts), [i // samples_per_prompt for i in range(len(prompts))], enc, gen, stop=stop,
+            attention=attention, temperature=temperature, say=say, timings=timings,
+            settings={"source": source, "do_sample": False, "temperature": temperature,
+                      "effective_temperature": temperature,
+                      "top_k": 0, "top_p": 1.0, "max_new_tokens": width, "samples_per_prompt": samples_per_prompt,
+                      "use_chat_template": use_chat_template, "top_logprobs": top_logprobs, "ended": ended},
+        )
+    rollout.notes.append(
+        f"Imported completions ({source}): nothing was sampled here, so the sampling-time logprobs are the "
+        f"policy's logprobs at the training temperature given ({temperature:g}), and the scores come from the "
+        "loaded reward model."
+    )
+    rollout.columns = columns
+    rollout.timings["total"] = time.perf_counter() - clock
+    return rollout
+
+
+def _check_completions(prompts, completions, ended, attention: str, samples_per_prompt, columns, temperature,
+                       limits: Limits) -> tuple[list[bool], dict]:
+    """`score_completions`' arguments checked; returns `ended` (default: all) and `columns` as lists."""
     if attention not in ATTENTION_MODES:
         raise InputError(f"attention must be one of {ATTENTION_MODES}, not {attention!r}.")
     if len(prompts) != len(completions):
@@ -456,51 +279,18 @@ def score_completions(
             raise InputError(f"Column {name!r} has {len(values)} values for {len(prompts)} completions.")
     if not isinstance(temperature, (int, float)) or not temperature > 0:
         raise InputError(f"temperature must be above 0 (got {temperature!r}): give the training temperature.")
-    temperature = float(temperature)
-    tok = models.tokenizer
+    return ended, columns
+
+
+def _completion_ids(tok, completions: list[str], ended: list[bool], limits: Limits) -> torch.Tensor:
+    """The completions as response ids (B, G), right-padded, each followed by the EOS where it ended."""
     pad, eos = tok.pad_token_id, tok.eos_token_id
-    stop = _resolve_stop(tok, stop_token_id)
-    enc = encode_prompts(tok, list(prompts), use_chat_template, limits.max_prompt_tokens)
     ids = [tok(c, add_special_tokens=False)["input_ids"] + ([eos] if e and eos is not None else [])
            for c, e in zip(completions, ended)]
     width = max(1, max(map(len, ids)))
     if width > limits.max_new_tokens:
         raise limits._over("max_new_tokens", width, "The longest completion, in tokens,")
-    limits.check_batch(len(prompts), enc.queries.shape[1], width)
     responses = torch.full((len(ids), width), pad, dtype=torch.long)
     for i, row in enumerate(ids):
         responses[i, : len(row)] = torch.tensor(row, dtype=torch.long)
-    sequences = torch.cat((enc.queries, responses), dim=1)
-    Q = enc.queries.shape[1]
-    timings: dict[str, float] = {}
-    clock = time.perf_counter()
-    say = (lambda f, m: progress(f, m)) if progress else (lambda f, m: None)
-    with _run_lock:
-        device = next(models.policy.parameters()).device
-        mask = trl_attention_mask(sequences, pad) if attention == "trl" else torch.cat(
-            (enc.attention_mask.bool(), _response_mask(responses, [eos] if eos is not None else [])), dim=1)
-        say(0.1, "Policy pass over the imported completions")
-        backbone = getattr(models.policy, models.policy.base_model_prefix)
-        hidden = backbone_states(backbone, sequences.to(device), mask.to(device))
-        details = head_token_details(models.policy.get_output_embeddings(), hidden, responses.to(device), Q,
-                                     top_k=top_logprobs, temperature=temperature)
-        del hidden
-        gen = Generation(sequences=sequences, logprobs=details["logprobs"], raw_logprobs=details["raw_logprobs"],
-                         ranks=details["ranks"], entropy=details["entropy"], topk_ids=details["topk_ids"],
-                         topk_logprobs=details["topk_logprobs"])
-        rollout = _score_rollout(
-            models, list(prompts), [i // samples_per_prompt for i in range(len(prompts))], enc, gen, stop=stop,
-            attention=attention, temperature=temperature, say=say, timings=timings,
-            settings={"source": source, "do_sample": False, "temperature": temperature,
-                      "effective_temperature": temperature,
-                      "top_k": 0, "top_p": 1.0, "max_new_tokens": width, "samples_per_prompt": samples_per_prompt,
-                      "use_chat_template": use_chat_template, "top_logprobs": top_logprobs, "ended": ended},
-        )
-    rollout.notes.append(
-        f"Imported completions ({source}): nothing was sampled here, so the sampling-time logprobs are the "
-        f"policy's logprobs at the training temperature given ({temperature:g}), and the scores come from the "
-        "loaded reward model."
-    )
-    rollout.columns = columns
-    rollout.timings["total"] = time.perf_counter() - clock
-    return rollout
+    return responses

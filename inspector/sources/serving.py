@@ -86,7 +86,8 @@ def start_vllm(model_dir: str | Path | None = None, *, logprobs_mode: str = "pro
     if logprobs_mode not in LOGPROBS_MODES:
         raise InspectorError(f"logprobs_mode must be one of {LOGPROBS_MODES}, not {logprobs_mode!r}.")
     if model_dir is None:
-        from ..models import DEFAULT_POLICY, converted_default_policy
+        from ..models import DEFAULT_POLICY
+        from ..weights import converted_default_policy
 
         model_dir = converted_default_policy()
         if model_dir is None:

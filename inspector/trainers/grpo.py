@@ -204,9 +204,8 @@ def grpo_step(
         raise InputError(f"top_entropy_quantile={config.top_entropy_quantile} needs the per-token entropies.")
     is_truncated = is_truncated.bool()
     lengths = completion_mask.long().sum(1)
-    mask = completion_mask.long()
-    if config.mask_truncated_completions:
-        mask = mask * (~is_truncated).unsqueeze(1).long()
+    mask = completion_mask.long() * (~is_truncated).unsqueeze(1).long() if config.mask_truncated_completions \
+        else completion_mask.long()
     maskf = mask.float()
 
     rewards, mean_grouped, std_rewards, advantages, is_std_zero = _trl_advantages(rpf, w, G, config)
@@ -228,10 +227,8 @@ def grpo_step(
         metrics["kl"] = _masked_global_mean(loss["per_token_kl"].detach(), maskf)
     if entropies is not None:
         metrics["entropy"] = _masked_global_mean(entropies.float(), maskf)
-    c1 = loss["coef_1"].detach()
+    c1, per_token_kl, T = loss["coef_1"].detach(), loss["per_token_kl"], maskf.shape[1]
     metrics.update(_clip_metrics(config, c1, advantages.unsqueeze(1), maskf, loss["phi_seq"]))
-    T = maskf.shape[1]
-    per_token_kl = loss["per_token_kl"]
     return GRPOStep(
         trainer="grpo", num_generations=G, reward_func_names=names, rewards_per_func=rpf, completion_mask=mask,
         is_truncated=is_truncated, lengths=lengths, rewards=rewards, mean_grouped_rewards=mean_grouped,

@@ -269,13 +269,9 @@ def _truncation_note(r: Rollout, truncated: int) -> str:
             f"({plural(truncated, 'token')} replaced by pad)")
 
 
-def value_reward_html(r: Rollout, sample: int) -> str:
-    """The two model inputs of one sample side by side: `query_responses` (the value model's) and
-    `postprocessed_query_responses` (the reward model's; `reward_query_responses` on the reward model's own
-    tokens when its tokenizer differs). Truncated positions are `tok-truncated`, the token the score was read
-    at has `data-role="reward"`, and the score is printed with that token. Only the last few query tokens are
-    shown. Raises IndexError for a bad sample."""
-    i = _check_sample(r, sample)
+def _policy_chips(r: Rollout, i: int, ids: list[int], reward_side: bool) -> str:
+    """One sample's ids on the policy's tokens, from the last few query tokens on: `query_responses` (the
+    value side, each value noted where it is read) or `postprocessed_query_responses` (the reward side)."""
     Q, G = r.context_length, r.response_width
     pad = r.pad_token_id
     specials = set(r.special_ids)
@@ -287,70 +283,82 @@ def value_reward_html(r: Rollout, sample: int) -> str:
     post = r.postprocessed_query_responses[i].tolist()
     qmask = r.query_attention_mask[i].tolist()
     values = r.values[i].tolist()
-
-    def policy_chips(ids: list[int], reward_side: bool) -> str:
-        chips = [_ellipsis(start)]
-        for t in range(start, Q + G):
-            tid, g = ids[t], t - Q
-            if t == Q:
-                chips.append(f'<span class="ctx-boundary" title="context_length = {Q}"></span>')
-            roles, notes = [], []
-            if g < 0:
-                classes = "tok-query" if qmask[t] else "tok-leftpad"
-            else:
-                classes = "tok-response"
-                if tid == pad:
-                    classes += " tok-pad"
-                elif tid in specials:
-                    classes += " tok-special"
-                if g > seq_len:
-                    classes += " tok-masked"
-                if qr[t] != post[t]:
-                    classes += " tok-truncated"
-                    notes.append("truncated: the reward model sees pad here" if reward_side else "cut for the reward model")
-                if stop is not None and g == stop:
-                    roles.append("stop")
-            if g < 0 and qmask[t] and tid in specials:
+    chips = [_ellipsis(start)]
+    for t in range(start, Q + G):
+        tid, g = ids[t], t - Q
+        if t == Q:
+            chips.append(f'<span class="ctx-boundary" title="context_length = {Q}"></span>')
+        roles, notes = [], []
+        if g < 0:
+            classes = "tok-query" if qmask[t] else "tok-leftpad"
+        else:
+            classes = "tok-response"
+            if tid == pad:
+                classes += " tok-pad"
+            elif tid in specials:
                 classes += " tok-special"
-            if reward_side and t == int(r.score_positions[i]) and r.reward_tokenizer_is_policy:
-                roles.append("reward")
-            if not reward_side and Q - 1 <= t <= Q + G - 2:
-                notes.append(f"values[{t - Q + 1}] = {fmt(values[t - Q + 1], 4, signed=True)} (read here)")
-            title = _title(t, tid, toks.raw(tid), *notes, *[_ROLE_NOTES[x] for x in roles])
-            chips.append(_chip(classes, toks.text(tid), title, roles))
-        return "".join(chips)
-
-    def reward_own_chips() -> str:
-        ids = r.reward_query_responses[i].tolist()
-        rcl, pos = r.reward_context_length, int(r.score_positions[i])
-        rtoks = _Tokens(r.reward_tokens)
-        first = max(0, rcl - _QUERY_TAIL)
-        chips = [_ellipsis(first)]
-        for t in range(first, len(ids)):
-            if t == rcl:
-                chips.append(f'<span class="ctx-boundary" title="reward context length = {rcl}"></span>')
-            classes = "tok-query" if t < rcl else "tok-response"
-            if is_special_reward_token(r, ids[t]):
-                classes += " tok-special"
-            if t > pos:
+            if g > seq_len:
                 classes += " tok-masked"
-            roles = ["reward"] if t == pos else []
-            title = _title(t, ids[t], rtoks.raw(ids[t]), *[_ROLE_NOTES[x] for x in roles])
-            chips.append(_chip(classes, rtoks.text(ids[t]), title, roles))
-        return "".join(chips)
+            if qr[t] != post[t]:
+                classes += " tok-truncated"
+                notes.append("truncated: the reward model sees pad here" if reward_side else "cut for the reward model")
+            if stop is not None and g == stop:
+                roles.append("stop")
+        if g < 0 and qmask[t] and tid in specials:
+            classes += " tok-special"
+        if reward_side and t == int(r.score_positions[i]) and r.reward_tokenizer_is_policy:
+            roles.append("reward")
+        if not reward_side and Q - 1 <= t <= Q + G - 2:
+            notes.append(f"values[{t - Q + 1}] = {fmt(values[t - Q + 1], 4, signed=True)} (read here)")
+        title = _title(t, tid, toks.raw(tid), *notes, *[_ROLE_NOTES[x] for x in roles])
+        chips.append(_chip(classes, toks.text(tid), title, roles))
+    return "".join(chips)
 
+
+def _reward_own_chips(r: Rollout, i: int) -> str:
+    """One sample's `reward_query_responses` on the reward model's own tokens (its tokenizer differs)."""
+    ids = r.reward_query_responses[i].tolist()
+    rcl, pos = r.reward_context_length, int(r.score_positions[i])
+    rtoks = _Tokens(r.reward_tokens)
+    first = max(0, rcl - _QUERY_TAIL)
+    chips = [_ellipsis(first)]
+    for t in range(first, len(ids)):
+        if t == rcl:
+            chips.append(f'<span class="ctx-boundary" title="reward context length = {rcl}"></span>')
+        classes = "tok-query" if t < rcl else "tok-response"
+        if is_special_reward_token(r, ids[t]):
+            classes += " tok-special"
+        if t > pos:
+            classes += " tok-masked"
+        roles = ["reward"] if t == pos else []
+        title = _title(t, ids[t], rtoks.raw(ids[t]), *[_ROLE_NOTES[x] for x in roles])
+        chips.append(_chip(classes, rtoks.text(ids[t]), title, roles))
+    return "".join(chips)
+
+
+def value_reward_html(r: Rollout, sample: int) -> str:
+    """The two model inputs of one sample side by side: `query_responses` (the value model's) and
+    `postprocessed_query_responses` (the reward model's; `reward_query_responses` on the reward model's own
+    tokens when its tokenizer differs). Truncated positions are `tok-truncated`, the token the score was read
+    at has `data-role="reward"`, and the score is printed with that token. Only the last few query tokens are
+    shown. Raises IndexError for a bad sample."""
+    i = _check_sample(r, sample)
+    Q = r.context_length
+    seq_len = int(r.sequence_lengths[i])
+    qr = r.query_responses[i].tolist()
+    post = r.postprocessed_query_responses[i].tolist()
     pos = int(r.score_positions[i])
     if r.reward_tokenizer_is_policy:
         read_id = post[pos]
         read_tok = r.token(read_id)
         right_head = f"reward model input · <code>postprocessed_query_responses[{i}]</code>"
-        right_chips = policy_chips(post, reward_side=True)
+        right_chips = _policy_chips(r, i, post, reward_side=True)
         cl = Q
     else:
         read_id = int(r.reward_query_responses[i, pos])
         read_tok = r.reward_tokens.get(read_id, f"<{read_id}>")
         right_head = f"reward model input · <code>reward_query_responses[{i}]</code> (the reward model's own tokens)"
-        right_chips = reward_own_chips()
+        right_chips = _reward_own_chips(r, i)
         cl = r.reward_context_length
     truncated = sum(a != b for a, b in zip(qr[Q:], post[Q:]))
     where = f"response index {pos - cl}" if pos >= cl else "the last query token: an empty response"
@@ -359,7 +367,7 @@ def value_reward_html(r: Rollout, sample: int) -> str:
     left = (f'<div class="split-col vr-value"><h4>value model input · <code>query_responses[{i}]</code></h4>'
             f'<div class="tok-meta">query + response as generated, nothing cut: a value per response token, '
             f'kept by TRL up to sequence_lengths + 1 = {seq_len + 1}</div>'
-            f'<div class="tok-seq">{policy_chips(qr, reward_side=False)}</div></div>')
+            f'<div class="tok-seq">{_policy_chips(r, i, qr, reward_side=False)}</div></div>')
     right = (f'<div class="split-col vr-reward"><h4>{right_head}</h4>'
              f'<div class="tok-meta">{_truncation_note(r, truncated)}; one score, read at sequence_lengths</div>'
              f'<div class="tok-seq">{right_chips}</div>{score}</div>')
