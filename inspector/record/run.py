@@ -89,7 +89,7 @@ def _signature(paths) -> str:
 
 
 def summary_dir() -> Path:
-    from ..models import cache_dir
+    from ..weights import cache_dir
 
     return Path(os.environ.get("INSPECTOR_RUN_SUMMARIES", cache_dir() / "run-summaries"))
 
