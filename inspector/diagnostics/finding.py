@@ -16,6 +16,7 @@ class Finding:
     samples: list[int] = field(default_factory=list)
     positions: list[tuple[int, int]] = field(default_factory=list)  # (sample, absolute index in sequences)
     turns: list[tuple[int, int]] = field(default_factory=list)      # (sample, turn) for multi-turn findings
+    steps: list[int] = field(default_factory=list)  # a run's steps the finding is about (run findings)
 
     def to_dict(self) -> dict:
         return asdict(self)
