@@ -47,7 +47,20 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def _run_command(argv: list[str]) -> int:
+    from .run_cli import main as run_main
+
+    return run_main(argv)
+
+
+SUBCOMMANDS = {"run": _run_command}
+"""`python -m inspector <name> ...`: the first argument names a subcommand; anything else is a prompt."""
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] in SUBCOMMANDS:
+        return SUBCOMMANDS[argv[0]](argv[1:])
     args = _parser().parse_args(argv)
     from .models import load_models
     from .record.format import rollout_to_json

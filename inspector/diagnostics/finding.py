@@ -15,6 +15,7 @@ class Finding:
     fix: str
     samples: list[int] = field(default_factory=list)
     positions: list[tuple[int, int]] = field(default_factory=list)  # (sample, absolute index in sequences)
+    steps: list[int] = field(default_factory=list)  # a run's steps the finding is about (run findings)
 
     def to_dict(self) -> dict:
         return asdict(self)

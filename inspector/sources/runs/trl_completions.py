@@ -1,0 +1,122 @@
+"""TRL 1.16 `GRPOTrainer(log_completions=True)`: `<output_dir>/completions/completions_<step:05d>.parquet`.
+
+Follows trl 1.16.0, trl/trainer/grpo_trainer.py:3341-3357 (`GRPOTrainer.log`): a pandas DataFrame with `step`,
+`prompt`, `completion` (strings, or message lists for a conversational dataset), one column per reward function
+(named by `reward_func_names`, raw and unweighted, NaN where a function returned None), the `log_extra` columns
+(sorted), then `advantage`; written with `DataFrame.to_parquet`, no temp file, so a step is complete once its
+Parquet footer reads. With `log_completions_hub_repo` (grpo_trainer.py:1220-1242) huggingface_hub's
+CommitScheduler pushes the same files to the root of a dataset repo; it is read here through the local Hub cache
+(offline when cached). Text only: the completions were decoded with `skip_special_tokens=True`, so ids are rebuilt
+by tokenizing (they may differ from the trainer's). Not in this format: token ids, masks, logprobs, entropy,
+reward weights (weight 1 is assumed for the total), group ids (consecutive equal prompts form a group). A numeric
+`log_extra` column cannot be told from a reward column; both are read as reward functions.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from ...errors import InputError
+from ...record.run import RunStep
+from ._base import Reader, StepEntry, group_by_prefix, numbered
+
+PATTERN = r"completions_(\d+)\.parquet"
+FIXED = ("step", "prompt", "completion", "advantage")
+
+
+def hub_folder(repo_id: str) -> Path:
+    """The local folder of a Hub dataset written by `log_completions_hub_repo` (downloaded, or the cached copy when
+    offline). Raises InputError naming the id when it cannot be had."""
+    try:
+        from huggingface_hub import snapshot_download
+    except ImportError as exc:  # pragma: no cover - a transformers dependency
+        raise InputError(f"reading the Hub dataset {repo_id!r} needs huggingface_hub: {exc}") from exc
+    try:
+        return Path(snapshot_download(repo_id, repo_type="dataset", allow_patterns=["*.parquet", "README.md"]))
+    except Exception as exc:  # noqa: BLE001 - offline, missing, private: one message naming the id
+        offline = os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
+        why = ("it is not in the local Hub cache and HF_HUB_OFFLINE is set" if offline
+               else f"it could not be downloaded ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})")
+        raise InputError(f"The Hub dataset {repo_id!r} cannot be opened: {why}. Download it once online "
+                         f"(huggingface-cli download {repo_id} --repo-type dataset) or give a local folder.") from None
+
+
+def _footer_ok(path: str) -> bool:
+    import pyarrow.parquet as pq
+
+    try:
+        pq.ParquetFile(path).metadata
+        return True
+    except Exception:  # noqa: BLE001 - pyarrow raises ArrowInvalid / OSError on a partial file
+        return False
+
+
+class TRLCompletionsReader(Reader):
+    format = "trl-completions"
+    fields = frozenset({"rewards_per_func", "advantages", "group", "prompt_text", "completion_text", "step"})
+
+    def __init__(self, root: Path, **kw):
+        super().__init__(root, **kw)
+        if self.root.is_file():
+            self.folder, self.only = self.root.parent, self.root.name
+        else:
+            self.folder = self.root / "completions" if (self.root / "completions").is_dir() else self.root
+            self.only = None
+
+    def scan(self) -> dict[int, StepEntry]:
+        files = numbered(self.folder, r"(?:.*_)?" + PATTERN if self.only else PATTERN)
+        if self.only:
+            files = {n: p for n, p in files.items() if p.name == self.only}
+        found = {}
+        for n, p in files.items():
+            if self.within_limit(str(p)) and _footer_ok(str(p)):
+                found[n] = StepEntry((str(p),))
+        self.check_gaps(sorted(files))
+        return found
+
+    def read(self, n: int, entry: StepEntry) -> RunStep:
+        import pandas as pd
+
+        path = entry.paths[0]
+        df = pd.read_parquet(path)
+        name = Path(path).name
+        step = RunStep(step=n, format=self.format)
+        missing = [c for c in ("prompt", "completion") if c not in df.columns]
+        if missing:
+            self.problem(f"{name}: no {' / '.join(missing)} column: not a TRL completions log; left out.")
+            step.completion_text, step.prompt_text = [], []
+            return step
+        step.prompt_text = list(df["prompt"])
+        step.completion_text = list(df["completion"])
+        step.group = group_by_prefix([str(_plain(p)) for p in step.prompt_text])
+        rewards, others = {}, {}
+        for col in df.columns:
+            if col in FIXED:
+                continue
+            kind = df[col].dtype.kind
+            if kind in "fiub":
+                rewards[col] = df[col].to_numpy(dtype=np.float64)
+            else:
+                others[col] = df[col].tolist()
+        if "advantage" in df.columns:
+            if df["advantage"].dtype.kind in "fi":
+                step.advantages = df["advantage"].to_numpy(dtype=np.float64)
+            else:
+                self.problem(f"{name}: the 'advantage' column holds {df['advantage'].dtype} values, not numbers; "
+                             "left out for this step.")
+        step.rewards_per_func = rewards or None
+        step.columns = others
+        step.notes.append("TRL completions log: the reward columns are raw per-function rewards (TRL does not write "
+                          "the reward weights: weight 1 is assumed for the total).")
+        return step
+
+
+def _plain(value):
+    if isinstance(value, np.ndarray):
+        return [_plain(v) for v in value.tolist()]
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
