@@ -69,16 +69,34 @@ def test_jsonl_being_written_is_not_a_step_until_finished(tmp_path):
     assert run.refresh() == [2]
 
 
+def test_whole_lines_of_a_fresh_newest_file_wait_until_it_stops_changing(tmp_path):
+    root = _copy("verl", tmp_path)
+    path = root / "2.jsonl"
+    lines = path.read_text().splitlines(keepends=True)
+    path.write_text("".join(lines[:2]))    # verl's writer thread between two lines
+    _age(root / "1.jsonl")
+    run = open_run(root)
+    assert run.steps() == [1]
+    path.write_text("".join(lines))
+    assert run.refresh() == []
+    _age(path, 5)
+    assert run.refresh() == [2] and run.step(2).samples == 4
+
+
 def test_a_truncated_line_in_a_finished_step_is_left_out_with_a_message(tmp_path):
     root = _copy("nemo_rl", tmp_path)
     path = root / "train_data_step1.jsonl"
     lines = path.read_text().splitlines(keepends=True)
+    first = json.loads(lines[0])
     lines[1] = lines[1][:100] + "\n"
     path.write_text("".join(lines))
     _age(path), _age(root / "train_data_step2.jsonl")
     run = open_run(root)
     step = run.step(1)
     assert step.samples == 3
+    p, L = first["token_loss_mask"][0].index(1), first["input_lengths"][0]   # read line by line, still unwrapped
+    assert step.completion_ids[0].tolist() == first["token_ids"][0][p:L]
+    assert step.logprobs[0].tolist() == first["generation_logprobs"][0][p:L]
     assert any("train_data_step1.jsonl line 2: not valid JSON" in p for p in run.problems)
     assert run.step(2).samples == 4
     assert len(run.summary()) == 2
@@ -204,6 +222,10 @@ def test_summary_rereads_a_changed_step(tmp_path):
     path.write_text(path.read_text().splitlines(keepends=True)[0])
     _age(path, 30)
     assert open_run(root).summary()["samples"].tolist() == [4, 1]
+    run = open_run(root)                     # an open run sees a step's file change on refresh
+    path.write_text((root / "1.jsonl").read_text())
+    _age(path, 20)
+    assert run.refresh() == [2] and run.summary()["samples"].tolist() == [4, 4]
 
 
 def test_cli_run_prints_the_table_and_findings(capsys):

@@ -80,7 +80,7 @@ def test_clean_runs_are_silent(tmp_path):
 
 
 def test_sampler_trainer_gap_growing(tmp_path):
-    run = open_run(prime_rl_run(tmp_path / "p", gap=lambda k: 0.01 * k * k))
+    run = open_run(prime_rl_run(tmp_path / "p", gap=lambda k: 0.01 * k))
     f = next(f for f in run_findings(run) if f.code == "run_gap_growing")
     assert f.steps[0] == 1 and f.steps[-1] == STEPS and "steps 1..6" in f.detail and f.fix
 

@@ -74,3 +74,16 @@ def test_trl_step_opens_in_the_grpo_math(tok):
     rpf = torch.tensor([r.columns[c] for c in r.settings["reward_columns"]]).T
     grpo = rollout_grpo_step(r, rpf, GRPOConfig(num_generations=4))
     assert grpo.advantages.tolist() == pytest.approx(r.columns["advantage"], abs=1e-5)  # TRL's logged advantages
+
+
+def test_a_step_without_sampler_logprobs_shows_the_trainers_in_their_place(tmp_path):
+    from inspector.sources.runs import RunWriter
+
+    RunWriter(tmp_path).write_step(1, prompt_ids=torch.tensor([[5, 6]] * 2), prompt_mask=torch.ones(2, 2),
+                                   completion_ids=torch.tensor([[7, 2], [8, 2]]), completion_mask=torch.ones(2, 2),
+                                   old_logprobs=torch.tensor([[-0.5, -0.25], [-1.0, -0.125]]),
+                                   advantages=torch.tensor([1.0, -1.0]), rewards_per_func=torch.tensor([[1.0], [0.0]]),
+                                   reward_func_names=["r"], reward_weights=[1.0], extra={"eos_token_ids": [2]})
+    r = open_run(tmp_path).step(1).to_rollout()
+    assert r.logprobs.tolist() == r.new_logprobs.tolist() == [[-0.5, -0.25], [-1.0, -0.125]]
+    assert any(n.startswith("sampler logprobs: not in this format (inspector)") for n in r.notes)

@@ -89,7 +89,7 @@ def _signature(paths) -> str:
 
 
 def summary_dir() -> Path:
-    from ..models import cache_dir
+    from ..weights import cache_dir
 
     return Path(os.environ.get("INSPECTOR_RUN_SUMMARIES", cache_dir() / "run-summaries"))
 
@@ -334,7 +334,9 @@ def step_trends(step: RunStep) -> dict:
         lengths = [len(c) for c in step.completion_ids]
         row["length_mean"], row["length_max"] = _mean(lengths), int(max(lengths, default=0))
     elif step.completion_text is not None:
-        row["length_chars_mean"] = _mean([len(str(c)) for c in step.completion_text])
+        from .run_rollout import _completion_string
+
+        row["length_chars_mean"] = _mean([len(_completion_string(c)) for c in step.completion_text])
     row["truncated_frac"] = _truncated(step)
     adv = _per_sample_advantage(step)
     signal = rewards if rewards is not None else adv

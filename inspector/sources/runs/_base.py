@@ -14,7 +14,7 @@ import numpy as np
 
 STABLE_SECONDS = 2.0
 """A JSONL step file without a completion marker counts as finished once its last byte is a newline and either a
-newer step's file exists or it has not changed for this long."""
+newer step's file exists or it has not changed (mtime) for this long."""
 
 
 @dataclass
@@ -38,7 +38,6 @@ class Reader:
         self.limit_bytes = limit_bytes
         self.problems: list[str] = []
         self.notes: list[str] = []
-        self._sizes: dict[str, int] = {}
 
     def problem(self, text: str) -> None:
         if text not in self.problems:
@@ -68,9 +67,7 @@ class Reader:
         with open(path, "rb") as fh:
             fh.seek(-1, os.SEEK_END)
             ends = fh.read(1) == b"\n"
-        previous = self._sizes.get(path)
-        self._sizes[path] = st.st_size
-        stable = previous == st.st_size or time.time() - st.st_mtime >= STABLE_SECONDS
+        stable = time.time() - st.st_mtime >= STABLE_SECONDS
         if ends:
             return newer_exists or stable
         if newer_exists:  # a newer step exists, so this one will never be finished: read what it holds
