@@ -31,6 +31,14 @@ from pathlib import Path
 from .runs.native import RunWriter
 
 
+def _name(path) -> str | None:
+    """A model's name without the local folder it was loaded from (a Hub id stays whole)."""
+    if not path:
+        return None
+    p = Path(str(path))
+    return p.name if p.is_absolute() or str(path).startswith((".", "~")) else str(path)
+
+
 def _step_extra(trainer, output: dict) -> dict:
     tok = getattr(trainer, "processing_class", None)
     tok = getattr(tok, "tokenizer", tok)
@@ -38,8 +46,8 @@ def _step_extra(trainer, output: dict) -> dict:
     return {"global_step": int(trainer.state.global_step), "num_generations": int(trainer.num_generations),
             "pad_token_id": getattr(tok, "pad_token_id", None),
             "eos_token_ids": [int(e) for e in (eos if isinstance(eos, (list, tuple)) else [eos])] if eos is not None else None,
-            "model": getattr(getattr(trainer.model, "config", None), "_name_or_path", None),
-            "tokenizer": getattr(tok, "name_or_path", None),
+            "model": _name(getattr(getattr(trainer.model, "config", None), "_name_or_path", None)),
+            "tokenizer": _name(getattr(tok, "name_or_path", None)),
             "scale_rewards": str(getattr(trainer, "scale_rewards", "")),
             "multi_objective_aggregation": str(getattr(trainer, "multi_objective_aggregation", "")),
             "temperature": float(getattr(trainer, "temperature", 1.0))}

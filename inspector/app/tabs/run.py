@@ -9,8 +9,10 @@ when the link names no run. A gr.Timer rescans the open run, so steps a trainer 
 
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
+import time
 import zipfile
 from pathlib import Path
 
@@ -132,12 +134,14 @@ def _unpack(files, limit: int) -> tuple[Path, list[str]]:
                         target.parent.mkdir(parents=True, exist_ok=True)
                         with z.open(m) as src, open(target, "wb") as dst:
                             shutil.copyfileobj(src, dst)
+                        stamp = time.mktime((*m.date_time, 0, 0, -1))  # the file's own time: it is not being written
+                        os.utime(target, (stamp, stamp))
             except zipfile.BadZipFile:
                 problems.append(f"{path.name}: not a readable zip file; left out.")
         elif path.stat().st_size > limit:
             problems.append(f"{path.name}: over the upload limit of {limit:,} bytes; left out.")
         else:
-            shutil.copy(path, folder / path.name)
+            shutil.copy2(path, folder / path.name)
     inner = [d for d in folder.iterdir()]
     if len(inner) == 1 and inner[0].is_dir():
         folder = inner[0]  # a zip of the run's folder
@@ -184,11 +188,17 @@ def run_views(run, link: str | None, problems: list[str], selected: int | None =
 
 
 def open_callback(text, files):
+    """Open the run named (or uploaded); a run that cannot be opened leaves the one on screen as it was and says
+    why under the Open button."""
     try:
         run, link, problems = _source(text, files)
         if not run.steps() and not run.problems and not problems:
             raise InputError(f"{run.source}: no complete step yet.")
         return (*run_views(run, link, problems), gr.update(active=True))
+    except InspectorError as exc:
+        views = [gr.skip()] * len(VIEW_OUTPUTS)
+        views[VIEW_OUTPUTS.index("run_problems")] = f"**Not opened:** {exc}"
+        return (*views, gr.skip())
     except Exception as exc:
         raise friendly(exc) from exc
 
