@@ -48,7 +48,7 @@ def _click_point(page, index: int) -> int:
     page.mouse.move(x - 3, y)
     page.mouse.move(x, y)
     page.mouse.click(x, y)
-    return int(page.evaluate("i => document.querySelector('#run-trends .js-plotly-plot').data[0].x[i]", index))
+    return int(page.evaluate("i => document.querySelector('#run-trends .js-plotly-plot').calcdata[0][i].x", index))
 
 
 def test_a_click_on_a_trend_point_opens_that_step_in_every_tab(browser, app_url):
@@ -144,8 +144,7 @@ def test_bad_files_get_messages_and_the_rest_of_the_run_opens(browser, app_url, 
     try:
         _run_tab(page)
         page.set_input_files("#run-upload input[type=file]", str(_bad_run_zip(tmp_path)))
-        page.wait_for_function("() => document.querySelector('#run-upload').innerText.includes('verl-run.zip')",
-                               timeout=30_000)
+        page.wait_for_selector("#run-upload td.download a", timeout=60_000)  # stored: the link to it is shown
         page.click("#run-open")
         page.wait_for_function("() => /format `verl`/.test(document.querySelector('#run-status').innerText)",
                                timeout=60_000)

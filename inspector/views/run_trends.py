@@ -17,6 +17,7 @@ PANELS = (
     ("Sampler-trainer gap", ("gap_abs", "gap_kl"), None),
     ("Dropped fraction (sequence_mask, cap 3)", ("dropped_frac",), None),
 )
+COLORS = ("#2563eb", "#dc2626", "#16a34a", "#9333ea", "#ea580c")
 LABELS = {"reward_mean": "reward (weighted sum)", "length_mean": "mean", "length_max": "max",
           "length_chars_mean": "mean (characters)", "truncated_frac": "truncated", "zero_std_groups": "zero-std groups",
           "adv_std": "std", "adv_absmax": "max |adv|", "entropy": "mean entropy", "gap_abs": "mean |trainer - sampler|",
@@ -50,20 +51,23 @@ def trends_figure(frame, selected: int | None = None):
     rows = (len(panels) + 1) // 2
     fig = make_subplots(rows=rows, cols=2, subplot_titles=[t for t, _ in panels], vertical_spacing=0.32 / max(rows, 1),
                         horizontal_spacing=0.08)
-    steps = frame["step"].to_numpy()
+    steps = [int(s) for s in frame["step"]]  # plain lists: the page's script reads a clicked point's step
     for k, (title, cols) in enumerate(panels):
         r, c = k // 2 + 1, k % 2 + 1
         for col in cols:
             name = LABELS.get(col, col.split("/", 1)[-1])
-            fig.add_trace(go.Scatter(x=steps, y=frame[col], mode="lines+markers", name=name, customdata=steps,
-                                     legendgroup=title, showlegend=False,
+            fig.add_trace(go.Scatter(x=steps, y=[float(v) for v in frame[col]], mode="lines+markers", name=name,
+                                     customdata=steps, legendgroup=title, legendgrouptitle_text=title,
+                                     line={"color": COLORS[cols.index(col) % len(COLORS)]},
                                      hovertemplate=f"step %{{x}}<br>{html.escape(name)}: %{{y:.4g}}<extra>{html.escape(title)}</extra>",
                                      marker={"size": 9}), row=r, col=c)
         if selected is not None:
             fig.add_vline(x=selected, line_dash="dot", line_color="#b45309", row=r, col=c)
         fig.update_xaxes(title_text="step" if k >= len(panels) - 2 else None, row=r, col=c)
     fig.update_layout(height=230 * rows + 40, margin={"l": 40, "r": 10, "t": 40, "b": 30}, hovermode="closest",
-                      clickmode="event", template="plotly_white")
+                      clickmode="event", template="plotly_white",
+                      legend={"orientation": "h", "yanchor": "top", "y": -0.06, "x": 0, "groupclick": "toggleitem",
+                              "font": {"size": 11}})
     return fig
 
 
@@ -97,6 +101,5 @@ RUN_CSS = """
 @media (max-width: 700px) {
   #run-row { flex-direction: column; }
   #run-row > div { min-width: 0 !important; width: 100%; }
-  #page-row > #controls { min-width: 0 !important; }
 }
 """

@@ -68,6 +68,7 @@ RUN_JS = """
 
 ADDRESS_JS = """
 (source, step, sample) => {
+  if (step === null || step === undefined || step === '') return [];
   const u = new URL(window.location.href);
   const set = (k, v) => (v === null || v === undefined || v === '') ? u.searchParams.delete(k) : u.searchParams.set(k, v);
   set('run', source); set('step', step); set('sample', sample);
@@ -182,7 +183,7 @@ def run_views(run, link: str | None, problems: list[str], selected: int | None =
             if all_problems else "")
     first, last = (steps[0], steps[-1]) if steps else (None, None)
     return ({"run": run, "link": link}, status, trends_figure(frame, selected), lacks_markdown(frame, run),
-            diagnostics_html(findings), note, gr.update(choices=steps, value=selected),
+            diagnostics_html(findings).replace("No trap found in this rollout", "No trend found across these steps"), note, gr.update(choices=steps, value=selected),
             gr.update(choices=steps, value=first), gr.update(choices=steps, value=last), gr.update(choices=[], value=None),
             "")
 
@@ -264,8 +265,10 @@ def _prompt_label(step, i: int, tok) -> str:
         text = tok.decode(step.prompt_ids[i], skip_special_tokens=True)
     else:
         text = f"prompt {i}"
+    if "user\n" in text:  # a chat prompt decoded without its special tokens: its last user turn
+        text = text.rsplit("user\n", 1)[1].removesuffix("\n").removesuffix("assistant")
     text = " ".join(text.split())
-    return text[-80:] if len(text) > 80 else text
+    return text[:80] + "…" if len(text) > 80 else text
 
 
 def prompt_choices(state, a, policy):
@@ -312,7 +315,7 @@ def wire(p: dict) -> None:
     free = dict(api_visibility="private", concurrency_limit=None)
     p["run_open"].click(open_callback, c(["run_source", "run_upload"]), [*c(VIEW_OUTPUTS), p["run_timer"]], **free)
     p["run_timer"].tick(refresh_callback, p["run_state"], c(VIEW_OUTPUTS), show_progress="hidden", **free)
-    p["run_click"].input(lambda v: gr.update(value=int(str(v).split("#")[0])) if str(v).split("#")[0].isdigit()
+    p["run_click"].change(lambda v: gr.update(value=int(str(v).split("#")[0])) if str(v).split("#")[0].isdigit()
                          else gr.skip(), p["run_click"], p["run_step"], **free)
     shown = c([*ROLLOUT_OUTPUTS, "trainer", "run_link", "run_want_sample"])
     p["run_step"].change(step_views, c(["run_state", "run_step", "run_want_sample", "sample", "policy"]), shown, **free).then(
