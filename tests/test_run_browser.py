@@ -146,8 +146,10 @@ def test_bad_files_get_messages_and_the_rest_of_the_run_opens(browser, app_url, 
         page.set_input_files("#run-upload input[type=file]", str(_bad_run_zip(tmp_path)))
         page.wait_for_selector("#run-upload td.download a", timeout=60_000)  # stored: the link to it is shown
         page.click("#run-open")
-        page.wait_for_function("() => /format `verl`/.test(document.querySelector('#run-status').innerText)",
-                               timeout=60_000)
+        page.wait_for_function("() => /format verl|Not opened/.test(document.querySelector('#run-status').innerText"
+                               " + document.querySelector('#run-problems').innerText)", timeout=60_000)
+        assert "format verl" in page.inner_text("#run-status"), \
+            page.inner_text("#run-problems")
         problems = page.inner_text("#run-problems")
         assert "5.jsonl" in problems and "over the upload limit" in problems
         assert "1.jsonl line 2: not valid JSON" in problems

@@ -81,7 +81,8 @@ ADDRESS_JS = """
 
 def layout(p: dict) -> None:
     p["run_state"] = gr.State(None, time_to_live=6 * 3600)
-    p["run_link"] = gr.State("")
+    p["run_link"] = gr.Textbox("", elem_id="run-link", elem_classes="run-hidden", show_label=False, container=False)
+    # a box, not a gr.State: the script that writes the address reads it in the browser
     p["run_want_sample"] = gr.State(None)  # the sample a link names, for the step it opens
     with gr.Row(equal_height=False, elem_id="run-open-row"):
         p["run_source"] = gr.Textbox("", label="Open a run: a folder or file path, or a Hub dataset id", scale=3,
