@@ -6,6 +6,9 @@ The median of the repetitions is reported, with the machine it ran on.
 
     python benchmarks/bench_inspection.py [--reps 3] [--batch 8] [--tokens 128]
 
+The inspect side also prints the time of each pass after generation (recompute, reference, value, reward,
+decoding, diagnostics, PPO step, views), so one can see where the time over bare generate goes.
+
 Sides, on the same prompts, seed and sampling settings (temperature 0.7, top_k 0, top_p 1.0):
 - bare: `model.generate` with nothing kept (the physical floor);
 - inspect: `run_rollout` (generation with the per-token capture, the recompute, value and reward passes),
@@ -109,10 +112,19 @@ def child(side: str, batch: int, tokens: int) -> dict:
             )
         return out.shape[1] - enc.queries.shape[1]
 
+    stages: dict[str, float] = {}
+
     def inspect():
         r = run_rollout(models, prompts, **settings)
+        stages.clear()
+        stages.update({k: v for k, v in r.timings.items() if k != "total"})
+        t0 = time.perf_counter()
         diagnose(r)
+        stages["diagnostics"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
         step = rollout_ppo_step(r)
+        stages["ppo step"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
         views.sequences_html(r)
         views.logprob_heatmap(r).to_json()
         views.entropy_heatmap(r).to_json()
@@ -124,6 +136,7 @@ def child(side: str, batch: int, tokens: int) -> dict:
         views.value_reward_html(r, 0)
         views.values_figure(r, 0).to_json()
         views.ppo_rows_html(r, step, 0)
+        stages["views"] = time.perf_counter() - t0
         return r.response_width
 
     def trl():
@@ -174,7 +187,8 @@ def child(side: str, batch: int, tokens: int) -> dict:
         start = time.perf_counter()
         width = fn()
         seconds = time.perf_counter() - start
-    return {"side": side, "seconds": seconds, "peak_growth_mb": mem.growth / 2**20, "width": width}
+    return {"side": side, "seconds": seconds, "peak_growth_mb": mem.growth / 2**20, "width": width,
+            "stages": dict(stages)}
 
 
 def capture_memory(batch: int, tokens: int) -> dict:
@@ -309,11 +323,23 @@ def main() -> None:
             results[side].append(res)
             print(f"  rep {rep + 1} {side:8s} {res['seconds']:7.2f} s  peak +{res['peak_growth_mb']:7.1f} MB  "
                   f"({res['width']} tokens)", flush=True)
+            if side == "inspect":
+                print("    passes after generation: " + ", ".join(f"{k} {v:.3f} s" for k, v in res["stages"].items()
+                                                                  if k != "generate"), flush=True)
     med = {s: {k: statistics.median(r[k] for r in rs) for k in ("seconds", "peak_growth_mb")} for s, rs in results.items()}
     print("\nmedians:")
     for s, m in med.items():
         print(f"  {s:8s} {m['seconds']:7.2f} s  peak +{m['peak_growth_mb']:7.1f} MB")
-    print(f"\ninspect / bare generation, time:   {med['inspect']['seconds'] / med['bare']['seconds']:.2f}x  (goal <= 1.3x)")
+    print("\ninspect, each pass (medians; 'generate' is the generation with the capture, the rest comes after it):")
+    names = list(results["inspect"][0]["stages"])
+    bare = med["bare"]["seconds"]
+    for name in names:
+        t = statistics.median(r["stages"].get(name, 0.0) for r in results["inspect"])
+        print(f"  {name:15s} {t:7.3f} s  {t / bare:6.1%} of bare generate")
+    rest = med["inspect"]["seconds"] - sum(statistics.median(r["stages"].get(n, 0.0) for r in results["inspect"])
+                                            for n in names)
+    print(f"  {'unaccounted':15s} {rest:7.3f} s")
+    print(f"\ninspect / bare generation, time:   {med['inspect']['seconds'] / med['bare']['seconds']:.2f}x  (goal <= 1.2x)")
     print(f"inspect / TRL pipeline, time:      {med['inspect']['seconds'] / med['trl']['seconds']:.2f}x  (goal <= 0.9x)")
     print(f"inspect / TRL pipeline, peak mem:  "
           f"{med['inspect']['peak_growth_mb'] / max(med['trl']['peak_growth_mb'], 1e-9):.2f}x  (goal <= 0.5x)")

@@ -96,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
             temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed,
             stop_token_id=stop, use_chat_template=not args.no_chat_template, attention=args.attention,
             samples_per_prompt=args.samples, ignore_generation_config=args.ignore_generation_config,
-            engine_url=args.engine_url,
+            engine_url=args.engine_url, trainer=args.trainer,
         )
     except InspectorError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -136,18 +136,19 @@ def _grpo_step(args, models, rollout, grpo_config):
     TRL calls them), or with the reward model's score as the one reward function."""
     from .trainers.grpo import rollout_grpo_step
 
-    if args.reward_func:
-        from dataclasses import replace
+    if not args.reward_func:
+        return rollout_grpo_step(rollout, rollout.scores.float().unsqueeze(1), grpo_config,
+                                 reward_func_names=["reward_model"])
+    from dataclasses import replace
 
-        from .trainers.rewards import builtin_reward, load_reward_func, score_rewards
+    from .trainers.rewards import attach_reward_logs, builtin_reward, load_reward_func, score_rewards
 
-        funcs = [builtin_reward(n, models) if n == "sentiment" else load_reward_func(n) for n in args.reward_func]
-        table = score_rewards(rollout, funcs, args.reward_weights, tokenizer=models.tokenizer)
-        grpo_config = replace(grpo_config, reward_weights=tuple(table.weights))
-        rewards_per_func, names = table.rewards_per_func, table.names
-    else:
-        rewards_per_func, names = rollout.scores.float().unsqueeze(1), ["reward_model"]
-    return rollout_grpo_step(rollout, rewards_per_func, grpo_config, reward_func_names=names)
+    funcs = [builtin_reward(n, models) if n == "sentiment" else load_reward_func(n) for n in args.reward_func]
+    table = score_rewards(rollout, funcs, args.reward_weights, tokenizer=models.tokenizer)
+    grpo_config = replace(grpo_config, reward_weights=tuple(table.weights))
+    step = rollout_grpo_step(rollout, table.rewards_per_func, grpo_config, reward_func_names=table.names)
+    attach_reward_logs(step, table)  # what the functions passed to log_metric / log_extra: in the metrics, the JSON
+    return step
 
 
 if __name__ == "__main__":

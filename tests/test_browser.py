@@ -53,6 +53,31 @@ def page(browser, app_url):
     page.close()
 
 
+def shows(page, selector: str, text, timeout: int = 60_000) -> None:
+    """Until the element's text holds `text` (a string, or a compiled pattern): every check waits for the content
+    it asserts, never for "the panel changed" (a panel that changed may still show gradio's progress timer)."""
+    from playwright.sync_api import expect
+
+    expect(page.locator(selector)).to_contain_text(text, timeout=timeout)
+
+
+def counts(page, selector: str, n: int, timeout: int = 60_000) -> None:
+    """Until exactly `n` elements match `selector`."""
+    from playwright.sync_api import expect
+
+    expect(page.locator(selector)).to_have_count(n, timeout=timeout)
+
+
+def has_value(page, selector: str, value, timeout: int = 60_000) -> None:
+    """Until the input's value is `value` (a string, or a compiled pattern)."""
+    from playwright.sync_api import expect
+
+    expect(page.locator(selector)).to_have_value(value, timeout=timeout)
+
+
+NOT_EMPTY = re.compile(r"\S")
+
+
 def show_tab(page, tab: str) -> None:
     """Select a tab of the views (sequences, logprobs, value-reward, ppo, batch)."""
     page.click(f"#tab-{tab}-button")
@@ -78,7 +103,7 @@ IDLE = "() => !Array.from(document.querySelectorAll('.progress-text')).some(e =>
 def wait_done(page, previous_status: str) -> None:
     """Until the status shows a new finished rollout and no panel shows progress any more."""
     page.wait_for_function(DONE, arg=previous_status, timeout=300_000)
-    page.wait_for_function(IDLE, timeout=60_000)
+    page.wait_for_function(IDLE, timeout=300_000)  # the panels after the status: as long as the run may take
 
 
 def run_and_wait(page, previous_status: str = "") -> str:
@@ -112,15 +137,15 @@ def test_the_page_opens_on_the_saved_example(browser, app_url):
         assert "Saved example" in status and "sentiment-contrast.json" in status and "made 20" in status
         assert "4 samples × " in status
         assert page.locator("#run-fresh").is_visible()
-        assert page.locator("#panel-sequences [data-sample]").count() == 4
-        assert page.locator('#panel-diagnostics [data-code="pad_equals_eos"]').count() == 1
-        assert page.input_value("#sample-picker input").startswith("0: ")
-        assert page.inner_text("#panel-split").strip()
+        counts(page, "#panel-sequences [data-sample]", 4)
+        counts(page, '#panel-diagnostics [data-code="pad_equals_eos"]', 1)
+        has_value(page, "#sample-picker input", re.compile(r"^0: "))
+        shows(page, "#panel-split", NOT_EMPTY)
         show_tab(page, "logprobs")
         wait_plotted(page, "#panel-logprobs", "#panel-entropy", "#panel-gap")
         show_tab(page, "ppo")
         page.wait_for_selector("#panel-ppo tr[data-row='advantages']", timeout=60_000)
-        assert "objective/kl" in page.inner_text("#panel-ppo-metrics")
+        shows(page, "#panel-ppo-metrics", "objective/kl")
         show_tab(page, "batch")
         page.wait_for_selector("#panel-compare [data-compare]", timeout=60_000)
     finally:
@@ -160,25 +185,24 @@ def test_every_tab_keeps_its_label_and_shows_its_own_heading(browser, app_url):
 def test_a_deep_link_lands_on_the_named_sample(browser, app_url):
     page = open_page(browser, app_url + "/?example=short-answers-pad-eos&sample=2")
     try:
-        assert "“Short answers (pad == EOS)”" in page.inner_text("#status-line")
-        assert page.input_value("#sample-picker input").startswith("2: Name one colour.")
-        assert page.input_value("#prompts textarea").splitlines()[2] == "Name one colour."
-        page.wait_for_selector("#panel-split [data-sample='2'], #panel-split", timeout=30_000)
-        assert "Name one colour" in page.inner_text("#panel-split")
+        shows(page, "#status-line", "“Short answers (pad == EOS)”")
+        has_value(page, "#sample-picker input", re.compile(r"^2: Name one colour\."))
+        has_value(page, "#prompts textarea", re.compile(r"^[^\n]*\n[^\n]*\nName one colour\.(\n|$)"))
+        shows(page, "#panel-split", "Name one colour")
         show_tab(page, "ppo")
         page.wait_for_selector("#panel-ppo .ppo-view[data-sample='2']", timeout=60_000)
         show_tab(page, "value-reward")
         wait_plotted(page, "#panel-values")
-        assert page.evaluate("() => document.querySelector('#panel-values .js-plotly-plot').layout.title.text")\
-            .startswith("sample 2:")
+        page.wait_for_function("() => { const e = document.querySelector('#panel-values .js-plotly-plot');"
+                               " return e && e.layout && /^sample 2:/.test(e.layout.title.text); }", timeout=60_000)
     finally:
         page.close()
     # a link naming what is not there says so, and shows the default example
     page = open_page(browser, app_url + "/?example=nothing-here&sample=9")
     try:
-        assert "Sentiment contrast" in page.inner_text("#status-line")
-        message = page.inner_text("#run-message")
-        assert "nothing-here" in message and "sentiment-contrast" in message
+        shows(page, "#status-line", "Sentiment contrast")
+        shows(page, "#run-message", "nothing-here")
+        shows(page, "#run-message", "sentiment-contrast")
     finally:
         page.close()
 
@@ -208,39 +232,38 @@ def test_default_rollout_renders_every_panel(page):
                            ".getBoundingClientRect().width, document.querySelector(s + ' .main-svg').getBoundingClientRect().width])")
     for panel_width, svg_width in widths:
         assert svg_width == pytest.approx(panel_width, abs=40)
-    assert "first-epoch ratio" in page.inner_text("#panel-agreement")
+    shows(page, "#panel-agreement", "first-epoch ratio")
 
     # raw sequences: one row per sample, the context_length boundary and the stop / reward marks
     show_tab(page, "sequences")
-    seq = page.locator("#panel-sequences")
-    assert seq.locator("[data-sample]").count() == batch
-    assert seq.locator(".ctx-boundary").count() == batch
-    assert seq.locator('[data-role~="reward"]').count() == batch
-    assert seq.locator('[data-role~="stop"]').count() >= 1
+    counts(page, "#panel-sequences [data-sample]", batch)
+    counts(page, "#panel-sequences .ctx-boundary", batch)
+    counts(page, '#panel-sequences [data-role~="reward"]', batch)
+    page.wait_for_selector('#panel-sequences [data-role~="stop"]', state="attached", timeout=60_000)  # at least one
 
-    assert page.inner_text("#panel-split").strip() and page.inner_text("#panel-stops").strip()
+    shows(page, "#panel-split", NOT_EMPTY)
+    shows(page, "#panel-stops", NOT_EMPTY)
 
     # the scores are displayed: one per sample in the batch table, and the picked one beside the reward input
     show_tab(page, "batch")
-    batch_text = page.inner_text("#panel-batch")
-    assert "score" in batch_text
-    assert len(re.findall(r"-?\d+\.\d{2,}", batch_text)) >= batch
-    page.wait_for_selector("#panel-compare [data-compare]", timeout=60_000)
-    assert page.locator("#panel-compare [data-compare]").count() == 2
+    shows(page, "#panel-batch", "score")
+    page.wait_for_function("n => (document.querySelector('#panel-batch').innerText.match(/-?\\d+\\.\\d{2,}/g) || [])"
+                           ".length >= n", arg=batch, timeout=60_000)  # at least one number per sample
+    counts(page, "#panel-compare [data-compare]", 2)
 
     show_tab(page, "value-reward")
     wait_plotted(page, "#panel-values")
-    assert re.search(r"score\s*[+-]?\d+\.\d+", page.inner_text("#panel-value-reward"))
-    assert page.locator('#panel-value-reward [data-role~="reward"]').count() >= 1
+    shows(page, "#panel-value-reward", re.compile(r"score\s*[+-]?\d+\.\d+"))
+    page.wait_for_selector('#panel-value-reward [data-role~="reward"]', state="attached", timeout=60_000)
 
     # the diagnostics name the pad == eos trap of the default models; the PPO rows sit under the tokens
-    assert page.locator('#panel-diagnostics [data-code="pad_equals_eos"]').count() == 1
+    counts(page, '#panel-diagnostics [data-code="pad_equals_eos"]', 1)
     # the diagnostics sit above the tabs, visible whatever tab is shown
     assert page.locator("#panel-diagnostics").is_visible()
     show_tab(page, "ppo")
     page.wait_for_selector("#panel-ppo tr[data-row='advantages']", timeout=60_000)
-    assert page.locator("#panel-ppo tr.tokrow td").count() == width
-    assert "objective/kl" in page.inner_text("#panel-ppo-metrics")
+    counts(page, "#panel-ppo tr.tokrow td", width)
+    shows(page, "#panel-ppo-metrics", "objective/kl")
 
     ARTIFACTS.mkdir(exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / "screenshot.png"), full_page=True)
@@ -265,8 +288,10 @@ def assert_no_negative_zero(page) -> None:
 def test_a_bad_ppo_setting_is_refused_on_its_field_and_the_results_stay(page):
     show_tab(page, "ppo")
     page.wait_for_selector("#panel-ppo tr[data-row='advantages']", timeout=60_000)
+    shows(page, "#panel-ppo", "KL is 0 by construction")  # the reference is the policy
+    shows(page, "#panel-ppo", "Reference model")
+    shows(page, "#panel-ppo-metrics", "objective/kl")
     table, metrics = page.inner_text("#panel-ppo"), page.inner_text("#panel-ppo-metrics")
-    assert "KL is 0 by construction" in table and "Reference model" in table  # the reference is the policy
     for typed in ("-1", ""):
         page.fill("#kl-coef input", typed)
         page.press("#kl-coef input", "Enter")
@@ -274,7 +299,7 @@ def test_a_bad_ppo_setting_is_refused_on_its_field_and_the_results_stay(page):
                                timeout=30_000)
         message = page.inner_text("#kl-coef")
         assert "at least 0" in message, message  # the field, by name, with its allowed range
-        page.wait_for_function(IDLE, timeout=30_000)
+        page.wait_for_function(IDLE, timeout=300_000)
         assert page.inner_text("#panel-ppo") == table and page.inner_text("#panel-ppo-metrics") == metrics
         assert page.locator("#panel-ppo tr[data-row='advantages']").is_visible()
         assert "Something went wrong" not in page.inner_text("body")
@@ -292,7 +317,7 @@ def test_an_empty_prompt_box_keeps_the_results(page):
     page.fill("#prompts textarea", "  \n ")
     page.click("#run")
     page.wait_for_function("() => /no prompts/i.test(document.querySelector('#prompts').innerText)", timeout=30_000)
-    page.wait_for_function(IDLE, timeout=30_000)
+    page.wait_for_function(IDLE, timeout=300_000)
     assert page.inner_text("#status-line") == previous
     assert page.input_value("#sample-picker input") == choices and choices
     assert page.locator(".error:visible").count() == 0
@@ -309,9 +334,8 @@ def test_truncation_shows_where_value_and_reward_inputs_differ(page):
     page.fill("#stop-custom textarea, #stop-custom input", ".")
     run_and_wait(page, previous)
     show_tab(page, "value-reward")
-    truncated = page.locator("#panel-value-reward .tok-truncated")
-    assert truncated.count() >= 1
-    assert page.locator('#panel-diagnostics [data-code="mask_changes_reward"]').count() == 1
+    page.wait_for_selector("#panel-value-reward .tok-truncated", state="attached", timeout=60_000)  # at least one
+    counts(page, '#panel-diagnostics [data-code="mask_changes_reward"]', 1)
     page.screenshot(path=str(ARTIFACTS / "screenshot-truncation.png"), full_page=True)
 
 
@@ -329,6 +353,7 @@ def open_file(page, path) -> None:
                            timeout=60_000)
     page.click("#import")
     wait_done(page, previous)
+    shows(page, "#status-line", path.name)  # the opened file's own status, not the one before it
 
 
 def test_a_reopened_record_says_which_file_it_is(page, tmp_path):
@@ -337,8 +362,10 @@ def test_a_reopened_record_says_which_file_it_is(page, tmp_path):
     record = tmp_path / "my-rollout.json"
     record.write_bytes(page.request.get(link.get_attribute("href")).body())
     open_file(page, record)
+    shows(page, "#status-line", "our rollout record")
+    shows(page, "#status-line", re.compile(r"made 20\d\d-"))
     status = page.inner_text("#status-line")
-    assert "my-rollout.json" in status and "our rollout record" in status and re.search(r"made 20\d\d-", status)
+    assert "my-rollout.json" in status
     assert "generate" not in status  # not a fresh run's timings
 
 
@@ -347,9 +374,9 @@ def test_a_trl_completion_table_opens_in_the_same_panels(page, tmp_path):
     table.write_text("prompt,completion,reward\nHow was your day?,It was wonderful!,0.9\n"
                      "How was your day?,It was awful.,-0.7\n", encoding="utf-8")
     open_file(page, table)
-    status = page.inner_text("#status-line")
-    assert "2 samples ×" in status and "completions.csv" in status and "TRL completions table" in status
+    for part in ("2 samples ×", "completions.csv", "TRL completions table"):
+        shows(page, "#status-line", part)
     show_tab(page, "sequences")
-    assert page.locator("#panel-sequences [data-sample]").count() == 2
+    counts(page, "#panel-sequences [data-sample]", 2)
     show_tab(page, "batch")
-    assert "It was wonderful" in page.inner_text("#panel-batch")
+    shows(page, "#panel-batch", "It was wonderful")

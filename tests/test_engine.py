@@ -267,3 +267,25 @@ def test_in_process_sampling_agrees_with_its_recompute(sampled_rollout):
     mm = sampler_mismatch(sampled_rollout)
     assert mm.diagnosis.cause == "agree" and not sampled_rollout.engine.get("url")
     assert "Sampled in-process" in mismatch_markdown(sampled_rollout, mm)
+
+
+from test_grpo_parity import default_trainer  # noqa: E402,F401 (a fixture: TRL 1.16's GRPOTrainer on the default policy)
+
+
+def test_a_grpo_engine_rollout_is_what_trls_vllm_path_computes(models, vllm_processed, default_trainer):  # noqa: F811
+    """trainer="grpo": the request stops at every EOS id, the recompute sees GRPO's mask (the sampler-trainer gap
+    is numerical, not the 1.6 nats PPO's `ids != pad` gives), and TRL's vLLM path fed the engine's ids and
+    logprobs through `rollout_func` computes what the rollout's GRPO step computes."""
+    from inspector.trainers.grpo_config import GRPOConfig
+    from inspector.trainers.grpo import rollout_grpo_inputs
+    from test_grpo_parity import PROMPTS as P, G, TEMPERATURE, TOKENS, _compare
+
+    r = run_rollout(models, P, engine_url=vllm_processed, max_new_tokens=TOKENS, temperature=TEMPERATURE, seed=0,
+                    samples_per_prompt=G, trainer="grpo")
+    assert r.engine["request"]["stop_token_ids"] == r.eos_token_ids == [models.tokenizer.eos_token_id]
+    mask = rollout_grpo_inputs(r)["completion_mask"].bool()
+    gap = float((r.logprobs - r.new_logprobs)[mask].abs().max())
+    print(f"\nengine rollout under GRPO's mask: max |sampler - trainer| {gap:.2e}")
+    assert gap < 1e-3 and r.entropies is not None and torch.isfinite(r.entropies[mask]).all()
+    _compare(r, models.tokenizer, *default_trainer, GRPOConfig(num_generations=G, beta=0.0, reward_weights=(1.0, 2.0, 0.5)),
+             True, "engine rollout")

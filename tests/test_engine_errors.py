@@ -262,6 +262,50 @@ def test_layout_pads_as_trl(serve, tokenizer):
     assert result.finish_reasons == ["stop", "length"] and result.completion_lengths == [2, 4]
 
 
+def test_null_and_nan_logprobs_are_nan_and_get_ratio_one_as_in_trl(serve, tokenizer):
+    """A server that could not score two sampled tokens (a JSON null and a NaN, as vLLM writes them): no raw
+    TypeError; the tokens are NaN in the sampler logprobs (TRL maps vLLM's None to NaN), the record names
+    them, and TRL's `nan_to_num` gives them a zero gap, so the sequence-level correction neither drops the
+    completion nor moves its ratio."""
+    from inspector.sources.engine import unreported_note
+    from inspector.trainers.sampler import sampler_correction
+
+    ids = [5, 6, 7, tokenizer.eos_token_id]
+
+    def with_holes(body):
+        out = []
+        for i in range(body["n"]):
+            lps = [-0.5, None, -0.25, -0.1] if i == 0 else [-0.5, -0.5, float("nan"), -0.1]
+            out.append({"index": i, "text": tokenizer.decode(ids), "finish_reason": "stop", "token_ids": ids,
+                        "logprobs": {"tokens": [f"token_id:{t}" for t in ids], "token_logprobs": lps,
+                                     "top_logprobs": [{f"token_id:{t}": lp, "token_id:9": None} for t, lp in zip(ids, lps)]}})
+        return 200, {"choices": out}
+
+    url = serve({"/v1/models": MODELS, "/tokenize": tokenize_route(tokenizer), "/v1/completions": with_holes})
+    result, _ = run_sample(url, tokenizer)
+    lp = result.generation.logprobs
+    assert torch.isnan(lp[0, 1]) and torch.isnan(lp[1, 2]) and torch.isfinite(lp[0, [0, 2, 3]]).all()
+    assert result.unreported_logprobs == [{"sample": 0, "position": 1, "token_id": 6},
+                                          {"sample": 1, "position": 2, "token_id": 7}]
+    assert result.generation.ranks[0, 1] == -1                # no rank without the token's logprob
+    note = unreported_note(result.unreported_logprobs)
+    assert "sample 0 position 1 (token 6)" in note and "sample 1 position 2 (token 7)" in note
+    trainer = torch.nan_to_num(lp, nan=-0.3)                  # the trainer scores every token
+    mask = torch.ones_like(lp)
+    c = sampler_correction(trainer, lp, mask, "sequence_mask", None, 3.0)
+    assert not c.dropped.any()
+    assert torch.allclose(c.ratio, torch.ones_like(c.ratio))  # the other tokens agree: ratio 1, as TRL's
+
+
+def test_a_logprob_that_is_not_a_number_is_an_engine_error():
+    from inspector.sources.engine import parse_completions
+
+    choice = {"index": 0, "token_ids": [5], "finish_reason": "stop",
+              "logprobs": {"tokens": ["token_id:5"], "token_logprobs": ["high"], "top_logprobs": [{}]}}
+    with pytest.raises(EngineError, match="not a number"):
+        parse_completions({"choices": [choice]}, "http://x", 1, 1, 0)
+
+
 @pytest.mark.integration
 @pytest.mark.parametrize("case", ["HTTP 500", "returned 1 completions", "did not answer within"])
 def test_the_page_gives_the_message_and_keeps_serving(serve, tokenizer, models, monkeypatch, case):

@@ -716,6 +716,7 @@ TRL_CASES = {
     "sampler-token_mask-vespo": (dict(loss_type="vespo", vllm_importance_sampling_mode="token_mask",
                                       vllm_importance_sampling_clip_min=0.9, vllm_importance_sampling_clip_max=1.1), True),
     "sampler-off-policy-mask": (dict(off_policy_mask_threshold=0.01), True),
+    "sampler-unreported-logprobs": (dict(), True),   # the engine returned None for two tokens
 }
 
 
@@ -739,6 +740,8 @@ def test_trl_step_and_loss_on_the_same_completions(trl_run, case):
     prompt_lists = [ids[m.bool()].tolist() for ids, m in zip(out0["prompt_ids"], out0["prompt_mask"])]
     completion_lists = [ids[m].tolist() for ids, m in zip(out0["completion_ids"], mask0)]
     sampling_lists = [lp[m].tolist() for lp, m in zip(sampling, mask0)]
+    if case == "sampler-unreported-logprobs":  # vLLM's None where it could not score a token: TRL's NaN, ratio 1
+        sampling_lists[0][1] = sampling_lists[1][0] = None
     tr.rollout_func = lambda prompts, trainer: {"prompt_ids": prompt_lists, "completion_ids": completion_lists,
                                                 "logprobs": sampling_lists}
     _settings_on_trainer(tr, cfg, use_vllm=sampler)
@@ -775,6 +778,8 @@ def test_trl_step_and_loss_on_the_same_completions(trl_run, case):
         assert metrics["clip_ratio/region_mean"] > 0   # the clipping did act
     if case == "cispo-zero-std":
         assert s.is_std_zero.all() and metrics["frac_reward_zero_std"] == 1.0
+    if case == "sampler-unreported-logprobs":
+        assert torch.isnan(out["sampling_per_token_logps"][0, 1]) and not s.sampler.dropped[0].any()
     if case == "sampler-sequence_mask":
         assert s.sampler.dropped[1].all() and out["importance_sampling_ratio"][1].item() == 0.0
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 import types
 
+import pytest
 import torch
 
 from inspector.diagnostics import diagnose_grpo
@@ -109,3 +110,81 @@ def test_pad_equals_eos_and_the_completion_mask():
     inside = _codes(*_case(rows, [1.0, 0.0, 0.0, 1.0], pad=EOS))["grpo_eos_in_loss_mask"]
     assert inside.positions == [(0, 2), (1, 1), (2, 3), (3, 1)]
     assert "grpo_pad_equals_eos" not in _codes(*_case(ROWS, [1.0, 0.0, 0.0, 1.0], pad=PAD))
+
+
+def test_zero_std_groups_are_flagged_under_batch_scaling_too():
+    """scale_rewards='batch' divides by the batch's std, so TRL's is_std_zero misses a group whose rewards are
+    all equal; its advantages are still 0 and the finding names it."""
+    batch = GRPOConfig(num_generations=2, scale_rewards="batch")
+    r, step = _case(ROWS, [1.0, 1.0, 0.0, 1.0], config=batch)
+    assert not step.is_std_zero.any() and step.advantages[:2].abs().max() < 1e-6
+    f = _codes(r, step)["grpo_zero_std"]
+    assert f.samples == [0, 1] and "scale_rewards='batch'" in f.detail
+    assert "grpo_zero_std" not in _codes(*_case(ROWS, [1.0, 0.0, 0.0, 1.0], config=batch))
+    weighted = GRPOConfig(num_generations=2, scale_rewards="batch", reward_weights=(1.0, 0.0))
+    # equal in the weighted sum though the second function differs: no signal either
+    f = _codes(*_case(ROWS, [[1.0, 0.0], [1.0, 5.0], [0.0, 1.0], [1.0, 1.0]], config=weighted))["grpo_zero_std"]
+    assert f.samples == [0, 1]
+
+
+LENGTH_ROWS = [[X, EOS, PAD, PAD], [X, X, X, EOS], [X, X, X, EOS], [X, EOS, PAD, PAD]]
+
+
+def _weighted_case(config, gap_per_row):
+    """The length-bias rows with a per-row sampler gap (the ratio then weighs rows differently) and
+    per-token entropies that keep the short rows whole and half of the long ones under a 0.5 quantile."""
+    responses = torch.tensor(LENGTH_ROWS)
+    mask, is_truncated = trl_completion_mask(responses, [EOS], PAD)
+    lp = torch.full(responses.shape, -1.0)
+    sampling = lp - torch.tensor(gap_per_row).unsqueeze(1)
+    entropies = torch.tensor([[9.0, 9.0, 0.0, 0.0], [9.0, 9.0, 1.0, 1.0], [9.0, 9.0, 1.0, 1.0], [9.0, 9.0, 0.0, 0.0]])
+    step = grpo_step(torch.tensor([[1.0], [0.0], [1.0], [0.0]]), mask, is_truncated, lp, sampling_per_token_logps=sampling,
+                     entropies=entropies, config=config)
+    r = types.SimpleNamespace(responses=responses, pad_token_id=PAD, eos_token_id=EOS, token=lambda i: f"<{i}>")
+    return r, step
+
+
+def test_length_bias_ignores_the_sampler_ratio_and_the_entropy_mask():
+    """Under dapo every token of the batch weighs alike: token weights that differ only through the sampler
+    ratio (0.5 nats on the short rows: 1.65x) or the entropy mask are no length bias."""
+    for extra in (dict(vllm_importance_sampling_mode="token_truncate"), dict(top_entropy_quantile=0.5)):
+        cfg = GRPOConfig(num_generations=2, loss_type="dapo", **extra)
+        r, step = _weighted_case(cfg, [0.5, 0.0, 0.0, 0.5] if "vllm_importance_sampling_mode" in extra else [0.0] * 4)
+        w = -step.token_weights / step.advantages.unsqueeze(1)
+        assert not torch.allclose(w[0][step.completion_mask[0].bool()].mean(), w[1][step.completion_mask[1].bool()].mean())
+        assert "grpo_length_bias" not in _codes(r, step), extra
+        grpo = _codes(*_weighted_case(GRPOConfig(num_generations=2, loss_type="grpo", **extra), [0.0] * 4))
+        assert "counts 2.00x" in grpo["grpo_length_bias"].detail          # grpo's own bias is still found
+
+
+def test_the_length_bias_fix_never_names_the_loss_in_use():
+    from inspector.trainers.grpo_config import VerlGRPOConfig
+
+    for cfg in (GRPOConfig(num_generations=2, loss_type="grpo"), GRPOConfig(num_generations=2, loss_type="sapo"),
+                VerlGRPOConfig(num_generations=2, loss_agg_mode="seq-mean-token-mean")):
+        name = getattr(cfg, "loss_type", None) or cfg.loss_agg_mode
+        f = _codes(*_case(LENGTH_ROWS, [1.0, 0.0, 1.0, 0.0], config=cfg))["grpo_length_bias"]
+        assert f"'{name}'" not in f.fix and "weigh every token" in f.fix, f.fix
+    verl = _codes(*_case(LENGTH_ROWS, [1.0, 0.0, 1.0, 0.0], config=VerlGRPOConfig(num_generations=2,
+                                                                                  loss_agg_mode="seq-mean-token-mean")))
+    assert "'token-mean' (the default)" in verl["grpo_length_bias"].fix
+    for mode in ("token-mean", "token-sum", "seq-mean-token-sum", "seq-mean-token-sum-norm"):
+        assert "grpo_length_bias" not in _codes(*_case(LENGTH_ROWS, [1.0, 0.0, 1.0, 0.0],
+                                                       config=VerlGRPOConfig(num_generations=2, loss_agg_mode=mode)))
+
+
+def test_weight_per_advantage_is_the_token_weight_without_other_multipliers():
+    """Where no sampler ratio or mask weighs the tokens, the weight read from the loss's aggregation equals the
+    step's own d loss / d logprob divided by -advantage, for every TRL loss type and verl mode."""
+    from inspector.diagnostics import weight_per_advantage
+    from inspector.trainers.grpo_config import LOSS_TYPES, VERL_LOSS_AGG_MODES, VerlGRPOConfig
+
+    configs = [GRPOConfig(num_generations=2, loss_type=t, max_completion_length=6) for t in LOSS_TYPES]
+    configs += [VerlGRPOConfig(num_generations=2, loss_agg_mode=m, response_length=6) for m in VERL_LOSS_AGG_MODES]
+    configs += [VerlGRPOConfig(num_generations=2, loss_agg_mode="seq-mean-token-sum-norm", loss_scale_factor=3)]
+    for cfg in configs:
+        _, step = _case(LENGTH_ROWS, [1.0, 0.0, 0.3, 0.0], config=cfg)
+        for i in range(4):
+            m = step.completion_mask[i].bool()
+            expected = float(-step.token_weights[i][m].mean()) / float(step.advantages[i])
+            assert weight_per_advantage(step, i) == pytest.approx(expected, rel=1e-5), (cfg, i)

@@ -13,7 +13,8 @@ import torch
 
 from inspector.trainers.grpo_config import GRPOConfig
 from inspector.trainers.grpo import rollout_grpo_step
-from inspector.sources.files import compare_with_log, read_upload, rescore
+from inspector.diagnostics.logged import compare_with_log
+from inspector.sources.files import read_upload, rescore
 from inspector.trainers.rewards import builtin_for_logged_name, exact_answer_reward, score_rewards
 
 LOG = Path(__file__).parent / "data" / "trl_grpo_completions_00001.parquet"
@@ -72,6 +73,56 @@ def test_a_real_trl_grpo_log_rescored_agrees_with_trl(models):
     wrong = [i for i in range(16) if abs(float(t2.rewards_per_func[i, 0]) - parsed.columns["length_reward"][i]) > 1e-6]
     strict = [i for i in range(16) if abs(recomputed["length_reward"][i] - parsed.columns["length_reward"][i]) > 1e-6]
     assert strict == [3, 5] and len(wrong) == 9
+
+
+EXTRA_LOG = Path(__file__).parent / "data" / "trl_grpo_extra_completions_00001.parquet"
+SYSTEM = "You are a calculator. Reply with the number only."
+
+
+def test_a_real_trl_log_with_log_extra_columns_keeps_them_apart_from_the_rewards():
+    """scripts/build_grpo_log.py: reward_funcs=[number_reward, length_reward] (the second calls log_extra),
+    reward_weights=[1.0, 0.5], each prompt a system and a user message."""
+    parsed = read_upload(EXTRA_LOG.read_bytes(), EXTRA_LOG.name, reward_weights="1.0, 0.5")
+    assert parsed.reward_columns == ["number_reward", "length_reward"]  # up to the built-in name, by TRL's order
+    assert parsed.extra_columns == ["completion_tokens", "last_number"] and parsed.reward_weights == [1.0, 0.5]
+    assert "completion_tokens, last_number taken as log_extra column(s)" in parsed.reward_columns_how
+    assert parsed.prompt_messages[0] == [{"role": "system", "content": SYSTEM},
+                                         {"role": "user", "content": "What is 2 + 2? Answer with one number."}]
+    assert parsed.num_generations() == 4 and parsed.rewards_per_func().shape == (12, 2)
+
+
+@pytest.mark.integration
+def test_a_real_trl_log_with_weights_and_a_system_prompt_reproduces_its_advantages(models):
+    tok = models.tokenizer
+    parsed = read_upload(EXTRA_LOG.read_bytes(), EXTRA_LOG.name, reward_weights=[1.0, 0.5])
+    r = rescore(models, parsed, max_completion_length=16)
+    assert r.settings["reward_weights"] == [1.0, 0.5] and r.settings["extra_columns"] == ["completion_tokens", "last_number"]
+    assert r.chat_template_applied and r.prompts[0] == "What is 2 + 2? Answer with one number."
+    # the whole chat prompt, system message included, rendered as TRL renders it (apply_chat_template, tokenized)
+    for i in (0, 4, 8):
+        trl_ids = tok.apply_chat_template(parsed.prompt_messages[i], tokenize=True, add_generation_prompt=True)
+        trl_ids = list(trl_ids["input_ids"]) if hasattr(trl_ids, "keys") else list(trl_ids)
+        assert r.queries[i][r.query_attention_mask[i].bool()].tolist() == trl_ids
+    assert SYSTEM in tok.decode(r.queries[0][r.query_attention_mask[0].bool()])
+    config = GRPOConfig(num_generations=4, reward_weights=tuple(r.settings["reward_weights"]))
+    step = rollout_grpo_step(r, parsed.rewards_per_func(), config, reward_func_names=parsed.reward_columns)
+    logged = torch.tensor(parsed.advantages, dtype=torch.float32)
+    torch.testing.assert_close(step.advantages, logged, atol=1e-5, rtol=0)
+    # without the weights, or with the numeric log_extra column taken for a reward, they are not reproduced
+    unweighted = rollout_grpo_step(r, parsed.rewards_per_func(), GRPOConfig(num_generations=4),
+                                   reward_func_names=parsed.reward_columns)
+    assert (unweighted.advantages - logged).abs().max() > 0.03  # 0.036: far over the 1e-5 tolerance
+    wrong = read_upload(EXTRA_LOG.read_bytes(), EXTRA_LOG.name,
+                        reward_columns="number_reward, length_reward, completion_tokens", reward_weights="1, 0.5, 1")
+    mixed = rollout_grpo_step(r, wrong.rewards_per_func(), GRPOConfig(num_generations=4, reward_weights=(1.0, 0.5, 1.0)),
+                              reward_func_names=wrong.reward_columns)
+    assert (mixed.advantages - logged).abs().max() > 0.05
+    # the built-in length reward, re-run on the re-scored completions, gives back the logged column
+    table = score_rewards(r, [builtin_for_logged_name("length_reward", models)], tokenizer=tok)
+    rows, problems = compare_with_log(parsed, {"length_reward": table.rewards_per_func[:, 0].tolist()},
+                                      step.advantages.tolist())
+    assert problems == ["number_reward: not recomputed (no built-in reward function of that name); the file's values "
+                        "are used."], problems
 
 
 def _verl_dump(tokenizer, prompts, outputs, answers):

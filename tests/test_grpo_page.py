@@ -4,7 +4,8 @@ real app and the default models."""
 from __future__ import annotations
 
 import pytest
-from test_browser import ARTIFACTS, browser, open_page, run_and_wait, show_tab, wait_plotted  # noqa: F401 (fixture)
+from test_browser import (ARTIFACTS, browser, counts, open_page, run_and_wait, show_tab, shows,  # noqa: F401 (fixture)
+                          wait_plotted)
 
 from inspector.app.rollouts import import_callback, run_callback
 from inspector.app.tabs.grpo import GRPO_SETTINGS, grpo_rewards, grpo_views
@@ -42,17 +43,15 @@ def test_the_grpo_tab_shows_groups_token_weights_and_a_zero_std_group(browser, a
         page.locator("#reward-funcs").get_by_label("sentiment reward model").uncheck()
         page.fill("#prompts textarea", "\n".join(PROMPTS))  # again: the example shown on arrival may refill it
         assert page.input_value("#prompts textarea") == "\n".join(PROMPTS)
-        status = run_and_wait(page, page.inner_text("#status-line"))
-        assert "12 samples × 16 tokens" in status
+        run_and_wait(page, page.inner_text("#status-line"))
+        shows(page, "#status-line", "12 samples × 16 tokens")
         show_tab(page, "grpo")
         page.wait_for_selector("#panel-grpo-groups [data-group='2']", timeout=120_000)
-        groups = page.locator("#panel-grpo-groups .grpo-group")
-        assert groups.count() == 3
-        assert page.locator("#panel-grpo-groups [data-sample]").count() == 12
-        zero = page.locator("#panel-grpo-groups .grpo-group.zero-std")
-        assert zero.count() >= 1 and "zero std" in zero.first.inner_text()
-        assert "exact_answer_reward" in page.inner_text("#panel-grpo-groups")
-        assert page.locator('#panel-grpo-diagnostics [data-code="grpo_zero_std"]').count() == 1
+        counts(page, "#panel-grpo-groups .grpo-group", 3)
+        counts(page, "#panel-grpo-groups [data-sample]", 12)
+        shows(page, "#panel-grpo-groups .grpo-group.zero-std >> nth=0", "zero std")  # at least one zero-std group
+        shows(page, "#panel-grpo-groups", "exact_answer_reward")
+        counts(page, '#panel-grpo-diagnostics [data-code="grpo_zero_std"]', 1)
         wait_plotted(page, "#panel-grpo-weights", "#panel-grpo-loss-types", "#panel-grpo-kl", "#panel-grpo-sampler")
         z_shape = page.evaluate(
             "() => { const z = document.querySelector('#panel-grpo-weights .js-plotly-plot')._fullData[0].z;"
@@ -68,8 +67,8 @@ def test_the_grpo_tab_shows_groups_token_weights_and_a_zero_std_group(browser, a
                      "completion_mask 1"):
             assert part in hover, hover
         page.screenshot(path=str(ARTIFACTS / "grpo-token-weights-hover.png"))
-        assert "frac_reward_zero_std" in page.inner_text("#panel-grpo-metrics")
-        assert "TRL 1.16 GRPOTrainer" in page.inner_text("#grpo-status")
+        shows(page, "#panel-grpo-metrics", "frac_reward_zero_std")
+        shows(page, "#grpo-status", "TRL 1.16 GRPOTrainer")
         ARTIFACTS.mkdir(exist_ok=True)
         page.screenshot(path=str(ARTIFACTS / "grpo-tab.png"), full_page=True)
 
@@ -77,9 +76,8 @@ def test_the_grpo_tab_shows_groups_token_weights_and_a_zero_std_group(browser, a
         page.get_by_text("GRPO settings", exact=False).first.click()
         page.locator("#loss-type input").click()
         page.get_by_role("option", name="dr_grpo", exact=True).click()
-        page.wait_for_function("() => document.querySelector('#grpo-status').innerText.includes('dr_grpo')",
-                               timeout=60_000)
-        assert "12 samples × 16 tokens" in page.inner_text("#status-line")
+        shows(page, "#grpo-status", "dr_grpo")
+        shows(page, "#status-line", "12 samples × 16 tokens")
     finally:
         page.close()
 
@@ -152,3 +150,40 @@ def test_an_opened_trl_grpo_log_shows_its_rewards_beside_the_recomputed_ones(mod
     assert "The file and the recompute disagree:** length_reward:" in status
     assert "advantage:" not in status and "smollm2-sentiment:" not in status
     assert groups.count(" data-group=") == 4
+
+
+def test_an_opened_trl_log_takes_its_reward_columns_and_weights_from_the_fields(models):
+    from pathlib import Path
+
+    log = Path(__file__).parent / "data" / "trl_grpo_extra_completions_00001.parquet"
+    settings = [GRPO_DEFAULTS[k] for k in GRPO_SETTINGS]
+    statuses = {}
+    for weights in ("", "1, 0.5"):
+        r = import_callback(str(log), "", "", "", "", True, "EOS token", "", "trl", 1.0, "", weights)[0]
+        state = grpo_rewards(r)
+        assert state["table"].names == ["number_reward", "length_reward"]
+        status, _, _, log_update, *_ = grpo_views(r, state, "grpo", ["sentiment"], 1, 1, 1, 1, *settings)
+        frame = log_update["value"]
+        statuses[weights] = (status, (frame["advantage (file)"] - frame["advantage (recomputed)"]).abs().max())
+    status, gap = statuses["1, 0.5"]
+    assert gap < 1e-5 and "`number_reward` ×1, `length_reward` ×0.5" in status
+    assert "Reward columns by TRL's column order" in status and "completion_tokens, last_number taken as log_extra" in status
+    status, gap = statuses[""]
+    assert gap > 0.03 and "advantage: 4 of 12 completions disagree" in status  # weights 1: the run is not reproduced
+    named = import_callback(str(log), "", "", "", "", True, "EOS token", "", "trl", 1.0, "number_reward", "2")[0]
+    assert named.settings["reward_columns"] == ["number_reward"] and named.settings["reward_weights"] == [2.0]
+    assert named.settings["extra_columns"] == ["length_reward", "completion_tokens", "last_number"]
+
+
+def test_the_open_file_endpoint_takes_reward_columns_and_weights(client):
+    from pathlib import Path
+
+    from gradio_client import handle_file
+
+    log = Path(__file__).parent / "data" / "trl_grpo_extra_completions_00001.parquet"
+    record = client.predict(handle_file(str(log)), 1.0, "", "1, 0.5", api_name="/open_file")
+    assert record["settings"]["reward_columns"] == ["number_reward", "length_reward"]
+    assert record["settings"]["reward_weights"] == [1.0, 0.5]
+    assert record["settings"]["prompt_messages"][0][0]["role"] == "system"
+    with pytest.raises(Exception, match="reward_weights has 3"):
+        client.predict(handle_file(str(log)), 1.0, "", "1, 2, 3", api_name="/open_file")

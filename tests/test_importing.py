@@ -141,3 +141,64 @@ def test_rescoring_orders_sentiment(models):
 def test_rescoring_refuses_mismatched_inputs(models):
     with pytest.raises(InputError, match="pair up"):
         score_completions(models, ["a", "b"], ["c"])
+
+
+def _trl_log(rows, columns):
+    """A TRL GRPO completion log as `GRPOTrainer.log` writes it: step, prompt, completion, the reward columns, the
+    log_extra columns, advantage (`columns`: name -> values, in that order)."""
+    table = {"step": [1] * len(rows), "prompt": [p for p, _ in rows], "completion": [c for _, c in rows],
+             **columns, "advantage": [0.0] * len(rows)}
+    buf = io.BytesIO()
+    pd.DataFrame(table).to_parquet(buf)
+    return buf.getvalue()
+
+
+CHAT = [([{"role": "system", "content": "Be brief."}, {"role": "user", "content": "2 + 2?"}],
+         [{"role": "assistant", "content": "4"}])] * 2
+
+
+def test_a_numeric_log_extra_column_after_a_builtin_reward_is_not_a_reward():
+    data = _trl_log(CHAT, {"format_reward": [1.0, 0.0], "exact_answer_reward": [1.0, None],
+                           "completion_tokens": [2, 5], "parsed": ["4", "x"]})
+    got = read_upload(data, "completions_00001.parquet")
+    assert got.reward_columns == ["format_reward", "exact_answer_reward"]
+    assert got.extra_columns == ["completion_tokens", "parsed"] and got.reward_weights == [1.0, 1.0]
+    assert "'exact_answer_reward', a built-in reward function's name" in got.reward_columns_how
+    assert "completion_tokens, parsed taken as log_extra column(s)" in got.reward_columns_how
+    assert got.rewards_per_func().shape == (2, 2)
+
+
+def test_unknown_reward_names_are_the_numeric_columns_before_the_first_text_column():
+    data = _trl_log(CHAT, {"my_reward": [1.0, 0.0], "other": [0.5, 0.5], "note": ["a", "b"], "late": [1, 2]})
+    got = read_upload(data, "completions_00001.parquet")
+    assert got.reward_columns == ["my_reward", "other"] and got.extra_columns == ["note", "late"]
+    assert got.reward_columns_how.startswith("no column bears a built-in reward function's name")
+
+
+def test_the_reward_columns_and_weights_can_be_named():
+    data = _trl_log(CHAT, {"my_reward": [1.0, 0.0], "other": [0.5, 0.5], "count": [3, 4]})
+    got = read_upload(data, "completions_00001.parquet", reward_columns="my_reward, other", reward_weights="1, 0.5")
+    assert got.reward_columns == ["my_reward", "other"] and got.extra_columns == ["count"]
+    assert got.reward_weights == [1.0, 0.5] and "named in the reward-columns field" in got.reward_columns_how
+    got = read_upload(data, "completions_00001.parquet", reward_columns=["my_reward"], reward_weights=[2.0])
+    assert got.reward_columns == ["my_reward"] and got.extra_columns == ["other", "count"]
+    with pytest.raises(InputError, match="'nope' is not in the file"):
+        read_upload(data, "completions_00001.parquet", reward_columns="nope")
+    with pytest.raises(InputError, match="reward_weights has 1 value"):
+        read_upload(data, "completions_00001.parquet", reward_columns="my_reward, other", reward_weights="1")
+    with pytest.raises(InputError, match="numbers separated by commas"):
+        read_upload(data, "completions_00001.parquet", reward_weights="1, x, 2")
+    text = _trl_log(CHAT, {"my_reward": [1.0, 0.0], "note": ["a", "b"]})
+    with pytest.raises(InputError, match="'note' holds values that are not numbers"):
+        read_upload(text, "completions_00001.parquet", reward_columns="my_reward, note")
+
+
+def test_a_chat_prompt_keeps_its_system_message_and_groups_by_the_whole_prompt():
+    other = [([{"role": "system", "content": "Be loud."}, {"role": "user", "content": "2 + 2?"}],
+              [{"role": "assistant", "content": "FOUR"}])] * 2
+    got = read_upload(_trl_log(CHAT + other, {"format_reward": [1.0, 0.0, 0.0, 1.0]}), "completions_00001.parquet")
+    assert got.prompts == ["2 + 2?"] * 4  # the user's text, shown
+    assert got.prompt_messages[0] == CHAT[0][0] and got.prompt_messages[2][0]["content"] == "Be loud."
+    assert got.num_generations() == 2  # the same user text under two system messages: two groups
+    with pytest.raises(InputError, match="text `role` and a text `content`"):
+        read_upload(json.dumps([{"prompt": [{"role": "user", "content": 3}], "completion": "c"}]).encode(), "x.json")

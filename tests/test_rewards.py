@@ -18,6 +18,7 @@ from inspector.trainers.rewards import (
     arithmetic_answers,
     builtin_reward,
     completion_inputs,
+    completion_text,
     exact_answer_reward,
     load_reward_func,
     make_format_reward,
@@ -120,23 +121,121 @@ def test_load_reward_func_by_name_locally_and_never_when_hosted(monkeypatch):
         builtin_reward("os.system")
 
 
-def _trl_calculate_rewards(reward_funcs, processing_classes, prompts, completions, completion_ids, inputs):
+def _trl_calculate_rewards(reward_funcs, processing_classes, prompts, completions, completion_ids, inputs,
+                           trainer_out=None):
     """TRL 1.16's own `GRPOTrainer._calculate_rewards`, called on a trainer object that holds only what the
-    method reads (building a whole trainer would load another policy and optimizer)."""
+    method reads (building a whole trainer would load another policy and optimizer), with TRL's own event loop
+    in a daemon thread for `async` functions, as `GRPOTrainer.__init__` starts it. `trainer_out` (a dict)
+    receives the trainer object, to read what `log_extra` / `log_metric` left on it."""
+    from collections import defaultdict
+
     from accelerate import PartialState
+    from transformers import TrainerState
     from trl import GRPOTrainer
+    from trl.trainer.utils import get_callable_name, is_async_callable, shutdown_event_loop_in_daemon, start_event_loop_in_daemon
 
     PartialState()
     trainer = GRPOTrainer.__new__(GRPOTrainer)
     trainer.__dict__.update(
         reward_funcs=reward_funcs, reward_processing_classes=processing_classes,
-        reward_func_names=[getattr(f, "__name__", "reward_model") for f in reward_funcs],
+        reward_func_names=[get_callable_name(f) if callable(f) and not isinstance(f, torch.nn.Module) else "reward_model"
+                           for f in reward_funcs],
         accelerator=types.SimpleNamespace(device=torch.device("cpu"), is_main_process=True),
         args=types.SimpleNamespace(device=torch.device("cpu"), report_to=[]), is_deepspeed_enabled=False,
-        state=types.SimpleNamespace(global_step=0), environments=None, chat_template_kwargs={},
-        _pending_extra_logs={}, _pending_metrics={},
+        state=TrainerState(), environments=None, chat_template_kwargs={},
+        _pending_extra_logs=defaultdict(list), _pending_metrics=defaultdict(list),
     )
-    return trainer._calculate_rewards(inputs, prompts, completions, completion_ids)
+    loop = None
+    if any(is_async_callable(f) for f in reward_funcs if not isinstance(f, torch.nn.Module)):
+        thread, loop, ready = start_event_loop_in_daemon(name="test-async-rewards")
+        ready.wait()
+        trainer.async_loop = loop
+    try:
+        return trainer._calculate_rewards(inputs, prompts, completions, completion_ids)
+    finally:
+        if loop is not None:
+            shutdown_event_loop_in_daemon(thread, loop)
+        if trainer_out is not None:
+            trainer_out["trainer"] = trainer
+
+
+def _sync_logging(prompts, completions, completion_ids, trainer_state, log_extra, log_metric, **kwargs):
+    """Reads the step, logs a column and a metric, as TRL 1.16's docs show."""
+    lengths = [len(ids) for ids in completion_ids]
+    log_extra("n_tokens", lengths)
+    log_metric("mean_tokens", sum(lengths) / len(lengths))
+    return [float(n) + trainer_state.global_step for n in lengths]
+
+
+_SEEN: list[str] = []
+
+
+async def _async_answer(prompts, completions, answer, log_extra, log_metric, **kwargs):
+    """None where there is no answer; waits until the other async function has started too (it cannot, unless
+    both are awaited together as TRL gathers them: run one after the other, it gives up and returns -1)."""
+    import asyncio
+
+    _SEEN.append("answer")
+    for _ in range(1000):
+        if "scorer" in _SEEN:
+            break
+        await asyncio.sleep(0)
+    else:
+        return [-1.0] * len(prompts)
+    log_extra("has_answer", [a is not None for a in answer])
+    log_metric("mean_tokens", 1.0)
+    return [None if a is None else float(a in completion_text(c)) for a, c in zip(answer, completions)]
+
+
+class _AsyncScorer:
+    """An async callable object (TRL's `is_async_callable` reads its `__call__`)."""
+
+    __name__ = "async_scorer"
+
+    async def __call__(self, prompts, completions, **kwargs):
+        import asyncio
+
+        _SEEN.append("scorer")
+        await asyncio.sleep(0)
+        return [0.5 * len(completion_text(c)) for c in completions]
+
+
+def test_async_functions_and_logging_kwargs_give_trls_rewards_and_logs():
+    """Sync, async and async-callable reward functions with TRL's `trainer_state`, `log_extra` and
+    `log_metric`, through TRL's own `_calculate_rewards` and through ours: the same rewards_per_func, the same
+    extra columns, and the metric averaged as TRL averages it."""
+    import functools
+
+    r = _fake_rollout([[5, 6, 0, 0], [5, 0, 0, 0], [5, 6, 7, 8]], texts=["4", "2", "x 6"])
+    r.columns = {"answer": ["4", None, "7"]}
+    prompts, completions, ids = completion_inputs(r)
+    funcs = [_sync_logging, functools.partial(_async_answer), _AsyncScorer(), exact_answer_reward]
+    _SEEN.clear()
+    ours = score_rewards(r, funcs, [1.0, 2.0, 0.5, 1.0])
+    _SEEN.clear()
+    held = {}
+    inputs = [{"prompt": p, "answer": a} for p, a in zip(prompts, r.columns["answer"])]
+    theirs = _trl_calculate_rewards(funcs, [None] * 4, prompts, completions, ids, inputs, trainer_out=held)
+    torch.testing.assert_close(ours.rewards_per_func, theirs.float(), equal_nan=True)
+    assert ours.rewards_per_func[0, 1] == 1.0 and math.isnan(ours.rewards_per_func[1, 1])   # awaited together
+    trainer = held["trainer"]
+    assert ours.extra == dict(trainer._pending_extra_logs) == {"n_tokens": [3, 2, 4], "has_answer": [True, False, True]}
+    logged = trainer._pending_metrics["mean_tokens"]
+    assert ours.metrics == {"mean_tokens": pytest.approx(sum(logged) / len(logged))} and len(logged) == 2
+
+
+def test_reward_logs_are_attached_to_the_grpo_step():
+    from inspector.trainers.grpo_config import GRPOConfig
+    from inspector.trainers.grpo import grpo_step
+    from inspector.trainers.rewards import attach_reward_logs
+
+    r = _fake_rollout([[5, 6, 0, 0], [5, 0, 0, 0]], texts=["4", "2"])
+    table = score_rewards(r, [_sync_logging])
+    step = grpo_step(table.rewards_per_func, torch.ones(2, 4), torch.zeros(2, dtype=torch.bool), torch.zeros(2, 4),
+                     config=GRPOConfig(num_generations=2))
+    attach_reward_logs(step, table)
+    assert step.metrics["mean_tokens"] == 2.5 and step.reward_extra == {"n_tokens": [3, 2]}
+    assert step.to_dict()["reward_extra"] == {"n_tokens": [3, 2]}
 
 
 @pytest.mark.integration

@@ -131,8 +131,9 @@ def test_a_default_rollout_in_the_browser_on_the_spaces_build(space):
             assert toasts.count() == 0, toasts.first.inner_text()
             message = page.locator("#run-message")
             assert not (message.count() and message.is_visible() and message.inner_text().strip()), message.inner_text()
-            status = page.inner_text("#status-line")
-            assert "4 samples ×" in status, status  # the default prompt set
+            from playwright.sync_api import expect
+
+            expect(page.locator("#status-line")).to_contain_text("4 samples ×", timeout=60_000)  # the default prompts
             page.click("#tab-logprobs-button")  # the heatmap draws when its tab is shown
             page.wait_for_function(
                 "() => { const e = document.querySelector('#panel-logprobs .js-plotly-plot'); return e && e.data && e.data.length; }",

@@ -13,7 +13,14 @@ from ..record.rollout import EOS, Rollout
 from ..sources.files import read_upload_file, rescore
 from ..trainers.grpo import rollout_grpo_step
 from ..trainers.grpo_config import make_config
-from ..trainers.rewards import BUILTIN_REWARDS, DEFAULT_FORMAT_PATTERN, DEFAULT_LENGTH_TARGET, builtin_reward, score_rewards
+from ..trainers.rewards import (
+    BUILTIN_REWARDS,
+    DEFAULT_FORMAT_PATTERN,
+    DEFAULT_LENGTH_TARGET,
+    attach_reward_logs,
+    builtin_reward,
+    score_rewards,
+)
 from .common import friendly, model_names, parse_prompts, training_temperature
 from .hosting import gpu, model_event
 from .rollouts import new_rollout
@@ -21,14 +28,17 @@ from .validation import check_trainer
 
 
 @gpu
-def open_file_api(file, temperature: float = 1.0) -> dict:
+def open_file_api(file, temperature: float = 1.0, reward_columns: str = "", reward_weights: str = "") -> dict:
     """Open a file through the API: a rollout record comes back validated; a table of completions (TRL's or
     verl's) comes back re-scored by the default models, as a rollout record, its logprobs taken at the
-    training `temperature` the completions were sampled at (default 1.0)."""
+    training `temperature` the completions were sampled at (default 1.0). For a TRL GRPO log,
+    `reward_columns` (comma-separated names) tells its reward columns from its log_extra columns and
+    `reward_weights` (comma-separated) gives TRL's `reward_weights`; the record's settings say how it decided."""
     try:
         if file is None:
             raise InspectorError("No file was sent.")
-        parsed = read_upload_file(file if isinstance(file, str) else getattr(file, "name", None) or file["path"])
+        parsed = read_upload_file(file if isinstance(file, str) else getattr(file, "name", None) or file["path"],
+                                  reward_columns=reward_columns, reward_weights=reward_weights)
         if isinstance(parsed, dict):
             return rollout_to_dict(rollout_from_dict(parsed))
         return rollout_to_dict(rescore(load_models(), parsed, temperature=training_temperature(temperature)))
@@ -82,7 +92,7 @@ def rollout_api(
                  top_p=top_p, seed=seed, samples_per_prompt=samples_per_prompt,
                  use_chat_template=use_chat_template, attention=attention, compare_masks=bool(compare_masks),
                  ignore_generation_config=bool(ignore_generation_config), stop=stop,
-                 engine_url=(engine_url or "").strip() or None),
+                 engine_url=(engine_url or "").strip() or None, trainer=str(trainer)),
         )
         record = rollout_to_dict(r)
         if trainer != "ppo":
@@ -107,8 +117,8 @@ def _grpo_api(m, r: Rollout, trainer: str, reward_funcs, reward_weights, setting
     use_sampler = bool(settings.pop("use_sampler_logprobs", True))
     config = make_config(trainer, num_generations=int(r.settings["samples_per_prompt"]), reward_weights=tuple(weights),
                          **settings)
-    step = rollout_grpo_step(r, table.rewards_per_func, config, reward_func_names=table.names,
-                             use_sampler_logprobs=use_sampler)
+    step = attach_reward_logs(rollout_grpo_step(r, table.rewards_per_func, config, reward_func_names=table.names,
+                                                use_sampler_logprobs=use_sampler), table)
     return {"trainer": trainer, "grpo": step.to_dict(), "grpo_diagnostics": [f.to_dict() for f in diagnose_grpo(r, step)]}
 
 
@@ -119,6 +129,8 @@ def add_endpoints() -> None:
     with gr.Row(visible=False):
         api_file = gr.File()
         api_temperature = gr.Number(1.0)
+        api_columns, api_weights = gr.Textbox(""), gr.Textbox("")
         api_record = gr.JSON()
         api_button = gr.Button()
-    api_button.click(open_file_api, [api_file, api_temperature], api_record, api_name="open_file", **model_event())
+    api_button.click(open_file_api, [api_file, api_temperature, api_columns, api_weights], api_record,
+                     api_name="open_file", **model_event())

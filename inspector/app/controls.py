@@ -79,4 +79,12 @@ def left_column(p: dict) -> None:
             1.0, label="Training temperature of the completions", minimum=0.01, elem_id="import-temperature",
             info="The sampling temperature they were generated at (1.0: TRL GRPO's and verl's default; TRL PPO's is "
                  "0.7); logprobs and the recompute use it")
+        with gr.Row():
+            p["import_reward_columns"] = gr.Textbox(
+                "", label="TRL GRPO log: reward columns", elem_id="import-reward-columns", max_lines=1,
+                placeholder="blank = by TRL's column order", info="Comma-separated, in reward_funcs order; the "
+                "other columns are log_extra ones")
+            p["import_reward_weights"] = gr.Textbox(
+                "", label="reward_weights", elem_id="import-reward-weights", max_lines=1, placeholder="blank = 1 each",
+                info="Comma-separated, as TRL's reward_weights")
         p["import"] = gr.Button("Open and inspect", elem_id="import")

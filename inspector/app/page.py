@@ -107,7 +107,7 @@ def _wire(p: dict) -> None:
     p["import"].click(
         keeping_results(import_callback, len(rollout_outputs)),
         c(["upload", "policy", "reward", "value", "reference", "use_chat", "stop_choice", "stop_custom", "attention",
-           "import_temperature"]),
+           "import_temperature", "import_reward_columns", "import_reward_weights"]),
         kept,
         api_visibility="private", **model_event(),
     ).then(**ppo.event(p))

@@ -94,8 +94,9 @@ def status_line(r: Rollout, origin: str | None = None) -> str:
              f"{r.context_length} · attention `{r.attention}`")
     if origin:
         return f"{origin} · {shape}"
+    passes = sum(v for k, v in t.items() if k not in ("generate", "total"))
     return (f"{shape} · generate {t.get('generate', 0):.1f} s · passes "
-            f"{t.get('logprobs', 0) + t.get('value_reward', 0):.1f} s · total {t.get('total', 0):.1f} s")
+            f"{passes:.1f} s · total {t.get('total', 0):.1f} s")
 
 
 def made_when(r: Rollout) -> str:
@@ -137,7 +138,7 @@ def run_callback(policy, reward, value, reference, prompts_text, use_chat, max_n
             top_k=int(top_k), top_p=float(top_p), seed=int(seed), samples_per_prompt=int(samples),
             use_chat_template=bool(use_chat), attention=str(attention), compare_masks=bool(compare_masks),
             ignore_generation_config=bool(ignore_generation_config), stop=stop_value(stop_choice, stop_custom),
-            engine_url=(engine_url or "").strip() or None,
+            engine_url=(engine_url or "").strip() or None, trainer=str(trainer or "ppo"),
         )
         m, r = new_rollout(model_names(policy, reward, value, reference) | {"dtype": precision or "float32"},
                         parse_prompts(prompts_text), settings, progress=lambda f, msg: progress(f, desc=msg))
@@ -189,14 +190,17 @@ def arrival_views(query: dict, session: str | None = None) -> tuple:
 
 @gpu
 def import_callback(upload, policy, reward, value, reference, use_chat, stop_choice, stop_custom, attention,
-                    temperature=1.0, request: gr.Request = None, progress=gr.Progress()):
+                    temperature=1.0, reward_columns="", reward_weights="", request: gr.Request = None,
+                    progress=gr.Progress()):
     """Open a file: a rollout record is shown as it is (no model needed); a table of completions (TRL's
-    prompt / completion / reward, verl's input / output / score) is re-scored with the loaded models."""
+    prompt / completion / reward, verl's input / output / score) is re-scored with the loaded models. For a TRL
+    GRPO log, `reward_columns` / `reward_weights` (comma-separated) name its reward functions' columns and give
+    TRL's `reward_weights`."""
     try:
         if upload is None:
             raise InspectorError("Choose a file first: a rollout .json, or a .jsonl / .csv / .parquet of completions.")
         path = Path(upload if isinstance(upload, str) else upload.name)
-        parsed = read_upload_file(path)
+        parsed = read_upload_file(path, reward_columns=reward_columns, reward_weights=reward_weights)
         if isinstance(parsed, dict):
             r = rollout_from_dict(parsed)
             m = None

@@ -6,6 +6,8 @@ They read the step's tensors only: no model pass. `r` needs `responses`, `pad_to
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from .finding import Finding
@@ -19,18 +21,45 @@ def _samples(xs) -> str:
     return ", ".join(map(str, xs[:16])) + (" …" if len(xs) > 16 else "")
 
 
+def _zero_std_groups(step) -> list[int]:
+    """Groups whose summed weighted rewards (TRL's logged `reward`, verl's score) are all equal. Read per group,
+    whatever std the advantages divide by: under scale_rewards="batch" TRL's `is_std_zero` reads the batch's std
+    and misses them, though the group mean still takes every advantage to 0."""
+    G = step.num_generations
+    rpf = step.rewards_per_func
+    w = torch.tensor(list(getattr(step.config, "reward_weights", None) or [1.0] * rpf.shape[1]), dtype=rpf.dtype)
+    summed = (rpf * w).nansum(dim=1)
+    summed[torch.isnan(rpf).all(dim=1)] = math.nan
+    zero = []
+    for g in range(step.num_groups):
+        vals = summed[g * G:(g + 1) * G]
+        vals = vals[~torch.isnan(vals)]
+        if bool(step.is_std_zero[g * G]) or (vals.numel() > 1 and bool(torch.isclose(vals.std(), torch.zeros(())))):
+            zero.append(g)
+    return zero
+
+
 def _grpo_zero_std(r, step) -> Finding | None:
     G = step.num_generations
-    zero = [g for g in range(step.num_groups) if bool(step.is_std_zero[g * G])]
+    zero = _zero_std_groups(step)
     if not zero:
         return None
     samples = [i for g in zero for i in range(g * G, (g + 1) * G)]
     values = ", ".join(f"group {g}: {float(step.mean_grouped_rewards[g * G]):+.3f}" for g in zero[:8])
+    adv = step.advantages[samples]
+    if bool((adv.abs() < 1e-6).all()):
+        effect = "every advantage there is 0, so"
+    else:  # normalize_then_sum: the batch normalisation gives the whole group one shared advantage
+        effect = "the completions of each such group share one advantage (no preference among them), so"
+    scale = getattr(step.config, "scale_rewards", None)
+    logged = (" TRL's frac_reward_zero_std does not count them: under scale_rewards='batch' it reads the batch's "
+              "std, not the group's." if scale == "batch" and not bool(step.is_std_zero[samples].all())
+              else " (TRL logs this as frac_reward_zero_std).")
     return Finding(
         code="grpo_zero_std", title="Groups whose rewards are all equal: no learning signal", severity="warning",
-        detail=f"{len(zero)} of {step.num_groups} group(s) have zero reward std ({values}): every advantage there is "
-               f"0, so {len(samples)} of {step.advantages.shape[0]} completions ({len(samples) / step.advantages.shape[0]:.0%} "
-               f"of the batch) add nothing to the gradient (TRL logs this as frac_reward_zero_std).",
+        detail=f"{len(zero)} of {step.num_groups} group(s) have zero reward std ({values}): {effect} "
+               f"{len(samples)} of {step.advantages.shape[0]} completions ({len(samples) / step.advantages.shape[0]:.0%} "
+               f"of the batch) add nothing to tell good completions from bad.{logged}",
         why="GRPO's advantage is the reward minus the group mean; when a prompt is always solved (or never), the group "
             "teaches nothing and the compute spent on it is wasted.",
         fix="Sample more completions per prompt (num_generations) or at a higher temperature, use a graded reward "
@@ -73,9 +102,51 @@ def length_bias_pair(step) -> tuple[int, int] | None:
 
 
 def weight_per_advantage(step, i: int) -> float:
-    """How much one token of completion `i` counts per unit of its advantage: -mean(token_weights) / advantage."""
-    m = step.completion_mask[i].bool()
-    return float(-step.token_weights[i][m].mean()) / float(step.advantages[i])
+    """How much one token of completion `i` counts per unit of its advantage under the loss's aggregation alone
+    (TRL's `loss_type`, verl's `loss_agg_mode`): the per-token weight d loss / d logprob divided by -advantage,
+    with the sampler ratio, the entropy mask and the off-policy mask (which weigh tokens for other reasons)
+    left out. Read from the step's mask and config: it is the token weight where those multipliers are 1."""
+    mask = step.completion_mask.float()
+    counts = mask.sum(1)
+    n_i = float(counts[i])
+    if n_i == 0:
+        return 0.0
+    B, N = float(mask.shape[0]), float(mask.sum())
+    seqs = float((counts > 0).sum())
+    c = step.config
+    if step.trainer == "verl":
+        mode = c.loss_agg_mode
+        if mode == "token-mean":
+            return 1.0 / N
+        if mode == "token-sum":
+            return 1.0
+        if mode == "seq-mean-token-mean":
+            return 1.0 / (n_i * seqs)
+        if mode == "seq-mean-token-sum":
+            return 1.0 / seqs
+        horizon = c.response_length or mask.shape[1]
+        return 1.0 / (seqs * (c.loss_scale_factor or horizon))
+    if c.loss_type in ("grpo", "sapo"):
+        return 1.0 / (n_i * B)
+    if c.loss_type == "dr_grpo":
+        return 1.0 / (B * c.max_completion_length)
+    if c.loss_type == "luspo":
+        return 1.0 / B
+    if c.loss_type == "cispo":  # at the rollout point the ratio 1 is truncated at epsilon_high
+        return min(1.0, c.epsilon_high_value) / N
+    return 1.0 / N  # bnpo, dapo, vespo: one normaliser for every token
+
+
+_EVEN_LOSSES = {"grpo": ("dapo", "dr_grpo"), "verl": ("token-mean", "seq-mean-token-sum-norm")}
+_DEFAULT_LOSS = {"grpo": "dapo", "verl": "token-mean"}
+
+
+def _length_bias_fix(step, name: str) -> str:
+    """What to use instead: the loss types that weigh every token alike, never the one in use."""
+    others = [x for x in _EVEN_LOSSES[step.trainer] if x != name]
+    quoted = " or ".join(f"'{x}'" + (" (the default)" if x == _DEFAULT_LOSS[step.trainer] else "") for x in others)
+    field_name = "loss_agg_mode" if step.trainer == "verl" else "loss_type"
+    return f"Use {field_name} {quoted}, which weigh every token of the batch alike."
 
 
 def _grpo_length_bias(r, step) -> Finding | None:
@@ -91,14 +162,14 @@ def _grpo_length_bias(r, step) -> Finding | None:
         return None
     ns, nl = int(step.completion_mask[s].sum()), int(step.completion_mask[l].sum())
     name = getattr(step.config, "loss_type", None) or getattr(step.config, "loss_agg_mode", "?")
+    field_name = "loss_agg_mode" if step.trainer == "verl" else "loss_type"
     return Finding(
-        code="grpo_length_bias", title=f"Length bias of loss_type {name!r}", severity="warning",
+        code="grpo_length_bias", title=f"Length bias of {field_name} {name!r}", severity="warning",
         detail=f"Per unit of advantage, a token of completion {s} ({ns} tokens) counts {ratio:.2f}x as much as a token "
                f"of completion {l} ({nl} tokens): the loss averages each completion over its own length first.",
         why="Short correct answers are pushed up harder per token than long ones, and long wrong answers are pushed "
             "down more gently per token, so the policy drifts towards longer wrong answers (the Dr. GRPO paper).",
-        fix="Use loss_type 'dr_grpo' or 'dapo' (TRL's default), or verl's loss_agg_mode 'token-mean', which weigh every "
-            "token alike.",
+        fix=_length_bias_fix(step, name),
         samples=[s, l],
     )
 

@@ -13,7 +13,13 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..trainers.sampler import SAMPLER_MODES, SamplerCorrection, sampler_correction, verl_sampler_correction
+from ..trainers.sampler import (
+    SAMPLER_MODES,
+    SamplerCorrection,
+    sampler_correction,
+    verl_debug_metrics,
+    verl_sampler_correction,
+)
 from ..trainers.grpo import trl_completion_mask, trl_eos_token_ids
 from ..trainers.grpo_common import sampling_metrics
 
@@ -57,28 +63,6 @@ def _masked_mean_abs(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor) -> fl
     gap = (a - b)[mask]
     gap = gap[torch.isfinite(gap)]
     return float(gap.abs().mean()) if gap.numel() else float("nan")
-
-
-def verl_debug_metrics(trainer: torch.Tensor, sampler: torch.Tensor, mask: torch.Tensor) -> dict[str, float]:
-    """verl's `calculate_debug_metrics` (verl/utils/debug/metrics.py): |exp(trainer) - exp(sampler)| over the
-    response mask (differences of probabilities, not of logprobs), its max, mean and unbiased std, and the
-    Pearson correlation of the two probabilities."""
-    mask = mask.bool()
-    if not mask.any():
-        nan = float("nan")
-        return {"training/rollout_probs_diff_valid": 0, "training/rollout_probs_diff_max": nan,
-                "training/rollout_probs_diff_mean": nan, "training/rollout_probs_diff_std": nan,
-                "training/rollout_actor_probs_pearson_corr": nan}
-    actor, rollout = torch.exp(trainer.double()), torch.exp(sampler.double())
-    diff = torch.masked_select(torch.abs(actor - rollout), mask)
-    pair = torch.stack([torch.masked_select(actor, mask), torch.masked_select(rollout, mask)])
-    return {
-        "training/rollout_probs_diff_valid": 1,
-        "training/rollout_probs_diff_max": float(diff.max()),
-        "training/rollout_probs_diff_mean": float(diff.mean()),
-        "training/rollout_probs_diff_std": float(diff.std()),
-        "training/rollout_actor_probs_pearson_corr": float(torch.corrcoef(pair)[0, 1]),
-    }
 
 
 def _hidden_prompt_tokens(r) -> int:

@@ -77,6 +77,13 @@ class Rollout:
     processed_logprobs: torch.Tensor | None = None  # (B, G) engine rollouts: the trainer's recompute of the
     # sampled-from distribution (temperature, top-k, top-p renormalised), to say which one the engine reports
     columns: dict[str, list] = field(default_factory=dict)  # per-sample data columns (an answer, verl's gts, a file's own)
+    entropies: torch.Tensor | None = None   # (B, G) the trainer's entropy: full vocabulary at the recompute's
+    # scaled logits, from the same pass as new_logprobs (TRL's `entropy_from_logits`; GRPO's entropy metric and
+    # top_entropy_quantile mask, verl's actor/entropy). `entropy` is the sampled-from (top-k / top-p) distribution's.
+    trainer: str = "ppo"                    # whose conventions the trainer-side fields follow (TRAINERS)
+    conventions: dict[str, str] = field(default_factory=dict)  # field name -> its convention, e.g. new_logprobs
+    eos_token_ids: list[int] = field(default_factory=list)  # TRL 1.16's eos_token_ids: tokenizer EOS, the model's
+    # generation-config EOS ids, and (GRPO, a custom stop) the stop token: generation ends at them, the GRPO mask knows them
 
     @property
     def batch_size(self) -> int:

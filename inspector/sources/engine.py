@@ -19,7 +19,7 @@ import socket
 import urllib.error
 import urllib.parse
 import urllib.request
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -200,6 +200,7 @@ class EngineSample:
     finish_reasons: list[str]
     completion_lengths: list[int]
     request: dict = None  # the request's settings, without the prompts
+    unreported_logprobs: list = field(default_factory=list)  # tokens whose logprob the engine did not report
 
 
 def _token_id(key: str, base: str) -> int:
@@ -211,9 +212,32 @@ def _token_id(key: str, base: str) -> int:
     )
 
 
-def _finite_logprob(value) -> float:
-    value = float(value)
+def _number(value, base: str) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise EngineError(f"The engine at {base} returned a logprob that is not a number ({value!r}).") from None
+
+
+def _finite_logprob(value, base: str = "the engine") -> float:
+    """A top alternative's logprob: -inf for vLLM's -9999.0, a JSON null or NaN (as TRL's vLLM client lays out
+    the top logprobs it could not read)."""
+    if value is None:
+        return float("-inf")
+    value = _number(value, base)
     return float("-inf") if value <= VLLM_NEG_INF or math.isnan(value) else value
+
+
+def _sampled_logprob(value, base: str = "the engine") -> float:
+    """The sampled token's logprob: NaN where the engine did not report one (a JSON null or NaN), as TRL 1.16
+    maps vLLM's None back to NaN (`_generate_and_score_completions`) so that its sampler correction gives the
+    token a zero gap (ratio 1, no correction) and its `sampling/...` metrics skip it; -inf for vLLM's -9999.0."""
+    if value is None:
+        return float("nan")
+    value = _number(value, base)
+    if math.isnan(value):
+        return value
+    return float("-inf") if value <= VLLM_NEG_INF else value
 
 
 def parse_completions(answer: dict, base: str, n_prompts: int, n: int, top_logprobs: int) -> list[dict]:
@@ -247,14 +271,14 @@ def parse_completions(answer: dict, base: str, n_prompts: int, n: int, top_logpr
             raise EngineError(f"The engine at {base} returned logprobs for other tokens than its token ids.")
         top = []
         for entry in lp.get("top_logprobs") or [{}] * len(ids):
-            pairs = sorted(((_token_id(k, base), _finite_logprob(v)) for k, v in (entry or {}).items()),
+            pairs = sorted(((_token_id(k, base), _finite_logprob(v, base)) for k, v in (entry or {}).items()),
                            key=lambda p: -p[1])
             top.append(pairs[:top_logprobs])
         if top_logprobs and any(len(t) < min(top_logprobs, 1) for t in top):
             raise EngineError(f"The engine at {base} returned no top alternatives although {top_logprobs} were asked.")
         index = choice.get("index", position)
         out.append({"index": index, "token_ids": [int(i) for i in ids],
-                    "logprobs": [_finite_logprob(v) for v in lp["token_logprobs"]],
+                    "logprobs": [_sampled_logprob(v, base) for v in lp["token_logprobs"]],
                     "top": top, "finish_reason": choice.get("finish_reason"), "text": choice.get("text")})
     # vLLM numbers choices prompt by prompt (index = prompt * n + sample); keep that order whatever the wire order
     out.sort(key=lambda c: c["index"])
@@ -286,13 +310,31 @@ def layout(choices: list[dict], queries: torch.Tensor, pad_token_id: int, top_lo
                 topk_logprobs[b, t, j] = value
             chosen = c["logprobs"][t]
             listed = [tid for tid, _ in pairs]
-            if c["token_ids"][t] in listed:
+            if c["token_ids"][t] in listed and not math.isnan(chosen):
                 ranks[b, t] = sum(1 for _, v in pairs if v > chosen)
     sequences = torch.cat((queries, completions), dim=1)
     generation = Generation(sequences=sequences, logprobs=logprobs, raw_logprobs=torch.full((B, G), float("nan")),
                             ranks=ranks, entropy=torch.full((B, G), float("nan")), topk_ids=topk_ids,
                             topk_logprobs=topk_logprobs)
-    return EngineSample(generation, [c["finish_reason"] for c in choices], [len(c["token_ids"]) for c in choices])
+    return EngineSample(generation, [c["finish_reason"] for c in choices], [len(c["token_ids"]) for c in choices],
+                        unreported_logprobs=unreported_logprobs(choices))
+
+
+def unreported_logprobs(choices: list[dict]) -> list[dict]:
+    """The sampled tokens whose logprob the engine did not report (null or NaN): sample, position, token id."""
+    return [{"sample": b, "position": t, "token_id": c["token_ids"][t]}
+            for b, c in enumerate(choices) for t, v in enumerate(c["logprobs"]) if math.isnan(v)]
+
+
+def unreported_note(unreported: list[dict]) -> str | None:
+    """The record's note naming the tokens without an engine logprob, and what the trainers do with them."""
+    if not unreported:
+        return None
+    named = ", ".join(f"sample {u['sample']} position {u['position']} (token {u['token_id']})" for u in unreported[:12])
+    more = f" and {len(unreported) - 12} more" if len(unreported) > 12 else ""
+    return (f"The engine reported no logprob for {len(unreported)} sampled token(s): {named}{more}. They are NaN in "
+            "the sampler logprobs; as TRL 1.16 does, the sampler correction gives them a zero trainer - sampler gap "
+            "(ratio 1, no correction) and the sampling/... metrics leave them out.")
 
 
 def check_choices_text(choices: list[dict], tokenizer, base: str) -> None:
@@ -391,17 +433,18 @@ def trainer_side_capture(lm_head: torch.nn.Module, hidden: torch.Tensor, respons
 
 
 def sample_rollout(url: str, models, enc, samples_per_prompt: int, settings: SamplingSettings, *,
-                   top_logprobs: int = 5, timeout: float = 180.0, stop_token_id: int | None = None):
+                   top_logprobs: int = 5, timeout: float = 180.0, stop_token_id: int | list[int] | None = None):
     """The engine side of `run_rollout`: sample every prompt of `enc` (its rows repeat each prompt
-    `samples_per_prompt` times) with the server at `url`, stopping at `stop_token_id` (None: at no token, as
-    `generate` with no stop). Returns the `Generation`, the capture function `_score_rollout` calls on the
+    `samples_per_prompt` times) with the server at `url`, stopping at `stop_token_id` (one id, or every id of a
+    list: a GRPO trainer's EOS ids, each sent in `stop_token_ids`; None: at no token, as `generate` with no stop). Returns the `Generation`, the capture function `_score_rollout` calls on the
     policy's hidden states, and the record's `engine` entry."""
     tokenizer = models.tokenizer
     n = samples_per_prompt
     rows = range(0, enc.queries.shape[0], n)
     prompt_ids = [enc.queries[i][enc.attention_mask[i].bool()].tolist() for i in rows]
     result, info = sample(url, tokenizer, enc.queries, prompt_ids, settings, n, top_logprobs=top_logprobs,
-                          timeout=timeout, stop_token_ids=[] if stop_token_id is None else [stop_token_id])
+                          timeout=timeout, stop_token_ids=[] if stop_token_id is None else
+                          [int(i) for i in stop_token_id] if isinstance(stop_token_id, (list, tuple)) else [stop_token_id])
     gen = result.generation
     lm_head = models.policy.get_output_embeddings()
 
@@ -411,5 +454,8 @@ def sample_rollout(url: str, models, enc, samples_per_prompt: int, settings: Sam
                 "processed_logprobs": extra["processed_logprobs"]}
 
     record = info.to_dict() | {"finish_reasons": result.finish_reasons, "request": result.request,
-                               "trainer_dtype": models.precision}
+                               "trainer_dtype": models.precision,
+                               "unreported_logprobs": result.unreported_logprobs}
+    if result.unreported_logprobs:
+        record["note"] = unreported_note(result.unreported_logprobs)
     return gen, capture, record

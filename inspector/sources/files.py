@@ -3,7 +3,7 @@
 Accepted: a rollout record (`.json`, written by the app's download or `--json`), TRL-style completion
 tables (`prompt` / `completion` / `reward` columns, as CSV, Parquet or JSONL), TRL's GRPO completion logs
 (`completions_{step:05d}.parquet` from `log_completions`: `step`, `prompt`, `completion`, one column per reward
-function, `advantage`) and verl rollout dumps (`{step}.jsonl` with `input` / `output` / `gts` / `score` / `step`
+function, the `log_extra` columns, `advantage`) and verl rollout dumps (`{step}.jsonl` with `input` / `output` / `gts` / `score` / `step`
 and any extra reward fields). Every column beyond prompt and completion is kept, by name. Nothing from a file is ever unpickled or executed: JSON, CSV and
 Parquet are parsed as data, and a file that looks like a pickle, a zip or an executable is refused.
 """
@@ -34,16 +34,22 @@ _REFUSED = {b"\x80\x02": "a pickle", b"\x80\x03": "a pickle", b"\x80\x04": "a pi
 
 TRL_GRPO_FIXED = ("step", "prompt", "completion", "advantage")
 VERL_FIXED = ("input", "output", "score", "step", "gts")
+BUILTIN_LOGGED_NAMES = ("smollm2-sentiment", "length_reward", "format_reward", "exact_answer_reward")
+"""The names TRL logs the built-in reward functions under (the default reward model's and the functions')."""
 
 
 @dataclass
 class Completions:
     """Prompt / completion pairs read from a file, with the rewards the file held, if any.
 
-    `kind`: "trl-grpo" (a `log_completions` table: `reward_columns` holds one column per reward function and
-    `advantages` TRL's advantage), "verl" (a rollout dump: `prompt_is_text`, the prompt was decoded from the
-    trainer's ids after its chat template) or "table". `columns` keeps every other column of the file by name
-    (verl's `gts` and extra reward fields, TRL's per-function rewards, `step`)."""
+    `kind`: "trl-grpo" (a `log_completions` table: `reward_columns` holds one column per reward function,
+    `reward_weights` their weights (TRL's `reward_weights`), `extra_columns` the `log_extra` ones, `advantages`
+    TRL's advantage, `reward_columns_how` how the reward columns were told from the extra ones), "verl" (a rollout
+    dump: `prompt_is_text`, the prompt was decoded from the trainer's ids after its chat template) or "table".
+    `columns` keeps every other column of the file by name (verl's `gts` and extra reward fields, TRL's
+    per-function rewards and extra columns, `step`). `prompt_messages`: the whole chat prompt of each row
+    (system and user messages) when the file holds chat-format prompts; `prompts` then holds the last message's
+    text, for display."""
 
     prompts: list[str]
     completions: list[str]
@@ -54,19 +60,24 @@ class Completions:
     reward_columns: list[str] = field(default_factory=list)
     advantages: list[float] | None = None
     prompt_is_text: bool = False
+    reward_weights: list[float] | None = None
+    extra_columns: list[str] = field(default_factory=list)
+    reward_columns_how: str = ""
+    prompt_messages: list[list[dict]] | None = None
 
     def rewards_per_func(self):
         """The file's per-function rewards as TRL's `rewards_per_func` (B, F) float32, NaN where None."""
         import torch
 
-        return torch.tensor([[_number(v) for v in self.columns[c]] for c in self.reward_columns],
+        return torch.tensor([[as_number(v) for v in self.columns[c]] for c in self.reward_columns],
                             dtype=torch.float32).T.reshape(len(self.prompts), len(self.reward_columns))
 
     def num_generations(self) -> int | None:
         """The group size: the run length of equal consecutive prompts, when every group has it (TRL logs the
         completions of a prompt next to each other); None otherwise."""
         runs, n = [], 1
-        for a, b in zip(self.prompts, self.prompts[1:]):
+        keys = [json.dumps(m, sort_keys=True) for m in self.prompt_messages] if self.prompt_messages else self.prompts
+        for a, b in zip(keys, keys[1:]):
             if a == b:
                 n += 1
             else:
@@ -76,7 +87,7 @@ class Completions:
         return runs[0] if len(set(runs)) == 1 else None
 
 
-def _number(value) -> float:
+def as_number(value) -> float:
     try:
         return math.nan if value is None else float(value)
     except (TypeError, ValueError):
@@ -229,7 +240,80 @@ def _as_text(value) -> str:
     raise InputError(f"Expected text or a list of chat messages, got {type(value).__name__}.")
 
 
-def read_upload_file(path: str | os.PathLike, limits: Limits | None = None) -> dict | Completions:
+def _messages(value) -> list[dict] | None:
+    """A chat-format prompt cell as a list of {role, content} messages (text contents); None for a text cell."""
+    if not isinstance(value, list):
+        return None
+    out = []
+    for m in value:
+        if not (isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)):
+            raise InputError("A chat prompt is a list of messages, each with a text `role` and a text `content`.")
+        out.append({"role": m["role"], "content": m["content"]})
+    return out
+
+
+def _names_arg(value) -> list[str] | None:
+    """A list of column names given as a list or as comma-separated text; None when blank."""
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None
+    items = value.split(",") if isinstance(value, str) else list(value)
+    names = [str(v).strip() for v in items if str(v).strip()]
+    return names or None
+
+
+def reward_weights_arg(value) -> list[float] | None:
+    """TRL's `reward_weights` given as a list or as comma-separated text; None when blank."""
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None
+    items = value.split(",") if isinstance(value, str) else list(value)
+    try:
+        weights = [float(str(v).strip()) for v in items if str(v).strip()]
+    except ValueError:
+        raise InputError(f"reward_weights must be numbers separated by commas (as TRL's reward_weights), not {value!r}.") from None
+    if not all(math.isfinite(w) for w in weights):
+        raise InputError(f"reward_weights must be finite numbers, not {value!r}.")
+    return weights or None
+
+
+def split_trl_columns(keys: list[str], columns: dict[str, list], chosen=None) -> tuple[list[str], list[str], str]:
+    """Tell a TRL GRPO log's reward columns from its `log_extra` columns. Returns (reward, extra, how).
+
+    TRL writes step, prompt, completion, one column per reward function (named after it), the `log_extra`
+    columns, then advantage. `chosen` (names, in TRL's `reward_funcs` order) decides when given; otherwise the
+    columns up to the last one named after a built-in reward function are rewards and those after it extras;
+    with no such name, every numeric column before the first text column is taken for a reward function."""
+    middle = [k for k in keys if k not in TRL_GRPO_FIXED]
+    names = _names_arg(chosen)
+    if names:
+        for n in names:
+            if n not in middle:
+                raise InputError(f"Reward column {n!r} is not in the file; its columns between completion and "
+                                 f"advantage are {', '.join(middle) or 'none'}.")
+            if not all(_is_number(v) for v in columns[n]):
+                raise InputError(f"Reward column {n!r} holds values that are not numbers: a log_extra column?")
+        extra = [k for k in middle if k not in names]
+        return names, extra, f"named in the reward-columns field ({', '.join(names)}); the other columns are log_extra columns"
+    numeric = []
+    for k in middle:
+        if not all(_is_number(v) for v in columns[k]):
+            break
+        numeric.append(k)
+    known = [i for i, k in enumerate(numeric) if k in BUILTIN_LOGGED_NAMES]
+    if known:
+        reward = numeric[: known[-1] + 1]
+        how = (f"by TRL's column order (reward functions, then log_extra columns): the columns up to "
+               f"{reward[-1]!r}, a built-in reward function's name, are rewards")
+    else:
+        reward = numeric
+        how = ("no column bears a built-in reward function's name: every numeric column before the first text column "
+               "is taken for a reward function")
+    extra = [k for k in middle if k not in reward]
+    if extra:
+        how += f"; {', '.join(extra)} taken as log_extra column(s)"
+    return reward, extra, how + ". Name the reward columns in the field if this is wrong"
+
+
+def read_upload_file(path: str | os.PathLike, limits: Limits | None = None, **trl) -> dict | Completions:
     """`read_upload` of a file on disk, its size checked before a byte of it is read."""
     limits = limits or Limits.from_env()
     path = os.fspath(path)
@@ -240,13 +324,16 @@ def read_upload_file(path: str | os.PathLike, limits: Limits | None = None) -> d
             data = f.read(limits.max_upload_bytes + 1)  # a file that grew since: still refused by read_upload
     except OSError as exc:
         raise InputError(f"The uploaded file {name} cannot be read ({exc.strerror}); upload it again.") from None
-    return read_upload(data, name, limits)
+    return read_upload(data, name, limits, **trl)
 
 
-def read_upload(data: bytes, name: str, limits: Limits | None = None) -> dict | Completions:
+def read_upload(data: bytes, name: str, limits: Limits | None = None, *, reward_columns=None,
+                reward_weights=None) -> dict | Completions:
     """Parse an uploaded file. Returns a rollout record (a dict, for `rollout_from_dict`) or `Completions`.
 
-    Raises InputError with what is wrong and what is accepted.
+    For a TRL GRPO log: `reward_columns` (names, a list or comma-separated text) picks the reward functions'
+    columns (see `split_trl_columns`), `reward_weights` (TRL's `reward_weights`, in the same order) their
+    weights, 1 each when not given. Raises InputError with what is wrong and what is accepted.
     """
     limits = limits or Limits.from_env()
     _check_bytes(data, name, limits)
@@ -266,9 +353,10 @@ def read_upload(data: bytes, name: str, limits: Limits | None = None) -> dict | 
             f"{name} has columns {sorted(first)[:12]}; expected a prompt column ({' / '.join(PROMPT_KEYS)}) and a "
             f"completion column ({' / '.join(COMPLETION_KEYS)}), as TRL's completion tables and verl's dumps have."
         )
-    prompts, completions, rewards = [], [], []
+    prompts, completions, rewards, messages = [], [], [], []
     for n, row in enumerate(parsed, 1):
         try:
+            messages.append(_messages(row.get(p_key)))
             prompts.append(_as_text(row.get(p_key)))
             completions.append(_as_text(row.get(c_key)))
         except InputError as exc:
@@ -281,18 +369,34 @@ def read_upload(data: bytes, name: str, limits: Limits | None = None) -> dict | 
     source = "verl" if p_key == "input" else "trl" if p_key == "prompt" else "table"
     keys = list(first)
     columns = {k: [row.get(k) for row in parsed] for k in keys if k not in (p_key, c_key)}
-    kind, reward_columns, advantages = "table", [], None
+    chosen, reward_columns = reward_columns, []
+    kind, extra, how, weights, advantages = "table", [], "", None, None
     if p_key == "prompt" and "advantage" in first:
-        # TRL's log_completions table: every numeric column but step and advantage is one reward function's
-        kind = "trl-grpo"
-        reward_columns = [k for k in keys if k not in TRL_GRPO_FIXED and all(_is_number(v) for v in columns[k])]
-        advantages = [_number(v) for v in columns["advantage"]]
-        source = "trl-grpo"
+        kind, source = "trl-grpo", "trl-grpo"
+        reward_columns, extra, how = split_trl_columns(keys, columns, chosen)
+        advantages = [as_number(v) for v in columns["advantage"]]
+        weights = reward_weights_arg(reward_weights) or [1.0] * len(reward_columns)
+        if len(weights) != len(reward_columns):
+            raise InputError(f"reward_weights has {len(weights)} value(s) for {len(reward_columns)} reward column(s) "
+                             f"({', '.join(reward_columns)}): give one weight per reward function, in that order.")
     elif p_key == "input":
         kind = "verl"
     return Completions(prompts, completions, rewards if r_key is not None else None, f"{source}: {Path(name).name}",
                        kind=kind, columns=columns, reward_columns=reward_columns, advantages=advantages,
-                       prompt_is_text=kind == "verl")
+                       prompt_is_text=kind == "verl", reward_weights=weights, extra_columns=extra,
+                       reward_columns_how=how,
+                       prompt_messages=messages if all(m is not None for m in messages) else None)
+
+
+def _rendered_chats(tok, parsed: Completions) -> list[str] | None:
+    """Each whole chat prompt (system and user messages) rendered with the policy's chat template, with the
+    generation prompt, as TRL renders a conversational prompt; None without chat prompts or a template."""
+    if not parsed.prompt_messages or not getattr(tok, "chat_template", None):
+        return None
+    try:
+        return [tok.apply_chat_template(m, tokenize=False, add_generation_prompt=True) for m in parsed.prompt_messages]
+    except Exception as exc:  # noqa: BLE001 - jinja raises many types for messages a template refuses
+        raise InputError(f"The policy's chat template refuses a prompt of the file: {str(exc)[:200]}") from None
 
 
 def rescore(models, parsed: Completions, *, stop_token_id="eos", use_chat_template: bool = True,
@@ -300,23 +404,29 @@ def rescore(models, parsed: Completions, *, stop_token_id="eos", use_chat_templa
             progress=None):
     """Re-score a file's completions with the loaded models (`rollout.score_completions`), keeping its columns.
 
-    A verl dump's prompt is tokenized as the text it is (the trainer's chat template is already in it); a TRL
-    GRPO log keeps its groups (`samples_per_prompt` = the group size) so that its GRPO step can be recomputed.
-    `temperature`: the one the completions were sampled at in training. `max_completion_length` (the
-    trainer's, when known): a completion that re-tokenizes to that many tokens
+    A verl dump's prompt is tokenized as the text it is (the trainer's chat template is already in it); a chat
+    prompt (TRL's conversational format) is rendered whole, system message included, with the chat template;
+    a TRL GRPO log keeps its groups (`samples_per_prompt` = the group size), reward columns and weights so that
+    its GRPO step can be recomputed. `temperature`: the one the completions were sampled at in training.
+    `max_completion_length` (the trainer's, when known): a completion that re-tokenizes to that many tokens
     was cut there and gets no EOS. The notes say what rebuilding ids from decoded text can change."""
     from .runner import score_completions
 
+    tok = models.tokenizer
     ended = None
     if max_completion_length is not None:
-        tok = models.tokenizer
         ended = [len(tok(c, add_special_tokens=False)["input_ids"]) < max_completion_length for c in parsed.completions]
     groups = parsed.num_generations() if parsed.kind == "trl-grpo" else None
+    chats = _rendered_chats(tok, parsed) if use_chat_template and not parsed.prompt_is_text else None
     rollout = score_completions(
-        models, parsed.prompts, parsed.completions, ended=ended, stop_token_id=stop_token_id,
-        use_chat_template=use_chat_template and not parsed.prompt_is_text, attention=attention, source=parsed.source,
-        samples_per_prompt=groups or 1, columns=parsed.columns, temperature=temperature, progress=progress,
+        models, chats or parsed.prompts, parsed.completions, ended=ended, stop_token_id=stop_token_id,
+        use_chat_template=use_chat_template and not parsed.prompt_is_text and chats is None, attention=attention,
+        source=parsed.source, samples_per_prompt=groups or 1, columns=parsed.columns, temperature=temperature,
+        progress=progress,
+        trainer={"trl-grpo": "grpo", "verl": "verl"}.get(parsed.kind, "ppo"),
     )
+    if chats is not None:
+        _keep_chat_prompts(rollout, parsed, tok)
     if parsed.prompt_is_text:
         rollout.notes.append(
             "verl dump: each prompt is the text the trainer decoded after applying its chat template, without special "
@@ -326,11 +436,16 @@ def rescore(models, parsed: Completions, *, stop_token_id="eos", use_chat_templa
         )
     elif parsed.kind == "trl-grpo":
         rollout.settings["reward_columns"] = list(parsed.reward_columns)
+        rollout.settings["reward_weights"] = list(parsed.reward_weights or [1.0] * len(parsed.reward_columns))
+        rollout.settings["extra_columns"] = list(parsed.extra_columns)
+        rollout.settings["reward_columns_how"] = parsed.reward_columns_how
         rollout.notes.append(
-            f"TRL GRPO log: {len(parsed.reward_columns)} reward column(s) ({', '.join(parsed.reward_columns)}) and the "
-            f"logged advantages are kept; groups of {groups or '?'} completions. Completions were decoded without "
-            "special tokens and are re-tokenized here, with the EOS token appended: ids rebuilt from decoded text can "
-            "differ from those the trainer saw (a completion cut by max_completion_length had no EOS)."
+            f"TRL GRPO log: {len(parsed.reward_columns)} reward column(s) ("
+            + ", ".join(f"{n} ×{w:g}" for n, w in zip(parsed.reward_columns, rollout.settings["reward_weights"]))
+            + f"), {len(parsed.extra_columns)} log_extra column(s) and the logged advantages are kept; groups of "
+            f"{groups or '?'} completions. Reward columns: {parsed.reward_columns_how}. Completions were decoded "
+            "without special tokens and are re-tokenized here, with the EOS token appended: ids rebuilt from decoded "
+            "text can differ from those the trainer saw (a completion cut by max_completion_length had no EOS)."
         )
     if parsed.rewards is not None:
         rollout.notes.append("The file's own rewards, by sample: "
@@ -338,34 +453,21 @@ def rescore(models, parsed: Completions, *, stop_token_id="eos", use_chat_templa
     return rollout
 
 
-AGREE_ATOL = 1e-4
-
-
-def compare_with_log(parsed: Completions, recomputed: dict[str, list], advantages=None,
-                     atol: float = AGREE_ATOL) -> tuple[list[dict], list[str]]:
-    """The file's per-function rewards and advantages beside the recomputed ones.
-
-    `recomputed`: reward-function name -> one value per completion (NaN or None where it gave none), for the
-    functions that could be re-run; `advantages`: the advantages recomputed from the file's rewards. Returns
-    (rows, disagreements): one row per completion with `<name> (file)` / `<name> (recomputed)` pairs, and one
-    sentence per column that disagrees beyond `atol`, naming the samples."""
-    rows = [{"sample": i, "prompt": p[:60]} for i, p in enumerate(parsed.prompts)]
-    problems = []
-    pairs = [(name, [_number(v) for v in parsed.columns[name]], [_number(v) for v in recomputed[name]])
-             for name in parsed.reward_columns if name in recomputed]
-    if advantages is not None and parsed.advantages is not None:
-        pairs.append(("advantage", parsed.advantages, [_number(v) for v in advantages]))
-    for name, logged, ours in pairs:
-        bad = []
-        for i, (a, b) in enumerate(zip(logged, ours)):
-            rows[i][f"{name} (file)"] = a
-            rows[i][f"{name} (recomputed)"] = b
-            if math.isnan(a) != math.isnan(b) or (not math.isnan(a) and abs(a - b) > atol):
-                bad.append(i)
-        if bad:
-            shown = ", ".join(f"{i}: file {logged[i]:+.4f} vs {ours[i]:+.4f}" for i in bad[:8])
-            problems.append(f"{name}: {len(bad)} of {len(logged)} completions disagree ({shown}{' …' if len(bad) > 8 else ''}).")
-    for name in parsed.reward_columns:
-        if name not in recomputed:
-            problems.append(f"{name}: not recomputed (no built-in reward function of that name); the file's values are used.")
-    return rows, problems
+def _keep_chat_prompts(rollout, parsed: Completions, tok) -> None:
+    """The record of chat prompts rendered here: the last message's text shown as the prompt, the template
+    marked as applied, the whole messages kept in the settings; a note if the tokenizer would add special
+    tokens that TRL's `apply_chat_template(tokenize=True)` does not."""
+    rollout.prompts = list(parsed.prompts)
+    rollout.chat_template_applied = True
+    rollout.settings["use_chat_template"] = True
+    rollout.settings["prompt_messages"] = parsed.prompt_messages
+    roles = sorted({m["role"] for msgs in parsed.prompt_messages for m in msgs})
+    rollout.notes.append(f"Chat prompts ({', '.join(roles)} messages) are rendered whole with the policy's chat "
+                         "template and the generation prompt, as TRL's GRPOTrainer renders them.")
+    first = parsed.prompt_messages[0]
+    trl_ids = tok.apply_chat_template(first, tokenize=True, add_generation_prompt=True)
+    trl_ids = list(trl_ids["input_ids"]) if hasattr(trl_ids, "keys") else list(trl_ids)
+    ours = rollout.queries[0][rollout.query_attention_mask[0].bool()].tolist()
+    if ours != trl_ids:
+        rollout.notes.append("This tokenizer adds special tokens to the rendered prompt that TRL's tokenization "
+                             "does not: the prompt ids differ from the trainer's.")

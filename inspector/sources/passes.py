@@ -12,7 +12,50 @@ import torch
 from ..models import Models, same_tokenizer
 from ..record.rollout import Rollout
 from ..tensors import first_true_indices, truncate_response
-from ..trainers.scoring import backbone_states, forward_logprobs, get_reward, head_logprobs, trl_attention_mask
+from ..trainers.grpo import model_eos_token_ids, trl_completion_mask
+from ..trainers.scoring import backbone_states, forward_logprobs, get_reward, head_logprobs_and_entropies, trl_attention_mask
+
+
+TRAINERS = ("ppo", "grpo", "verl")
+"""Whose conventions the trainer-side fields follow. "ppo": TRL 0.x PPO (`ids != pad` attention, the stop
+token alone ends generation). "grpo" (TRL 1.16) and "verl": generation ends at every EOS id (the tokenizer's,
+the model's generation config's, and a custom stop token), and the policy recompute sees
+`cat(prompt_mask, completion_mask)`: the tokenizer's prompt mask and the completion up to its first EOS id."""
+
+PPO_CONVENTIONS = {
+    "new_logprobs": "TRL 0.x PPO: attention ids != pad, logits / (temperature + 1e-7)",
+    "entropies": "TRL 0.x PPO: full vocabulary at logits / (temperature + 1e-7), same pass as new_logprobs",
+    "ref_logprobs": "TRL 0.x PPO: attention ids != pad",
+    "values": "TRL 0.x PPO: value model over query_responses, attention ids != pad",
+    "scores": "TRL 0.x PPO: get_reward on postprocessed_query_responses, attention ids != pad",
+    "responses": "TRL 0.x PPO: generation stops at the stop token alone",
+}
+GRPO_CONVENTIONS = {
+    "new_logprobs": "TRL 1.16 GRPO: attention cat(prompt_mask, completion_mask), logits / temperature",
+    "entropies": "TRL 1.16 GRPO: entropy_from_logits over the full vocabulary at logits / temperature, "
+                 "same pass as new_logprobs",
+    "ref_logprobs": "TRL 1.16 GRPO: attention cat(prompt_mask, completion_mask)",
+    "values": "attention cat(prompt_mask, completion_mask) (GRPO has no value model)",
+    "scores": "reward model under cat(prompt_mask, completion_mask), read at the last completion token",
+    "responses": "TRL 1.16 GRPO: generation stops at every id of eos_token_ids",
+}
+
+
+def trainer_conventions(trainer: str) -> dict[str, str]:
+    """The record's `conventions` for a trainer: field name -> whose convention it follows."""
+    return dict(PPO_CONVENTIONS if trainer == "ppo" else GRPO_CONVENTIONS)
+
+
+def trainer_eos_token_ids(models: Models, stop: int | None, trainer: str = "grpo") -> list[int]:
+    """TRL 1.16's `eos_token_ids` for the loaded models: the tokenizer's EOS, then every id of the policy's
+    generation_config.eos_token_id. Under a GRPO-family trainer a custom stop token joins them, as it does in
+    TRL when it is set as the model's generation-config EOS (TRL's way to stop elsewhere): generation ends at
+    it and the completion mask ends there, so the pad after it (the EOS when pad == EOS) is never taken for a
+    sampled token."""
+    ids = model_eos_token_ids(models)
+    if trainer != "ppo" and stop is not None and stop not in ids:
+        ids.append(stop)
+    return ids
 
 
 def response_mask(responses: torch.Tensor, stop_ids: list[int]) -> torch.Tensor:
@@ -65,8 +108,10 @@ class _Split:
     pqr_mask: torch.Tensor | None       # the reward pass's true mask ("tokenizer" attention); None: TRL's
 
 
-def _split(enc, sequences: torch.Tensor, *, stop, pad, eos, attention: str) -> _Split:
-    """The split at `context_length`, TRL's truncation after the stop token, and the masks of `attention`."""
+def _split(enc, sequences: torch.Tensor, *, stop, pad, eos, attention: str, trainer: str, eos_ids: list[int]) -> _Split:
+    """The split at `context_length`, TRL's truncation after the stop token, and the masks: `attention`'s for
+    PPO; for a GRPO-family trainer TRL 1.16's `cat(prompt_mask, completion_mask)`, the completion mask ending at
+    the first of `eos_ids`."""
     Q = enc.queries.shape[1]
     responses = sequences[:, Q:]
     query_responses = torch.cat((enc.queries, responses), dim=1)
@@ -74,7 +119,10 @@ def _split(enc, sequences: torch.Tensor, *, stop, pad, eos, attention: str) -> _
     postprocessed_qr = torch.cat((enc.queries, postprocessed), dim=1)
     sequence_lengths = first_true_indices(postprocessed == pad) - 1
     contain_eos = torch.any(postprocessed == eos, dim=-1) if eos is not None else torch.zeros(len(sequences), dtype=torch.bool)
-    if attention == "trl":
+    if trainer != "ppo":
+        completion_mask = trl_completion_mask(responses, eos_ids, pad)[0].bool()
+        qr_mask = pqr_mask = torch.cat((enc.attention_mask.bool(), completion_mask), dim=1)
+    elif attention == "trl":
         qr_mask = trl_attention_mask(query_responses, pad)
         pqr_mask = None
     else:
@@ -86,17 +134,26 @@ def _split(enc, sequences: torch.Tensor, *, stop, pad, eos, attention: str) -> _
                   qr_mask, pqr_mask)
 
 
-def _logprob_passes(models: Models, s: _Split, Q: int, temperature: float, say, capture, device):
-    """The training-time recompute (`new_logprobs`) and the reference's. Returns (the policy's hidden states,
-    new_logprobs, ref_logprobs, the fields `capture` computed from the hidden states)."""
+def _logprob_passes(models: Models, s: _Split, Q: int, temperature: float, say, capture, device, *, trainer: str,
+                    timings: dict):
+    """The training-time recompute (`new_logprobs`, with the full-vocabulary `entropies` of the same pass) and
+    the reference's. Returns (the policy's hidden states, new_logprobs, entropies, ref_logprobs, the fields
+    `capture` computed from the hidden states); adds the recompute's, the capture's and the reference's times."""
     pad = models.tokenizer.pad_token_id
+    t0 = time.perf_counter()
     say(0.55, "Recomputing logprobs (training-time forward pass)")
     policy_backbone = getattr(models.policy, models.policy.base_model_prefix)
     hidden = backbone_states(policy_backbone, s.query_responses.to(device), s.qr_mask.to(device))
-    new_logprobs = head_logprobs(
-        models.policy.get_output_embeddings(), hidden, s.responses.to(device), Q, temperature
-    ).cpu()
+    # TRL 0.x PPO divides by temperature + 1e-7, TRL 1.16 GRPO's fused head by the temperature itself
+    divisor = temperature + 1e-7 if trainer == "ppo" else temperature
+    new_logprobs, entropies = head_logprobs_and_entropies(
+        models.policy.get_output_embeddings(), hidden, s.responses.to(device), Q, divisor)
+    new_logprobs, entropies = new_logprobs.cpu(), entropies.float().cpu()
+    timings["recompute"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
     captured = capture(hidden, s.responses) if capture else {}
+    timings["engine_capture"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
     if models.reference_is_policy:
         ref_logprobs = new_logprobs.clone()
     else:
@@ -105,7 +162,8 @@ def _logprob_passes(models: Models, s: _Split, Q: int, temperature: float, say, 
             models.reference, s.query_responses.to(device), pad, Q, temperature,
             attention_mask=s.qr_mask.to(device),
         ).cpu()
-    return hidden, new_logprobs, ref_logprobs, captured
+    timings["reference"] = time.perf_counter() - t0
+    return hidden, new_logprobs, entropies, ref_logprobs, captured
 
 
 def _value_pass(models: Models, s: _Split, Q: int, hidden, device) -> torch.Tensor:
@@ -206,33 +264,38 @@ def _token_tables(models: Models, gen, s: _Split, reward: _Reward) -> tuple[dict
 @torch.no_grad()
 def score_rollout(models: Models, expanded: list[str], prompt_index: list[int], enc, gen, *, stop, attention: str,
                   temperature: float, say, timings: dict, settings: dict, compare_masks: bool = False,
-                  capture=None) -> Rollout:
+                  capture=None, trainer: str = "ppo", eos_ids: list[int] | None = None) -> Rollout:
     """Everything after generation: the split, truncation, masks, the recompute, value and reward passes,
     and the record. `gen` holds the sequences and the per-token capture (a `Generation`); `capture(hidden,
     responses)`, if given, returns record fields computed from the policy's hidden states (what a serving
-    engine did not report)."""
+    engine did not report). `trainer` != "ppo": every pass sees TRL 1.16 GRPO's `cat(prompt_mask,
+    completion_mask)`, the completion mask ending at the first of `eos_ids`."""
     tok = models.tokenizer
     pad, eos = tok.pad_token_id, tok.eos_token_id
+    eos_ids = list(eos_ids) if eos_ids is not None else trainer_eos_token_ids(models, stop, trainer)
     Q = enc.queries.shape[1]
-    s = _split(enc, gen.sequences, stop=stop, pad=pad, eos=eos, attention=attention)
+    mode = attention if trainer == "ppo" else "tokenizer"  # TRL's `ids != pad` masks are PPO's alone
+    s = _split(enc, gen.sequences, stop=stop, pad=pad, eos=eos, attention=mode, trainer=trainer, eos_ids=eos_ids)
     device = next(models.policy.parameters()).device
-    t0 = time.perf_counter()
-    hidden, new_logprobs, ref_logprobs, captured = _logprob_passes(models, s, Q, temperature, say, capture, device)
-    timings["logprobs"] = time.perf_counter() - t0
+    hidden, new_logprobs, entropies, ref_logprobs, captured = _logprob_passes(
+        models, s, Q, temperature, say, capture, device, trainer=trainer, timings=timings)
 
     t0 = time.perf_counter()
     say(0.75, "Value model pass")
     full_value = _value_pass(models, s, Q, hidden, device)
     values = full_value[:, Q - 1 : -1].squeeze(-1).float().cpu()
     del hidden
+    timings["value"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
     say(0.85, "Reward model pass")
-    reward = _reward_pass(models, s, expanded, Q, full_value, stop=stop, attention=attention, device=device)
+    reward = _reward_pass(models, s, expanded, Q, full_value, stop=stop, attention=mode, device=device)
     scores_true_mask = scores_true_mask_at_end = None
     if compare_masks:
         scores_true_mask, scores_true_mask_at_end = _true_mask_scores(models, enc, s, reward, Q, stop=stop,
-                                                                      attention=attention, say=say, device=device)
-    timings["value_reward"] = time.perf_counter() - t0
+                                                                      attention=mode, say=say, device=device)
+    timings["reward"] = time.perf_counter() - t0
 
+    t0 = time.perf_counter()
     say(0.95, "Decoding")
     tokens, reward_tokens = _token_tables(models, gen, s, reward)
     rollout = Rollout(
@@ -255,9 +318,11 @@ def score_rollout(models: Models, expanded: list[str], prompt_index: list[int], 
         generation_config=gen.generation_config,
         inherited_processors=processor_effects(gen.inherited, gen.logprobs, new_logprobs,
                                                ~_padding(s.sequence_lengths, s.responses.shape[1])),
+        entropies=entropies, trainer=trainer, conventions=trainer_conventions(trainer), eos_token_ids=eos_ids,
     )
     for name, value in captured.items():
         setattr(rollout, name, value)
+    timings["decoding"] = time.perf_counter() - t0
     return rollout
 
 

@@ -64,6 +64,7 @@ class GRPOStep:
     metrics: dict[str, float]
     config: GRPOConfig | VerlGRPOConfig
     notes: list[str] = field(default_factory=list)
+    reward_extra: dict[str, list] = field(default_factory=dict)  # the reward functions' `log_extra` columns
 
     @property
     def num_groups(self) -> int:

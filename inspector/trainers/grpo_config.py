@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, fields
 
 from ..errors import InputError, check_choice
@@ -17,7 +18,7 @@ MULTI_OBJECTIVE_AGGREGATIONS = ("sum_then_normalize", "normalize_then_sum")
 IMPORTANCE_SAMPLING_LEVELS = ("token", "sequence")
 TRAINERS = ("ppo", "grpo", "verl")
 
-VERL_LOSS_AGG_MODES = ("token-mean", "seq-mean-token-sum", "seq-mean-token-mean", "seq-mean-token-sum-norm")
+VERL_LOSS_AGG_MODES = ("token-mean", "token-sum", "seq-mean-token-sum", "seq-mean-token-mean", "seq-mean-token-sum-norm")
 VERL_KL_LOSS_TYPES = ("low_var_kl", "k3", "kl", "k1", "abs", "mse", "k2")
 
 
@@ -119,7 +120,10 @@ class VerlGRPOConfig:
     `num_generations` is `actor_rollout_ref.rollout.n`. `epsilon` is `compute_grpo_outcome_advantage`'s.
     `rollout_is` None turns the rollout correction off; `rollout_is_threshold` is a float (truncate: clamp
     from above) or a "lower_upper" string (IcePop: weights outside the bounds become 0), as in verl.
-    `loss_scale_factor` None divides `seq-mean-token-sum-norm` by the response width, as `agg_loss` does.
+    `loss_scale_factor` (`actor.loss_scale_factor`) None divides `seq-mean-token-sum-norm` by the response
+    width, as `agg_loss` does: verl pads every batch to `response_length` (`data.max_response_length`, the
+    generation cap), so that width is the cap, not the longest completion. `response_length` None takes the
+    width of the tensors given; `rollout_grpo_step` sets it to the rollout's max_new_tokens.
     """
 
     num_generations: int = 8
@@ -137,6 +141,7 @@ class VerlGRPOConfig:
     rollout_is: str | None = None
     rollout_is_threshold: float | str = 2.0
     loss_scale_factor: float | None = None
+    response_length: int | None = None
 
     def __post_init__(self):
         if self.reward_weights is not None and not isinstance(self.reward_weights, tuple):
@@ -156,6 +161,15 @@ class VerlGRPOConfig:
         if self.epsilon < 0:
             raise InputError(f"epsilon must be >= 0 (got {self.epsilon}).")
         verl_is_bounds(self.rollout_is_threshold)
+        f = self.loss_scale_factor
+        if f is not None and (isinstance(f, bool) or not isinstance(f, (int, float)) or not math.isfinite(f) or f <= 0):
+            raise InputError(
+                f"loss_scale_factor must be a positive number or None (None: divide by the response length, as "
+                f"verl's agg_loss does); got {f!r}."
+            )
+        n = self.response_length
+        if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
+            raise InputError(f"response_length must be a positive whole number of tokens or None (got {n!r}).")
 
     @property
     def clip_low(self) -> float:

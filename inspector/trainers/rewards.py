@@ -13,11 +13,16 @@ library and the CLI (`module:function`); a hosted deployment refuses to import c
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
+import functools
 import importlib
+import inspect
 import json
 import math
 import re
-from dataclasses import dataclass
+from collections import defaultdict
+from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 from typing import Callable
@@ -191,19 +196,65 @@ def load_reward_func(spec: str) -> RewardFunc:
 @dataclass
 class RewardTable:
     """Every reward function's value per completion: TRL's `rewards_per_func` (B, F), NaN where one returned
-    None, with the functions' names (TRL's `reward_func_names`) and weights."""
+    None, with the functions' names (TRL's `reward_func_names`) and weights.
+
+    `extra` holds what the functions passed to `log_extra(column, values)` (TRL's extra columns of the
+    completions table, one value per completion), `metrics` what they passed to `log_metric(name, value)`,
+    averaged as TRL averages them over a step. `attach_reward_logs` puts both on a GRPO step: the metrics
+    among `step.metrics` (the GRPO tab's metrics table, the JSON export), the columns as `step.reward_extra`."""
 
     rewards_per_func: torch.Tensor          # (B, F) float32
     names: list[str]
     weights: list[float]
+    extra: dict[str, list] = field(default_factory=dict)
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+def is_async_callable(func) -> bool:
+    """TRL's `is_async_callable`: a coroutine function, through `functools.partial` and a class's `__call__`."""
+    while isinstance(func, functools.partial):
+        func = func.func
+    return inspect.iscoroutinefunction(func) or inspect.iscoroutinefunction(getattr(func, "__call__", None))
+
+
+def _rewards_column(out, name: str, B: int) -> torch.Tensor:
+    out = list(out)
+    if len(out) != B:
+        raise InputError(f"The reward function {name!r} returned {len(out)} rewards for {B} completions; it must "
+                         "return exactly one per completion.")
+    try:
+        return torch.tensor([math.nan if v is None else float(v) for v in out], dtype=torch.float32)
+    except (TypeError, ValueError):
+        raise InputError(f"The reward function {name!r} returned something that is not a number or None.") from None
+
+
+def _run_async(funcs: list, call_kwargs: dict) -> list:
+    """Await the async reward functions concurrently (`asyncio.gather`, as TRL does on its own event loop, in a
+    thread of its own so that a caller's running loop is never re-entered)."""
+    async def gather():
+        return await asyncio.gather(*(f(**call_kwargs) for f in funcs))
+
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+        return pool.submit(asyncio.run, gather()).result()
+
+
+def attach_reward_logs(step, table: RewardTable):
+    """What the reward functions logged, on the GRPO step: `log_metric`'s values among `step.metrics` (as TRL
+    logs them beside its own), `log_extra`'s columns as `step.reward_extra`. Returns the step."""
+    step.metrics.update(table.metrics)
+    step.reward_extra = {k: list(v) for k, v in table.extra.items()}
+    return step
 
 
 def score_rewards(rollout, reward_funcs: list, weights: list[float] | None = None, *, tokenizer=None,
-                  columns: dict[str, list] | None = None) -> RewardTable:
-    """Call each reward function over the rollout's completions as TRL's GRPOTrainer does and stack the
-    results into `rewards_per_func` (B, F). `tokenizer` (the policy's) decodes the completions; the rollout's
-    `columns` (e.g. `answer`, `gts`) and `columns` pass as keyword arguments. Raises InputError for a function
-    that returns the wrong number of values or a non-number, or weights that do not match."""
+                  columns: dict[str, list] | None = None, trainer_state=None) -> RewardTable:
+    """Call each reward function over the rollout's completions as TRL 1.16's `_calculate_rewards` does and
+    stack the results into `rewards_per_func` (B, F). `tokenizer` (the policy's) decodes the completions; the
+    rollout's `columns` (e.g. `answer`, `gts`) and `columns` pass as keyword arguments, with TRL's
+    `trainer_state` (a fresh `transformers.TrainerState`, step 0, unless given), `log_extra(column, values)`
+    and `log_metric(name, value)`, kept on the table. Synchronous functions run in order; `async` ones are
+    then awaited together, as TRL gathers them. Raises InputError for a function that returns the wrong
+    number of values or a non-number, or weights that do not match."""
     if not reward_funcs:
         raise InputError("Choose at least one reward function.")
     weights = [1.0] * len(reward_funcs) if weights is None else [float(w) for w in weights]
@@ -213,22 +264,28 @@ def score_rewards(rollout, reward_funcs: list, weights: list[float] | None = Non
     if any(not math.isfinite(w) for w in weights):
         raise InputError("reward_weights must be finite numbers.")
     prompts, completions, ids = completion_inputs(rollout, tokenizer)
-    kwargs = {**getattr(rollout, "columns", {}), **(columns or {})}
+    extra: dict[str, list] = defaultdict(list)
+    logged: dict[str, list] = defaultdict(list)
+    if trainer_state is None:
+        from transformers import TrainerState
+
+        trainer_state = TrainerState()
+    kwargs = {**getattr(rollout, "columns", {}), **(columns or {}), "trainer_state": trainer_state,
+              "log_extra": lambda column, values: extra[column].extend(values),
+              "log_metric": lambda name, value: logged[name].append(value)}
+    call = dict(prompts=prompts, completions=completions, completion_ids=ids, **kwargs)
     B = len(prompts)
     table = torch.zeros(B, len(reward_funcs), dtype=torch.float32)
-    names = []
+    names = [reward_name(f) for f in reward_funcs]
+    waiting = [j for j, f in enumerate(reward_funcs) if is_async_callable(f)]
     for j, func in enumerate(reward_funcs):
-        name = reward_name(func)
-        names.append(name)
-        out = list(func(prompts=prompts, completions=completions, completion_ids=ids, **kwargs))
-        if len(out) != B:
-            raise InputError(f"The reward function {name!r} returned {len(out)} rewards for {B} completions; it must "
-                             "return exactly one per completion.")
-        try:
-            table[:, j] = torch.tensor([math.nan if v is None else float(v) for v in out], dtype=torch.float32)
-        except (TypeError, ValueError):
-            raise InputError(f"The reward function {name!r} returned something that is not a number or None.") from None
-    return RewardTable(table, names, weights)
+        if j not in waiting:
+            table[:, j] = _rewards_column(func(**call), names[j], B)
+    if waiting:
+        for j, out in zip(waiting, _run_async([reward_funcs[j] for j in waiting], call)):
+            table[:, j] = _rewards_column(out, names[j], B)
+    metrics = {name: sum(values) / len(values) for name, values in logged.items() if values}
+    return RewardTable(table, names, weights, dict(extra), metrics)
 
 
 def completion_inputs(rollout, tokenizer=None) -> tuple[list, list, list[list[int]]]:

@@ -1,6 +1,7 @@
 """Sampler correction: the importance-sampling weight a trainer puts on a token (or a sequence) when the
 logprobs it was sampled under (a serving engine's) differ from the trainer's recompute. TRL 1.16's
-`vllm_importance_sampling_*` modes and verl's rollout correction (truncate, or IcePop's mask).
+`vllm_importance_sampling_*` modes and verl's rollout correction (truncate, or IcePop's mask), with the
+metrics verl logs about it (`rollout_corr/...`, `training/rollout_probs_diff_...`).
 """
 
 from __future__ import annotations
@@ -115,7 +116,7 @@ def verl_sampler_correction(
     if rollout_is == "token":
         raw = torch.exp(torch.clamp(log_ratio, -VERL_SAFETY_BOUND, VERL_SAFETY_BOUND))
     else:
-        total = (log_ratio * mask).sum(dim=-1, keepdim=True)
+        total = (torch.where(mask.bool(), log_ratio, 0.0) * mask).sum(dim=-1, keepdim=True)
         raw = torch.exp(torch.clamp(total, -VERL_SAFETY_BOUND, VERL_SAFETY_BOUND)).expand_as(log_ratio)
     raw = raw * mask
     if lower is None:
@@ -125,5 +126,102 @@ def verl_sampler_correction(
         kept = (raw >= lower) & (raw <= upper)
         ratio = torch.where(kept, raw, torch.zeros_like(raw))
         clamped, dropped = torch.zeros_like(kept), ~kept & mask.bool()
-    return SamplerCorrection("verl", rollout_is, rollout_is, log_ratio * mask, raw, ratio, clamped, dropped,
+    return SamplerCorrection("verl", rollout_is, rollout_is, torch.where(mask.bool(), log_ratio, 0.0), raw, ratio, clamped, dropped,
                              lower, upper)
+
+
+def _verl_masked_mean(values, mask, axis=None):
+    """verl's `verl_F.masked_mean`: NaN outside the mask ignored, `+ 1e-8` in the denominator."""
+    return (torch.where(mask.bool(), values, 0.0) * mask).sum(axis) / (mask.sum(axis) + 1e-8)
+
+
+def verl_is_metrics(c: SamplerCorrection, mask: torch.Tensor) -> dict[str, float]:
+    """verl's `compute_is_metrics` (and IcePop's `rollout_is_oob_ratio`) for a verl correction, with verl's
+    names under its `rollout_corr/` prefix. Sequence-level extremes come from each completion's summed log
+    ratio, so padding never counts; the fractions, std and effective sample size are verl's."""
+    mask = mask.to(c.ratio.dtype)
+    w, raw = c.ratio, c.raw_ratio
+    upper = c.clip_max
+    lower = 1.0 / upper if c.clip_min is None else c.clip_min
+    log_up, log_lo = math.log(upper), math.log(lower)
+    m: dict[str, float] = {}
+    if c.level == "sequence":
+        log_seq = c.logps_diff.sum(-1, keepdim=True)  # the unclamped per-sequence log ratio
+        m["rollout_is_max"] = float(torch.exp(torch.clamp(log_seq.max(), max=VERL_SAFETY_BOUND)))
+        m["rollout_is_min"] = float(torch.exp(log_seq.min()))
+        m["rollout_is_mean"] = float(_verl_masked_mean(w, mask))
+        m["rollout_is_ratio_fraction_high"] = float((log_seq > log_up).float().mean())
+        m["rollout_is_ratio_fraction_low"] = float((log_seq < log_lo).float().mean())
+    else:
+        keep = mask.bool()
+        m["rollout_is_mean"] = float(_verl_masked_mean(w, mask))
+        m["rollout_is_ratio_fraction_high"] = float(_verl_masked_mean((raw > upper).float(), mask))
+        m["rollout_is_ratio_fraction_low"] = float(_verl_masked_mean((raw < lower).float(), mask))
+        m["rollout_is_max"] = float(w.masked_fill(~keep, -math.inf).max())
+        m["rollout_is_min"] = float(w.masked_fill(~keep, math.inf).min())
+    clamped = w.clamp(min=0.0, max=upper)
+    mean_c = _verl_masked_mean(clamped, mask)
+    var = _verl_masked_mean(clamped.square(), mask) - mean_c.square()
+    m["rollout_is_std"] = float(torch.sqrt(torch.clamp(var, min=0.0))) if mask.sum() > 1 else 0.0
+    m["rollout_is_eff_sample_size"] = 1.0 / float(_verl_masked_mean((clamped / (mean_c + 1e-8)).square(), mask))
+    seq_mean = _verl_masked_mean(w, mask, -1)
+    m["rollout_is_seq_mean"] = float(seq_mean.mean())
+    m["rollout_is_seq_std"] = float(seq_mean.std()) if seq_mean.numel() > 1 else 0.0
+    m["rollout_is_seq_max"] = float(seq_mean.max())
+    m["rollout_is_seq_min"] = float(seq_mean.min())
+    m["rollout_is_seq_max_deviation"] = float((seq_mean - 1.0).abs().max())
+    raw_seq = _verl_masked_mean(raw, mask, -1)
+    m["rollout_is_seq_fraction_high"] = float((raw_seq > upper).float().mean())
+    m["rollout_is_seq_fraction_low"] = float((raw_seq < lower).float().mean())
+    if c.clip_min is not None:  # IcePop: the share of tokens outside [lower, upper], read from `dropped`
+        m["rollout_is_oob_ratio"] = float(_verl_masked_mean(c.dropped.float(), mask))
+    return {f"rollout_corr/{k}": v for k, v in m.items()}
+
+
+def verl_offpolicy_metrics(old: torch.Tensor, rollout: torch.Tensor, mask: torch.Tensor) -> dict[str, float]:
+    """verl's `compute_offpolicy_metrics` (KL, perplexities, chi-squared), named `rollout_corr/...` as verl
+    logs them whenever the batch holds the rollout's logprobs."""
+    mask = mask.to(old.dtype)
+    m: dict[str, float] = {}
+    mean_train = _verl_masked_mean(old, mask, -1)
+    m["training_ppl"] = float(torch.exp(-mean_train).mean())
+    m["training_log_ppl"] = float((-mean_train).mean())
+    m["kl"] = float(_verl_masked_mean(rollout - old, mask))
+    log_ratio = old - rollout
+    m["k3_kl"] = float(_verl_masked_mean(torch.exp(log_ratio) - log_ratio - 1, mask))
+    mean_rollout = _verl_masked_mean(rollout, mask, -1)
+    m["rollout_ppl"] = float(torch.exp(-mean_rollout).mean())
+    m["rollout_log_ppl"] = float((-mean_rollout).mean())
+    diff = mean_rollout - mean_train
+    m["log_ppl_diff"] = float(diff.mean())
+    m["log_ppl_abs_diff"] = float(diff.abs().mean())
+    m["log_ppl_diff_max"] = float(diff.max())
+    m["log_ppl_diff_min"] = float(diff.min())
+    m["ppl_ratio"] = float(torch.exp(diff).mean())
+    rho = torch.exp(torch.clamp(log_ratio, -VERL_SAFETY_BOUND, VERL_SAFETY_BOUND))
+    m["chi2_token"] = float(_verl_masked_mean(rho.square(), mask) - 1.0)
+    seq = (torch.where(mask.bool(), log_ratio, 0.0) * mask).sum(-1)
+    m["chi2_seq"] = float(torch.exp(2.0 * torch.clamp(seq, -VERL_SAFETY_BOUND, VERL_SAFETY_BOUND)).mean() - 1.0)
+    return {f"rollout_corr/{k}": v for k, v in m.items()}
+
+
+def verl_debug_metrics(trainer: torch.Tensor, sampler: torch.Tensor, mask: torch.Tensor) -> dict[str, float]:
+    """verl's `calculate_debug_metrics` (verl/utils/debug/metrics.py): |exp(trainer) - exp(sampler)| over the
+    response mask (differences of probabilities, not of logprobs), its max, mean and unbiased std, and the
+    Pearson correlation of the two probabilities."""
+    mask = mask.bool()
+    if not mask.any():
+        nan = float("nan")
+        return {"training/rollout_probs_diff_valid": 0, "training/rollout_probs_diff_max": nan,
+                "training/rollout_probs_diff_mean": nan, "training/rollout_probs_diff_std": nan,
+                "training/rollout_actor_probs_pearson_corr": nan}
+    actor, rollout = torch.exp(trainer.double()), torch.exp(sampler.double())
+    diff = torch.masked_select(torch.abs(actor - rollout), mask)
+    pair = torch.stack([torch.masked_select(actor, mask), torch.masked_select(rollout, mask)])
+    return {
+        "training/rollout_probs_diff_valid": 1,
+        "training/rollout_probs_diff_max": float(diff.max()),
+        "training/rollout_probs_diff_mean": float(diff.mean()),
+        "training/rollout_probs_diff_std": float(diff.std()),
+        "training/rollout_actor_probs_pearson_corr": float(torch.corrcoef(pair)[0, 1]),
+    }

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 
-from ..tensors import entropy_from_logprobs, first_true_indices, token_logprobs
+from ..tensors import entropy_from_logits, entropy_from_logprobs, first_true_indices, token_logprobs
 
 
 def trl_attention_mask(ids: torch.Tensor, pad_token_id: int) -> torch.Tensor:
@@ -113,11 +113,31 @@ def head_logprobs(
     """Response-token logprobs from a causal LM's hidden states (B, T, H): the head is applied only to the
     positions that predict the response, `chunk` rows at a time, so the (B, G, V) logits never exist whole.
     Same numbers as `forward_logprobs`. Returns (B, G)."""
-    out = []
+    return head_logprobs_and_entropies(lm_head, hidden, responses, context_length, temperature + 1e-7, chunk,
+                                       entropies=False)[0]
+
+
+@torch.no_grad()
+def head_logprobs_and_entropies(
+    lm_head: torch.nn.Module,
+    hidden: torch.Tensor,
+    responses: torch.Tensor,
+    context_length: int,
+    divisor: float = 1.0,
+    chunk: int = 2,
+    entropies: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """From one set of hidden states (B, T, H): the response tokens' logprobs under logits / `divisor` and,
+    with `entropies`, the full-vocabulary entropy of that same distribution at each response position (TRL's
+    `entropy_from_logits` on the temperature-scaled logits, as its fused head computes it). The head runs
+    `chunk` rows at a time. Returns ((B, G), (B, G) or None) on the hidden states' device."""
+    logps, ents = [], []
     for start in range(0, hidden.shape[0], chunk):
-        logits = lm_head(hidden[start : start + chunk, context_length - 1 : -1]) / (temperature + 1e-7)
-        out.append(token_logprobs(logits, responses[start : start + chunk]))
-    return torch.cat(out, dim=0)
+        logits = lm_head(hidden[start : start + chunk, context_length - 1 : -1]) / divisor
+        logps.append(token_logprobs(logits, responses[start : start + chunk]))
+        if entropies:
+            ents.append(entropy_from_logits(logits))
+    return torch.cat(logps, dim=0), (torch.cat(ents, dim=0) if entropies else None)
 
 
 @torch.no_grad()

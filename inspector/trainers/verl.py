@@ -9,9 +9,9 @@ from __future__ import annotations
 import torch
 
 from ..errors import InputError
-from .grpo_common import GRPOStep, check_inputs, completion_metrics, func_names, reward_metrics, sampling_metrics
+from .grpo_common import GRPOStep, check_inputs, completion_metrics, func_names, reward_metrics
 from .grpo_config import VERL_LOSS_AGG_MODES, VerlGRPOConfig
-from .sampler import verl_sampler_correction
+from .sampler import verl_debug_metrics, verl_is_metrics, verl_offpolicy_metrics, verl_sampler_correction
 
 
 def verl_grpo_advantages(scores: torch.Tensor, index: list, epsilon: float = 1e-6, norm_adv_by_std_in_grpo: bool = True):
@@ -31,8 +31,12 @@ def verl_grpo_advantages(scores: torch.Tensor, index: list, epsilon: float = 1e-
     return advantages, means, stds
 
 
-def verl_agg_loss(loss_mat: torch.Tensor, loss_mask: torch.Tensor, loss_agg_mode: str, loss_scale_factor=None):
-    """verl's `agg_loss` on one data-parallel rank (`masked_sum` drops NaN outside the mask where verl uses it)."""
+def verl_agg_loss(loss_mat: torch.Tensor, loss_mask: torch.Tensor, loss_agg_mode: str, loss_scale_factor=None,
+                  response_length: int | None = None):
+    """verl's `agg_loss` on one data-parallel rank (`masked_sum` drops NaN outside the mask where verl uses it).
+
+    `response_length`: the width verl pads the batch to (the generation cap); `seq-mean-token-sum-norm`
+    without a `loss_scale_factor` divides by it. None: the width of `loss_mask`."""
     loss_mask = loss_mask.to(loss_mat.dtype)
 
     def masked_sum(values, mask):
@@ -40,12 +44,15 @@ def verl_agg_loss(loss_mat: torch.Tensor, loss_mask: torch.Tensor, loss_agg_mode
 
     if loss_agg_mode == "token-mean":
         return masked_sum(loss_mat, loss_mask) / loss_mask.sum()
+    if loss_agg_mode == "token-sum":
+        return masked_sum(loss_mat, loss_mask)
     if loss_agg_mode in ("seq-mean-token-sum", "seq-mean-token-sum-norm"):
         seq_losses = torch.sum(loss_mat * loss_mask, dim=-1)
         seq_mask = (torch.sum(loss_mask, dim=-1) > 0).float()
         loss = masked_sum(seq_losses, seq_mask) / seq_mask.sum()
         if loss_agg_mode == "seq-mean-token-sum-norm":
-            loss = loss / (loss_mask.shape[-1] if loss_scale_factor is None else loss_scale_factor)
+            horizon = loss_mask.shape[-1] if response_length is None else response_length
+            loss = loss / (horizon if loss_scale_factor is None else loss_scale_factor)
         return loss
     if loss_agg_mode == "seq-mean-token-mean":
         counts = torch.sum(loss_mask, dim=-1)
@@ -82,6 +89,10 @@ def verl_step(rewards_per_func, completion_mask, is_truncated, per_token_logps, 
         )
     if config.use_kl_loss and ref_per_token_logps is None:
         raise InputError("use_kl_loss needs the reference model's logprobs (ref_per_token_logps).")
+    width = config.response_length
+    if width is not None and width < completion_mask.shape[1]:
+        raise InputError(f"response_length={width} is shorter than the completions' width {completion_mask.shape[1]}: "
+                         "set it to the generation cap (max_new_tokens) the rollout was made with.")
     is_truncated = is_truncated.bool()
     lengths = completion_mask.long().sum(1)
     mask = completion_mask.long()
@@ -96,11 +107,7 @@ def verl_step(rewards_per_func, completion_mask, is_truncated, per_token_logps, 
     trainer_lp = per_token_logps.detach().float()
     old_given = old_per_token_logps is not None
     old = old_per_token_logps.detach().float() if old_given else trainer_lp
-    correction = None
-    if sampling_per_token_logps is not None and config.rollout_is is not None:
-        correction = verl_sampler_correction(old, sampling_per_token_logps.detach().float(), mask, config.rollout_is,
-                                             config.rollout_is_threshold)
-        metrics.update(sampling_metrics(old, sampling_per_token_logps.detach().float(), mask, correction))
+    correction = _verl_sampler(config, old, sampling_per_token_logps, mask, metrics)
     lp = trainer_lp.clone().requires_grad_(True)
     old_lp = old if old_given else lp.detach()
     adv = advantages.unsqueeze(1) * maskf  # verl's token-level advantages
@@ -115,12 +122,12 @@ def verl_step(rewards_per_func, completion_mask, is_truncated, per_token_logps, 
         per_token_loss = torch.where(adv < 0, clip2, clip1)
         if correction is not None:
             per_token_loss = per_token_loss * correction.ratio
-        loss = verl_agg_loss(per_token_loss, maskf, config.loss_agg_mode, config.loss_scale_factor)
+        loss = verl_agg_loss(per_token_loss, maskf, config.loss_agg_mode, config.loss_scale_factor, width)
         per_token_kl = None
         if ref_per_token_logps is not None:
             per_token_kl = verl_kl_penalty(lp, ref_per_token_logps.detach().float(), config.kl_loss_type)
             if config.use_kl_loss:
-                loss = loss + verl_agg_loss(per_token_kl, maskf, config.loss_agg_mode, config.loss_scale_factor) * config.kl_loss_coef
+                loss = loss + verl_agg_loss(per_token_kl, maskf, config.loss_agg_mode, config.loss_scale_factor, width) * config.kl_loss_coef
         (token_weights,) = torch.autograd.grad(loss, lp, allow_unused=True)
     if token_weights is None:
         token_weights = torch.zeros_like(trainer_lp)
@@ -129,9 +136,9 @@ def verl_step(rewards_per_func, completion_mask, is_truncated, per_token_logps, 
     metrics["actor/ppo_kl"] = float((-neg_kl.detach() * maskf).sum() / denom)
     metrics["actor/pg_clipfrac_lower"] = float((torch.gt(clip1, pg3).float() * (adv < 0).float() * maskf).sum() / denom)
     if per_token_kl is not None and config.use_kl_loss:
-        metrics["actor/kl_loss"] = float(verl_agg_loss(per_token_kl.detach(), maskf, config.loss_agg_mode, config.loss_scale_factor))
+        metrics["actor/kl_loss"] = float(verl_agg_loss(per_token_kl.detach(), maskf, config.loss_agg_mode, config.loss_scale_factor, width))
     if entropies is not None:
-        metrics["actor/entropy"] = float(verl_agg_loss(entropies.float(), maskf, config.loss_agg_mode, config.loss_scale_factor))
+        metrics["actor/entropy"] = float(verl_agg_loss(entropies.float(), maskf, config.loss_agg_mode, config.loss_scale_factor, width))
     return GRPOStep(
         trainer="verl", num_generations=G, reward_func_names=names, rewards_per_func=rpf, completion_mask=mask,
         is_truncated=is_truncated, lengths=lengths, rewards=scores, mean_grouped_rewards=means, std_rewards=stds,
@@ -141,3 +148,19 @@ def verl_step(rewards_per_func, completion_mask, is_truncated, per_token_logps, 
         coef_1=ratio.detach(), per_token_loss=per_token_loss.detach(), loss=loss.detach(),
         token_weights=token_weights, metrics=metrics, config=config,
     )
+
+
+def _verl_sampler(config: VerlGRPOConfig, old, sampling_per_token_logps, mask, metrics: dict):
+    """verl's rollout correction of the batch (None when `rollout_is` is off or without a sampler's logprobs), and
+    the `rollout_corr/...` and `training/rollout_probs_diff_...` metrics verl logs whenever it has the sampler's
+    logprobs; added to `metrics`."""
+    if sampling_per_token_logps is None or not mask.any():
+        return None
+    sampling = sampling_per_token_logps.detach().float()
+    correction = None
+    if config.rollout_is is not None:
+        correction = verl_sampler_correction(old, sampling, mask, config.rollout_is, config.rollout_is_threshold)
+        metrics.update(verl_is_metrics(correction, mask))
+    metrics.update(verl_offpolicy_metrics(old, sampling, mask))
+    metrics.update(verl_debug_metrics(old, sampling, mask))
+    return correction

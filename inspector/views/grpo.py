@@ -165,8 +165,9 @@ def token_weights_heatmap(r: Rollout, step: GRPOStep) -> go.Figure:
 def loss_type_table(r: Rollout, rewards_per_func, config: GRPOConfig, *, inputs: dict | None = None,
                     reward_func_names=None, use_sampler_logprobs: bool = True) -> pd.DataFrame:
     """The same rollout under every TRL loss type: for the shortest and the longest completion with a nonzero
-    advantage, the mean per-token weight divided by the completion's advantage (how much one of its tokens
-    counts per unit of advantage), and long / short: 1.0 means no length bias. Empty when no such pair exists."""
+    advantage, how much one of its tokens counts per unit of advantage under the loss's aggregation
+    (`weight_per_advantage`: the sampler ratio and the entropy mask left out), and long / short: 1.0 means no
+    length bias. Empty when no such pair exists."""
     columns = ["loss_type", "short (tokens)", "long (tokens)", "short: weight / advantage", "long: weight / advantage",
                "long / short", "note"]
     rows = []
@@ -248,10 +249,11 @@ def sampler_correction_figure(r: Rollout, step: GRPOStep) -> go.Figure:
                            showarrow=False, x=0.5, y=0.5, xref="paper", yref="paper")
     else:
         mask = step.completion_mask.float()
-        if s.level == "sequence":
-            raw = s.raw_ratio.reshape(-1).float().numpy()
-            used = s.ratio.reshape(-1).float().numpy()
-            dropped = s.dropped.reshape(-1).bool().numpy()
+        if s.level == "sequence":  # TRL's (B, 1); verl's (B, T), one value over the mask and 0 outside it
+            B = s.raw_ratio.shape[0]
+            raw = s.raw_ratio.reshape(B, -1).float().amax(1).numpy()
+            used = s.ratio.reshape(B, -1).float().amax(1).numpy()
+            dropped = s.dropped.reshape(B, -1).bool().any(1).numpy()
         else:
             n = mask.sum(1).clamp(min=1)
             raw = ((s.raw_ratio.float() * mask).sum(1) / n).numpy()

@@ -143,6 +143,8 @@ def mismatch_markdown(r: Rollout, mm: SamplerMismatch) -> str:
         who = "**Sampled in-process** by `transformers.generate`; the trainer recomputed with the same model."
     n_tok, n_seq = int(mm.mask.sum()), mm.mask.shape[0]
     lines = [who, f"**Cause:** {mm.diagnosis.text}"]
+    if e.get("note"):
+        lines.append(f"**Unreported logprobs:** {e['note']}")
     parts = []
     for mode, c in mm.trl.items():
         if c.level == "sequence":

@@ -13,14 +13,16 @@ from ...diagnostics import diagnose_grpo
 from ...errors import InspectorError
 from ...models import load_models
 from ...record.rollout import Rollout
-from ...sources.files import Completions, compare_with_log
-from ...trainers.grpo import rollout_grpo_step
+from ...diagnostics.logged import compare_with_log
+from ...sources.files import Completions
+from ...trainers.grpo import rollout_grpo_step, trainer_mismatch
 from ...trainers.grpo_config import LOSS_TYPES, MULTI_OBJECTIVE_AGGREGATIONS, SCALE_REWARDS, VERL_LOSS_AGG_MODES, make_config
 from ...trainers.rewards import (
     BUILTIN_REWARDS,
     DEFAULT_FORMAT_PATTERN,
     DEFAULT_LENGTH_TARGET,
     RewardTable,
+    attach_reward_logs,
     builtin_for_logged_name,
     builtin_reward,
     score_rewards,
@@ -171,7 +173,7 @@ def grpo_rewards(r: Rollout | None, policy="", reward="", value="", reference=""
         if logged:
             file_table = RewardTable(
                 torch.tensor([[float("nan") if v is None else float(v) for v in r.columns[c]] for c in logged]).T,
-                list(logged), [1.0] * len(logged))
+                list(logged), list(r.settings.get("reward_weights") or [1.0] * len(logged)))
             funcs = {name: builtin_for_logged_name(name, m) for name in logged}
             funcs = {k: f for k, f in funcs.items() if f is not None}
             recomputed = {}
@@ -220,7 +222,8 @@ def grpo_step_for(r: Rollout, state: dict, trainer: str, reward_funcs: list[str]
     config = _grpo_config(trainer, G, w, settings)
     step = rollout_grpo_step(r, rpf, config, reward_func_names=names,
                              use_sampler_logprobs=bool(settings.get("use_sampler_logprobs", True)))
-    return step, RewardTable(rpf, names, w)
+    attach_reward_logs(step, table)  # log_metric values join the metrics table, log_extra columns the step
+    return step, RewardTable(rpf, names, w, table.extra, table.metrics)
 
 
 def grpo_views(r: Rollout | None, state: dict | None, trainer: str, reward_funcs, w_sentiment, w_length, w_format,
@@ -232,6 +235,9 @@ def grpo_views(r: Rollout | None, state: dict | None, trainer: str, reward_funcs
     if trainer == "ppo":
         return ("Choose **GRPO (TRL 1.16)** or **verl GRPO** under *Trainer* (left) to see this rollout as GRPO "
                 "trains on it: groups, advantages and how much each token counts.", "", "", *blank)
+    mismatch = trainer_mismatch(r, trainer)
+    if mismatch:  # never show one trainer's numbers computed under another's conventions
+        return (f"**{mismatch}**", "", "", *blank)
     G = int(r.settings.get("samples_per_prompt", 1))
     if G < 2:
         return (f"This rollout has {G} sample per prompt. GRPO needs num_generations ≥ 2: set *samples per prompt* to 2 "
@@ -257,6 +263,8 @@ def grpo_views(r: Rollout | None, state: dict | None, trainer: str, reward_funcs
     status = (f"**{name}** · {step.num_groups} group(s) × num_generations {G} · loss `{loss}` · rewards "
               + ", ".join(f"`{n}` ×{w:g}" for n, w in zip(used.names, used.weights))
               + f" · loss {float(step.loss):+.5f}")
+    if state.get("from_file") and r.settings.get("reward_columns_how"):
+        status += f"  \nReward columns {r.settings['reward_columns_how']} (Open a file)."
     if problems:
         status += "  \n**The file and the recompute disagree:** " + " ".join(problems)
     return (status, diagnostics_html(diagnose_grpo(r, step)), grpo_groups_html(r, step), log_update,
