@@ -266,7 +266,7 @@ def main() -> int:
     ap.add_argument("--mirrors", type=Path, required=True, help="folder of bare mirrors, <owner>+<name>/repo")
     ap.add_argument("--out", type=Path, default=OUT)
     args = ap.parse_args()
-    from inspector.models import converted_default_policy
+    from inspector.weights import converted_default_policy
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(converted_default_policy())

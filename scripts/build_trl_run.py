@@ -36,7 +36,7 @@ def main() -> int:
     from datasets import Dataset
     from trl import GRPOConfig, GRPOTrainer
 
-    from inspector.models import converted_default_policy
+    from inspector.weights import converted_default_policy
 
     ds = Dataset.from_dict({"prompt": [[{"role": "user", "content": p}] for p in PROMPTS] * STEPS})
     with tempfile.TemporaryDirectory() as tmp:

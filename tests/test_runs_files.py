@@ -236,3 +236,11 @@ def test_cli_run_prints_the_table_and_findings(capsys):
     assert "prime-rl run, 2 complete step(s)" in out and "gap_kl" in out and "finding(s)" in out
     assert "not in this format (prime-rl): ref_logprobs, rewards" in out
     assert main(["run", "/nonexistent"]) == 1
+
+
+def test_summaries_default_to_the_cache_folder(monkeypatch):
+    from inspector.record.run import summary_dir
+    from inspector.weights import cache_dir
+
+    monkeypatch.delenv("INSPECTOR_RUN_SUMMARIES")
+    assert summary_dir() == cache_dir() / "run-summaries"

@@ -22,7 +22,7 @@ def _summaries(tmp_path, monkeypatch):
 def tok():
     from transformers import AutoTokenizer
 
-    from inspector.models import converted_default_policy
+    from inspector.weights import converted_default_policy
 
     return AutoTokenizer.from_pretrained(converted_default_policy())
 

@@ -13,6 +13,7 @@ import json
 import os
 import time
 from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,6 +26,7 @@ FIELD_NAMES = ("prompt_ids", "completion_ids", "loss_mask", "tool_mask", "logpro
                "completion_text", "step")
 SUMMARY_VERSION = 2
 STEP_CACHE = 4  # steps kept in memory
+READ_THREADS = 2  # steps read at once by the summary pass
 
 
 @dataclass
@@ -187,6 +189,15 @@ class Run:
         except OSError:
             pass  # a read-only cache only costs the next open a re-read
 
+    def _trend_row(self, n: int):
+        """(step, summary row, None) or (step, None, the error): read in a worker thread, outside the step cache."""
+        try:
+            entry = self._entries[n]
+            row = self.reader.trends(n, entry) if hasattr(self.reader, "trends") else None
+            return n, (row if row is not None else step_trends(self.reader.read(n, entry))), None
+        except Exception as exc:  # noqa: BLE001 - one unreadable step must not hide the others
+            return n, None, exc
+
     def summary(self, progress=None):
         """One row per complete step (column "step") with the trend columns of `step_trends`.
 
@@ -199,20 +210,19 @@ class Run:
         todo = [n for n in self.steps() if n not in self._summary_rows]
         total, done, last_save = len(todo), 0, time.monotonic()
         failed: dict[int, dict] = {}
-        for n in todo:
-            try:
-                row = self.reader.trends(n, self._entries[n]) if hasattr(self.reader, "trends") else None
-                row = row if row is not None else step_trends(self.step(n))
-                self._summary_rows[n] = row
-            except Exception as exc:  # noqa: BLE001 - one unreadable step must not hide the others
-                self.reader.problem(f"step {n}: {exc}")
-                row = failed[n] = {"step": n, "samples": 0}
-            done += 1
-            if progress is not None:
-                progress(done, total, row)
-            if time.monotonic() - last_save > 30:
-                self._save_cache()
-                last_save = time.monotonic()
+        with ThreadPoolExecutor(max_workers=READ_THREADS) as pool:  # parsing releases the GIL: read ahead
+            for n, row, error in pool.map(self._trend_row, todo):
+                if error is None:
+                    self._summary_rows[n] = row
+                else:
+                    self.reader.problem(f"step {n}: {error}")
+                    row = failed[n] = {"step": n, "samples": 0}
+                done += 1
+                if progress is not None:
+                    progress(done, total, row)
+                if time.monotonic() - last_save > 30:
+                    self._save_cache()
+                    last_save = time.monotonic()
         if todo:
             self._save_cache()
         rows = [self._summary_rows.get(n) or failed[n] for n in self.steps() if n in self._summary_rows or n in failed]
