@@ -185,8 +185,16 @@ def run_views(run, link: str | None, problems: list[str], selected: int | None =
     first, last = (steps[0], steps[-1]) if steps else (None, None)
     return ({"run": run, "link": link}, status, trends_figure(frame, selected), lacks_markdown(frame, run),
             diagnostics_html(findings).replace("No trap found in this rollout", "No trend found across these steps"), note, gr.update(choices=steps, value=selected),
-            gr.update(choices=steps, value=first), gr.update(choices=steps, value=last), gr.update(choices=[], value=None),
-            "")
+            gr.update(choices=steps, value=first), gr.update(choices=steps, value=last), _first_prompts(run, first), "")
+
+
+def _first_prompts(run, first):
+    """The side-by-side's prompts for a newly opened run (step A keeps its value when it is the same number,
+    so its change event does not come)."""
+    try:
+        return prompt_choices({"run": run}, first, "")
+    except gr.Error:
+        return gr.update(choices=[], value=None)
 
 
 def open_callback(text, files):
