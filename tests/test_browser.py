@@ -161,6 +161,7 @@ TAB_BAR = [  # (id, label, the first words of the panel's own heading), in the o
     ("mismatch", "Sampler mismatch", "The sampler's logprobs"),
     ("turns", "Multi-turn", "Multi-turn rollouts: which tokens the model wrote"),
     ("batch", "Batch & compare", "The batch, one row per sample"),
+    ("run", "Run", "A training run: trends per step"),
 ]
 LABELS = "() => Array.from(document.querySelectorAll('#views [role=tab]')).map(b => [b.id, b.innerText.trim()])"
 

@@ -6,7 +6,8 @@ import gradio as gr
 
 from inspector.app import build_app
 
-LABELS = ["Sequences", "Logprobs", "Value & reward", "PPO step", "GRPO", "Sampler mismatch", "Multi-turn", "Batch & compare"]
+LABELS = ["Sequences", "Logprobs", "Value & reward", "PPO step", "GRPO", "Sampler mismatch", "Multi-turn", "Batch & compare",
+          "Run"]
 
 
 def test_the_tab_bar_holds_only_its_tabs_each_under_its_own_label():

@@ -17,6 +17,7 @@ from ..limits import Limits
 from ..sources.examples import EXAMPLES
 from ..views import PPO_CSS, TOKEN_CSS
 from ..views.grpo import GRPO_CSS
+from ..views.run_trends import RUN_CSS
 from ..views.turns import TURNS_CSS
 from . import api
 from .controls import RUN_INPUTS, left_column
@@ -24,10 +25,11 @@ from .hosting import DOWNLOADS_TTL, model_event
 from .loading import load_callback, vocabulary_check
 from .rollouts import ROLLOUT_OUTPUTS, arrival_views, import_callback, keeping_results, run_callback, sample_views
 from .common import session_of
-from .tabs import TABS, ppo
+from .tabs import TABS, ppo, run
 from .validation import run_validator
 
-CSS = TOKEN_CSS + PPO_CSS + GRPO_CSS + TURNS_CSS + """
+CSS = TOKEN_CSS + PPO_CSS + GRPO_CSS + TURNS_CSS + RUN_CSS + """
+.run-hidden { display: none !important; }
 .panel-note { color: #4b5563; font-size: 0.9em; }
 #status-line { min-height: 1.5em; }
 #status-row { align-items: flex-start; }
@@ -126,7 +128,8 @@ def _arrival(p: dict, demo: gr.Blocks) -> None:
     demo.load(arrive, None, [p[n] for n in ROLLOUT_OUTPUTS] + [p["prompts"], p["example_set"], p["run_message"],
                                                              p["fresh"]],
               concurrency_limit=None, api_visibility="private").then(
-        ppo_views["fn"], ppo_views["inputs"], ppo_views["outputs"], concurrency_limit=None, api_visibility="private")
+        ppo_views["fn"], ppo_views["inputs"], ppo_views["outputs"], concurrency_limit=None, api_visibility="private").then(
+        **run.arrival_event(p))
 
 
 def build_app() -> gr.Blocks:
@@ -156,4 +159,4 @@ def build_app() -> gr.Blocks:
 def launch_kwargs() -> dict:
     """What `launch()` takes in Gradio 6 besides the server settings: the page's CSS, theme and script, and the
     upload size limit (INSPECTOR_MAX_UPLOAD_BYTES), which gradio enforces before a file is stored."""
-    return {"css": CSS, "theme": gr.themes.Soft(), "js": PAGE_JS, "max_file_size": Limits.from_env().max_upload_bytes}
+    return {"css": CSS, "theme": gr.themes.Soft(), "js": "() => { (" + PAGE_JS + ")(); (" + run.RUN_JS + ")(); }", "max_file_size": Limits.from_env().max_upload_bytes}

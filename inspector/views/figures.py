@@ -141,8 +141,8 @@ def logprob_heatmap(r: Rollout, which: str = "logprobs") -> go.Figure:
     ids = r.responses.flatten().tolist()
     lps = values.flatten().tolist()
     k = r.topk_ids.shape[-1]
-    top_ids = r.topk_ids.reshape(-1, k).tolist()
-    top_lps = r.topk_logprobs.reshape(-1, k).tolist()
+    top_ids = r.topk_ids.reshape(-1, k).tolist() if k else [[]] * len(ids)  # k = 0: a run's step records none
+    top_lps = r.topk_logprobs.reshape(-1, k).tolist() if k else [[]] * len(ids)
     masked = r.padding_mask.flatten().tolist()
     ended = _generation_ended(r).flatten().tolist()
     top = [

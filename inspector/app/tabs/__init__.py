@@ -3,8 +3,8 @@
 (its components, added to the page's dict `p` inside its own `gr.Tab`, which `build_app` opens) and `wire(p)`
 (its events). `TABS` is the order of the tab bar."""
 
-from . import batch, grpo, logprobs, mismatch, ppo, sequences, turns, value_reward
+from . import batch, grpo, logprobs, mismatch, ppo, run, sequences, turns, value_reward
 
-TABS = (sequences, logprobs, value_reward, ppo, grpo, mismatch, turns, batch)
+TABS = (sequences, logprobs, value_reward, ppo, grpo, mismatch, turns, batch, run)
 
 __all__ = ["TABS"]
