@@ -129,8 +129,9 @@ def run_rollout(
             temperature=settings.effective_temperature, say=say, timings=timings, compare_masks=compare_masks,
             trainer=trainer, eos_ids=eos_ids,
             settings=settings.to_dict() | {"samples_per_prompt": samples_per_prompt, "use_chat_template": use_chat_template,
-                                           "top_logprobs": top_logprobs, "generation_stop": generation_stop,
-                                           "ignore_generation_config": bool(ignore_generation_config)},
+                                           "top_logprobs": top_logprobs,
+                                           "ignore_generation_config": bool(ignore_generation_config),
+                                           "generation_stop": generation_stop},
             capture=capture,
         )
         rollout.engine = engine
