@@ -111,8 +111,7 @@ def run_rollout(
     if models.value is not None and not same_tokenizer(models.value_tokenizer, tok):
         raise ModelLoadError(value_vocabulary_message(models.names["policy"], models.names["value"]))
     say = (lambda f, m: progress(f, m)) if progress else (lambda f, m: None)
-    timings: dict[str, float] = {}
-    clock = time.perf_counter()
+    timings, clock = {}, time.perf_counter()
     prompt_index = [i for i in range(len(prompts)) for _ in range(samples_per_prompt)]
     expanded = [prompts[i] for i in prompt_index]
     enc = encode_prompts(tok, expanded, use_chat_template, max_prompt_tokens)
