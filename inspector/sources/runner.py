@@ -111,8 +111,7 @@ def run_rollout(
     if models.value is not None and not same_tokenizer(models.value_tokenizer, tok):
         raise ModelLoadError(value_vocabulary_message(models.names["policy"], models.names["value"]))
     say = (lambda f, m: progress(f, m)) if progress else (lambda f, m: None)
-    timings: dict[str, float] = {}
-    clock = time.perf_counter()
+    timings, clock = {}, time.perf_counter()
     prompt_index = [i for i in range(len(prompts)) for _ in range(samples_per_prompt)]
     expanded = [prompts[i] for i in prompt_index]
     enc = encode_prompts(tok, expanded, use_chat_template, max_prompt_tokens)
@@ -129,8 +128,9 @@ def run_rollout(
             temperature=settings.effective_temperature, say=say, timings=timings, compare_masks=compare_masks,
             trainer=trainer, eos_ids=eos_ids,
             settings=settings.to_dict() | {"samples_per_prompt": samples_per_prompt, "use_chat_template": use_chat_template,
-                                           "top_logprobs": top_logprobs, "generation_stop": generation_stop,
-                                           "ignore_generation_config": bool(ignore_generation_config)},
+                                           "top_logprobs": top_logprobs,
+                                           "ignore_generation_config": bool(ignore_generation_config),
+                                           "generation_stop": generation_stop},
             capture=capture,
         )
         rollout.engine = engine
