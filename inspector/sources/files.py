@@ -246,8 +246,12 @@ def _messages(value) -> list[dict] | None:
         return None
     out = []
     for m in value:
-        if not (isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)):
-            raise InputError("A chat prompt is a list of messages, each with a text `role` and a text `content`.")
+        if not isinstance(m, dict):
+            raise InputError(f"A chat prompt is a list of messages (each with a text `role` and `content`), "
+                             f"not a list holding a {type(m).__name__}.")
+        for key in ("role", "content"):
+            if not isinstance(m.get(key), str):
+                raise InputError(f"A chat message's {key} must be text, got {type(m.get(key)).__name__}.")
         out.append({"role": m["role"], "content": m["content"]})
     return out
 
