@@ -107,6 +107,11 @@ def wait_done(page, previous_status: str) -> None:
 
 
 def run_and_wait(page, previous_status: str = "") -> str:
+    """Press Run and wait for the new rollout's status. The status to see replaced is read once the page is idle,
+    right before the click: settings changed just before (a checkbox, the engine field) can re-render the
+    arrival's status, and a status read earlier would let that re-render pass for the new rollout."""
+    page.wait_for_function(IDLE, timeout=60_000)
+    previous_status = page.inner_text("#status-line")
     page.click("#run button, button#run")
     wait_done(page, previous_status)
     return page.inner_text("#status-line")
