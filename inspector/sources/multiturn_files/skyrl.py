@@ -6,8 +6,8 @@ Writer: SkyRL's `RayPPOTrainer.dump_data` (NovaSky-AI/SkyRL a9564572eb8e, skyrl/
 0446435ca3da), `state = {"batch_dict": {key: None | {"format": "numpy", "data", "shape", "dtype"} |
 {"format": "torch", "data": torch.save bytes} | {"format": "tensor_list", ...}}, "batch_size", "device", "metadata"}`.
 
-Read through a restricted unpickler: the only globals it resolves are those two names (mapped to a plain dict
-builder here) and `torch.device` (mapped to str); any other global refuses the file. Nothing of SkyRL runs.
+Read through a restricted unpickler: the only globals it resolves are those two names (mapped to the runs reader's plain
+dict builder, `runs.pickles.SkyRLUnpickler`) and `torch.device` (mapped to str); any other global refuses the file. Nothing of SkyRL runs.
 
 Layout (skyrl/train/dataset/preprocess.py convert_prompts_responses_to_batch_tensors, commit 07eefd6ce6b6):
 `sequences` (B, T) one left-padded block [pad, prompt, response]; `attention_mask` (B, T); response tensors
@@ -22,55 +22,19 @@ import pickle
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from ...errors import InputError
+from ..runs.pickles import SkyRLBatch, SkyRLUnpickler
 from ._stream import rollout_of, trajectory_from_stream
 
 FORMAT = "skyrl"
 NOTE = "SkyRL: loss mask = loss_mask (right-aligned over the response); sampled = loss_mask too (SkyRL keeps no other flag)"
-_MODULE = "skyrl.backends.skyrl_train.training_batch"
-
-
-class SkyRLBatch(dict):
-    """The unpickled `TrainingInputBatch`: key -> numpy array (or None), plus `metadata`."""
-    metadata: dict | None = None
-
-
-def _tensor(value: dict) -> np.ndarray:
-    if value.get("format") == "torch":
-        return torch.load(io.BytesIO(value["data"]), weights_only=True).float().numpy()
-    return np.frombuffer(value["data"], dtype=np.dtype(value["dtype"])).reshape(value["shape"])
-
-
-def _rebuild(cls, state: dict) -> SkyRLBatch:
-    out = SkyRLBatch()
-    for key, value in state.get("batch_dict", {}).items():
-        if value is None:
-            out[key] = None
-        elif value.get("format") == "tensor_list":
-            out[key] = [_tensor(v) for v in value["items"]]
-        else:
-            out[key] = _tensor(value)
-    out.metadata = state.get("metadata") or {}
-    return out
-
-
-class _Restricted(pickle.Unpickler):
-    def find_class(self, module, name):
-        if module == _MODULE and name == "_rebuild_tensor_batch":
-            return _rebuild
-        if module == _MODULE and name == "TrainingInputBatch":
-            return SkyRLBatch
-        if (module, name) == ("torch", "device"):
-            return str
-        raise pickle.UnpicklingError(f"{module}.{name} is not one of the globals a SkyRL dump may name")
 
 
 def load_skyrl_pickle(path) -> SkyRLBatch:
     """The batch of a SkyRL dump, read without running any code of the file. Raises InputError otherwise."""
     try:
-        batch = _Restricted(io.BytesIO(Path(path).read_bytes())).load()
+        batch = SkyRLUnpickler(io.BytesIO(Path(path).read_bytes())).load()
     except (pickle.UnpicklingError, EOFError, KeyError, ValueError, AttributeError) as exc:
         raise InputError(f"{path}: not a SkyRL training-input dump this reader can open safely ({exc}).") from exc
     if not isinstance(batch, SkyRLBatch) or "sequences" not in batch or "loss_mask" not in batch:

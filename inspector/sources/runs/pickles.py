@@ -48,7 +48,7 @@ def refusal(path: str, what: str, hosted: bool) -> str:
     return f"{Path(path).name}: {what} {where}"
 
 
-class _Batch(dict):
+class SkyRLBatch(dict):
     """Stand-in for SkyRL's TrainingInputBatch: the tensors as numpy arrays, plus `metadata`."""
 
     metadata: dict = {}
@@ -68,13 +68,13 @@ def _tensor(value):
 
 
 def _rebuild(cls, state: dict):
-    batch = _Batch({k: _tensor(v) for k, v in state["batch_dict"].items()})
+    batch = SkyRLBatch({k: _tensor(v) for k, v in state["batch_dict"].items()})
     batch.metadata = state.get("metadata") or {}
     return batch
 
 
-class _SkyRLUnpickler(pickle.Unpickler):
-    ALLOWED = {(SKYRL_MODULE, "_rebuild_tensor_batch"): _rebuild, (SKYRL_MODULE, "TrainingInputBatch"): _Batch,
+class SkyRLUnpickler(pickle.Unpickler):
+    ALLOWED = {(SKYRL_MODULE, "_rebuild_tensor_batch"): _rebuild, (SKYRL_MODULE, "TrainingInputBatch"): SkyRLBatch,
                ("torch", "device"): str}
 
     def find_class(self, module, name):
@@ -86,7 +86,7 @@ class _SkyRLUnpickler(pickle.Unpickler):
 def _load_skyrl(path: str, allow_pickle: bool, hosted: bool):
     with open(path, "rb") as fh:
         try:
-            return _SkyRLUnpickler(fh).load()
+            return SkyRLUnpickler(fh).load()
         except pickle.UnpicklingError as exc:
             if not allow_pickle or hosted:
                 raise PickleRefused(refusal(path, f"not a plain SkyRL training batch: {exc}", hosted)) from None
