@@ -43,6 +43,10 @@ def test_token_level_step_keeps_the_trainer_ids(name, tok):
     assert r.settings["samples_per_prompt"] == 2 and r.prompt_index == [0, 0, 1, 1]
     assert bool(r.contain_eos_token[i]) and r.response_texts[i] == tok.decode(step.completion_ids[i], skip_special_tokens=True)
     assert any("not in this format" in n for n in r.notes)
+    # the step follows its GRPO-family trainer, so the GRPO tab shows it without a PPO-convention refusal
+    from inspector.trainers.grpo import trainer_mismatch
+
+    assert r.trainer == "grpo" and r.attention == "tokenizer" and trainer_mismatch(r, "grpo") is None
     assert format_rollout(r)                      # the Sequences report renders
     assert sampler_mismatch(r).metrics is not None  # the Sampler mismatch tab's numbers
 

@@ -193,9 +193,13 @@ def step_to_rollout(step, tokenizer=None) -> Rollout:
         values=torch.zeros(B, G), scores=torch.as_tensor(np.nan_to_num(np.asarray(rewards if rewards is not None else np.zeros(B), np.float64)), dtype=torch.float32),
         reward_query_responses=seq, reward_context_length=Q, score_positions=Q + lengths.clamp(min=0),
         pad_token_id=int(pad), eos_token_id=eos[0] if eos else None, stop_token_id=eos[0] if eos else None,
-        attention="trl", chat_template_applied=True, settings=settings,
+        attention="tokenizer", chat_template_applied=True, settings=settings,
         model_names=_model_names(step, tok),
         reward_tokenizer_is_policy=True, pad_equals_eos=bool(eos) and pad == eos[0], tokens=tokens, reward_tokens=tokens,
         special_ids=sorted(set(getattr(tok, "all_special_ids", []) or [])), response_texts=texts, response_texts_raw=raw,
         postprocessed_response_texts=texts, notes=notes, columns=columns,
+        # a run's step is what its GRPO-family trainer trained on: its fields follow that trainer, not TRL 0.x PPO
+        trainer="verl" if step.format == "verl" else "grpo", eos_token_ids=[int(e) for e in eos or []],
+        conventions={"new_logprobs": f"the trainer's own logprobs as {step.format} wrote them",
+                     "attention": "the trainer's masks as written (no recompute here)"},
     )

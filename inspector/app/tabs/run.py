@@ -246,10 +246,7 @@ def step_views(state, step, want, sample, policy, request: gr.Request = None):
         r = run.step(n).to_rollout(_tok(policy))
     except Exception as exc:
         raise friendly(exc) from exc
-    # a run's step is what its GRPO trainer trained on (TRL 1.16's masks and EOS ids; verl's for a verl run)
-    trainer = "verl" if run.format == "verl" else "grpo"
-    if getattr(r, "trainer", None) in (None, "ppo"):
-        r.trainer = trainer
+    trainer = r.trainer  # the step's own trainer (RunStep.to_rollout sets it)
     pick = want if want not in (None, "") else sample
     i = int(pick) if str(pick).isdigit() and int(pick) < r.batch_size else 0
     where = "the example run" if state.get("link") == EXAMPLE_KEY else f"run `{run.source}`"
