@@ -13,7 +13,6 @@ Each writer below names the source file and commit it follows.
 from __future__ import annotations
 
 import ast
-import io
 import json
 import os
 import pickle
@@ -22,7 +21,6 @@ import types
 import zipfile
 from pathlib import Path
 
-import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -92,28 +92,35 @@ def wait_plotted(page, *panels: str) -> None:
         page.wait_for_function(PLOTTED, arg=panel, timeout=60_000)
 
 
-DONE = """prev => { const s = document.querySelector('#status-line'); if (!s) return false;
-                const t = s.innerText;  // while running, gradio overlays its progress (a % and 'processing')
-                return /samples? ×/.test(t) && !/%|processing|queue/i.test(t) && t !== prev; }"""
+SETTLED = "t => /samples? ×/.test(t) && !/%|processing|queue/i.test(t)"  # gradio overlays its progress (a % and 'processing')
+
+DONE = """([prev, fresh]) => { const s = document.querySelector('#status-line'); if (!s) return false;
+                const t = s.innerText;  // a fresh rollout's status gives its times; a saved example's or a file's does not
+                return /samples? ×/.test(t) && !/%|processing|queue/i.test(t) && t !== prev
+                       && (!fresh || /· generate [0-9.]+ s/.test(t)); }"""
 
 
 IDLE = "() => !Array.from(document.querySelectorAll('.progress-text')).some(e => e.offsetParent !== null)"
 
 
-def wait_done(page, previous_status: str) -> None:
-    """Until the status shows a new finished rollout and no panel shows progress any more."""
-    page.wait_for_function(DONE, arg=previous_status, timeout=300_000)
+def wait_done(page, previous_status: str, fresh: bool = False) -> None:
+    """Until the status shows a new finished rollout (`fresh`: one just generated, not a saved or opened one) and no
+    panel shows progress any more."""
+    page.wait_for_function(DONE, arg=[previous_status, fresh], timeout=300_000)
     page.wait_for_function(IDLE, timeout=300_000)  # the panels after the status: as long as the run may take
 
 
 def run_and_wait(page, previous_status: str = "") -> str:
-    """Press Run and wait for the new rollout's status. The status to see replaced is read once the page is idle,
-    right before the click: settings changed just before (a checkbox, the engine field) can re-render the
-    arrival's status, and a status read earlier would let that re-render pass for the new rollout."""
+    """Press Run and wait for the new rollout's status. The status to see replaced is read once the page is idle and
+    the status itself settled (no progress overlaid on it), right before the click: settings changed just before can
+    re-render the status, and a status read earlier, or read with gradio's progress on it, would let the old status
+    pass for the new rollout. `previous_status` is kept for the callers' reading; the settled one is what counts."""
     page.wait_for_function(IDLE, timeout=60_000)
+    page.wait_for_function(f"() => {{ const s = document.querySelector('#status-line'); return s && ({SETTLED})(s.innerText); }}",
+                           timeout=60_000)
     previous_status = page.inner_text("#status-line")
     page.click("#run button, button#run")
-    wait_done(page, previous_status)
+    wait_done(page, previous_status, fresh=True)
     return page.inner_text("#status-line")
 
 
@@ -218,7 +225,7 @@ def test_default_rollout_renders_every_panel(page):
     previous = page.inner_text("#status-line")
     page.locator("#prompts textarea").click()
     page.keyboard.press("Control+Enter")  # runs, as the Run button does
-    wait_done(page, previous)
+    wait_done(page, previous, fresh=True)
     status = page.inner_text("#status-line")
     batch, width = map(int, re.search(r"(\d+) samples × (\d+) tokens", status).groups())
     assert batch == 4  # the default prompt set

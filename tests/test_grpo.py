@@ -488,6 +488,9 @@ def _lift(source: str, names: set[str], namespace: dict, filename: str) -> dict:
 
 @pytest.fixture(scope="module")
 def verl():
+    """verl 0.9.1's own GRPO functions, lifted from its wheel (advantages, agg_loss, policy loss, rollout
+    correction and its metrics, the debug metrics)."""
+    import logging
     from collections import defaultdict
     from typing import Any, Optional
 
@@ -501,13 +504,18 @@ def verl():
             pass
 
         ns = {"torch": torch, "np": np, "defaultdict": defaultdict, "Optional": Optional, "Any": Any,
-              "verl_F": verl_F, "AlgoConfig": AlgoConfig, "ActorConfig": object}
+              "verl_F": verl_F, "AlgoConfig": AlgoConfig, "ActorConfig": object, "math": __import__("math")}
         _lift(read("verl/trainer/ppo/core_algos.py"),
               {"compute_grpo_outcome_advantage", "agg_loss", "compute_policy_loss_vanilla", "kl_penalty_forward"},
               ns, "verl/trainer/ppo/core_algos.py")
         _lift(read("verl/trainer/ppo/rollout_corr_helper.py"),
-              {"compute_rollout_correction_weights", "_parse_rollout_is_threshold", "compute_is_metrics", "SAFETY_BOUND"},
-              ns, "verl/trainer/ppo/rollout_corr_helper.py")
+              {"compute_rollout_correction_weights", "_parse_rollout_is_threshold", "compute_is_metrics",
+               "compute_offpolicy_metrics", "SAFETY_BOUND"}, ns, "verl/trainer/ppo/rollout_corr_helper.py")
+        debug = _lift(read("verl/utils/debug/metrics.py"),
+                      {"calculate_debug_metrics", "calculate_log_prob_diff", "pearson_correlation_coefficient"},
+                      {"torch": torch, "logger": logging.getLogger("verl"), "DataProto": object},
+                      "verl/utils/debug/metrics.py")
+        ns["calculate_debug_metrics"] = debug["calculate_debug_metrics"]
     return SimpleNamespace(**{k: v for k, v in ns.items() if callable(v) or k == "SAFETY_BOUND"})
 
 

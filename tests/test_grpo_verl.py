@@ -4,50 +4,18 @@ padded to `response_length` (the generation cap), `loss_scale_factor`, the polic
 
 from __future__ import annotations
 
-import zipfile
-from collections import defaultdict
 from types import SimpleNamespace
-from typing import Any, Optional
 
 import numpy as np
 import pytest
 import torch
-from test_grpo import _lift, _verl_wheel
+from test_grpo import verl  # noqa: F401 (the fixture: verl's own functions from its wheel)
 
 from inspector.errors import InputError
 from inspector.trainers.grpo_config import VerlGRPOConfig, make_config
 from inspector.trainers.grpo import grpo_step, rollout_grpo_step
 from inspector.trainers.verl import verl_agg_loss
 from inspector.trainers.sampler import verl_sampler_correction
-
-
-@pytest.fixture(scope="module")
-def verl():
-    with zipfile.ZipFile(_verl_wheel()) as z:
-        read = lambda p: z.read(p).decode()  # noqa: E731
-        tf = _lift(read("verl/utils/torch_functional.py"), {"masked_sum", "masked_mean"}, {"torch": torch},
-                   "verl/utils/torch_functional.py")
-        verl_F = SimpleNamespace(masked_sum=tf["masked_sum"], masked_mean=tf["masked_mean"])
-
-        class AlgoConfig:  # only an isinstance check in compute_policy_loss_vanilla
-            pass
-
-        ns = {"torch": torch, "np": np, "defaultdict": defaultdict, "Optional": Optional, "Any": Any,
-              "verl_F": verl_F, "AlgoConfig": AlgoConfig, "ActorConfig": object, "math": __import__("math")}
-        _lift(read("verl/trainer/ppo/core_algos.py"),
-              {"compute_grpo_outcome_advantage", "agg_loss", "compute_policy_loss_vanilla", "kl_penalty_forward"},
-              ns, "verl/trainer/ppo/core_algos.py")
-        _lift(read("verl/trainer/ppo/rollout_corr_helper.py"),
-              {"compute_rollout_correction_weights", "_parse_rollout_is_threshold", "compute_is_metrics",
-               "compute_offpolicy_metrics", "SAFETY_BOUND"}, ns, "verl/trainer/ppo/rollout_corr_helper.py")
-        import logging
-
-        debug = _lift(read("verl/utils/debug/metrics.py"),
-                      {"calculate_debug_metrics", "calculate_log_prob_diff", "pearson_correlation_coefficient"},
-                      {"torch": torch, "logger": logging.getLogger("verl"), "DataProto": object},
-                      "verl/utils/debug/metrics.py")
-        ns["calculate_debug_metrics"] = debug["calculate_debug_metrics"]
-    return SimpleNamespace(**{k: v for k, v in ns.items() if callable(v) or k == "SAFETY_BOUND"})
 
 
 def _pad(t: torch.Tensor, width: int, value: float = 0.0) -> torch.Tensor:

@@ -200,5 +200,5 @@ def test_a_chat_prompt_keeps_its_system_message_and_groups_by_the_whole_prompt()
     assert got.prompts == ["2 + 2?"] * 4  # the user's text, shown
     assert got.prompt_messages[0] == CHAT[0][0] and got.prompt_messages[2][0]["content"] == "Be loud."
     assert got.num_generations() == 2  # the same user text under two system messages: two groups
-    with pytest.raises(InputError, match="text `role` and a text `content`"):
+    with pytest.raises(InputError, match="row 1: A chat message.s content must be text, got int"):
         read_upload(json.dumps([{"prompt": [{"role": "user", "content": 3}], "completion": "c"}]).encode(), "x.json")

@@ -3,7 +3,6 @@ scripts/build_trl_run.py): named values of one step checked against the file as 
 
 from __future__ import annotations
 
-import io
 import json
 import pickle
 from pathlib import Path

@@ -9,7 +9,7 @@ import trl0
 from transformers import LlamaConfig, LlamaForCausalLM, LlamaForSequenceClassification
 
 from inspector import first_true_indices, forward_logprobs, get_reward
-from inspector.trainers.scoring import backbone_states, forward_logits, head_logprobs, trl_attention_mask
+from inspector.trainers.scoring import backbone_states, forward_logits, head_logprobs_and_entropies, trl_attention_mask
 
 PAD = EOS = 2  # pad == eos, as in SmolLM2
 
@@ -108,7 +108,9 @@ def test_head_logprobs_equal_forward_logprobs(causal_model):
     ids[:, :2] = PAD
     mask = trl_attention_mask(ids, PAD)
     hidden = backbone_states(causal_model.model, ids, mask)
-    fast = head_logprobs(causal_model.lm_head, hidden, ids[:, 4:], 4, temperature=0.9, chunk=2)
+    fast, none = head_logprobs_and_entropies(causal_model.lm_head, hidden, ids[:, 4:], 4, 0.9 + 1e-7, chunk=2,
+                                             entropies=False)
+    assert none is None
     slow = forward_logprobs(causal_model, ids, PAD, 4, temperature=0.9)
     assert torch.allclose(fast, slow, atol=1e-5)
 

@@ -14,7 +14,6 @@ import torch
 import trl0
 from inspector import load_models, run_rollout
 from inspector.diagnostics import diagnose
-from inspector.sources.generation import encode_prompts
 from inspector.trainers.ppo import PPOConfig, rollout_ppo_step
 from inspector.views.compare import compare_html
 

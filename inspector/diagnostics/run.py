@@ -33,44 +33,46 @@ def _span(steps: list[int]) -> str:
     return f"steps {steps[0]}..{steps[-1]}"
 
 
+def _trend(frame, column: str, fires, extreme, code: str, title: str, what: str, why: str, fix: str) -> Finding | None:
+    """A finding over one column's trend: `fires(first, last)` on the first and last thirds' means; `extreme` (argmax
+    or argmin) names the step to open. `what` may use {first}, {last}, {span} and {at} (that step)."""
+    t = _thirds(frame, column)
+    if t is None:
+        return None
+    first, last, steps, values = t
+    if not fires(first, last):
+        return None
+    at = steps[int(extreme(values))]
+    text = dict(first=first, last=last, span=_span(steps), at=at)
+    return Finding(code, title, "warning", what.format(**text), why, fix.format(**text), steps=[steps[0], at, steps[-1]])
+
+
 def _gap(frame) -> Finding | None:
-    for column, label in (("gap_kl", "mean k3 KL"), ("gap_abs", "mean |trainer - sampler|")):
-        t = _thirds(frame, column)
-        if t is None:
-            continue
-        first, last, steps, values = t
-        floor = 1e-3 if column == "gap_kl" else 1e-2
-        if last > floor and last >= 2.0 * max(first, floor / 4):
-            peak = steps[int(np.argmax(values))]
-            return Finding(
-                "run_gap_growing", "The sampler-trainer gap grows over training", "warning",
-                f"{label} between the sampler's and the trainer's logprobs on trained tokens goes from {first:.4g} "
-                f"(first steps) to {last:.4g} (last steps) over {_span(steps)}; highest at step {peak}.",
-                "The further the sampler drifts from the trainer, the more off-policy every update is: the importance "
-                "weights grow, more samples are truncated or dropped by the correction, and training can diverge.",
-                "Open the steps with the largest gap in the Sampler mismatch tab; check the sampler's precision and "
-                "kernels against the trainer's (bf16 vs fp32 lm head), weight sync after each step, and turn on the "
-                "importance-sampling correction (TRL vllm_importance_sampling_correction, verl rollout_is).",
-                steps=[steps[0], peak, steps[-1]])
+    for column, label, floor in (("gap_kl", "mean k3 KL", 1e-3), ("gap_abs", "mean |trainer - sampler|", 1e-2)):
+        found = _trend(
+            frame, column, lambda first, last: last > floor and last >= 2.0 * max(first, floor / 4), np.argmax,
+            "run_gap_growing", "The sampler-trainer gap grows over training",
+            label + " between the sampler's and the trainer's logprobs on trained tokens goes from {first:.4g} "
+            "(first steps) to {last:.4g} (last steps) over {span}; highest at step {at}.",
+            "The further the sampler drifts from the trainer, the more off-policy every update is: the importance "
+            "weights grow, more samples are truncated or dropped by the correction, and training can diverge.",
+            "Open the steps with the largest gap in the Sampler mismatch tab; check the sampler's precision and "
+            "kernels against the trainer's (bf16 vs fp32 lm head), weight sync after each step, and turn on the "
+            "importance-sampling correction (TRL vllm_importance_sampling_correction, verl rollout_is).")
+        if found is not None:
+            return found
     return None
 
 
 def _entropy(frame) -> Finding | None:
-    t = _thirds(frame, "entropy")
-    if t is None:
-        return None
-    first, last, steps, values = t
-    if first > 0.05 and last < 0.5 * first:
-        low = steps[int(np.argmin(values))]
-        return Finding(
-            "run_entropy_collapse", "Entropy collapses", "warning",
-            f"Mean token entropy on trained tokens falls from {first:.3g} to {last:.3g} over {_span(steps)} "
-            f"(lowest at step {low}).",
-            "A policy whose entropy collapses stops exploring: groups become identical, their rewards agree, and "
-            "GRPO's advantages vanish.",
-            "Look at the low-entropy steps' completions; raise the sampling temperature, add an entropy bonus or "
-            "clip-higher (epsilon_high), or lower the learning rate.", steps=[steps[0], low, steps[-1]])
-    return None
+    return _trend(
+        frame, "entropy", lambda first, last: first > 0.05 and last < 0.5 * first, np.argmin,
+        "run_entropy_collapse", "Entropy collapses",
+        "Mean token entropy on trained tokens falls from {first:.3g} to {last:.3g} over {span} (lowest at step {at}).",
+        "A policy whose entropy collapses stops exploring: groups become identical, their rewards agree, and "
+        "GRPO's advantages vanish.",
+        "Look at the low-entropy steps' completions; raise the sampling temperature, add an entropy bonus or "
+        "clip-higher (epsilon_high), or lower the learning rate.")
 
 
 def _length_column(frame) -> str | None:
@@ -97,21 +99,15 @@ def _truncation(frame) -> Finding | None:
 
 
 def _zero_std(frame) -> Finding | None:
-    t = _thirds(frame, "zero_std_groups")
-    if t is None:
-        return None
-    first, last, steps, values = t
-    if last >= 0.5 and last >= first + 0.2:
-        worst = steps[int(np.argmax(values))]
-        return Finding(
-            "run_zero_std_rising", "Groups with zero reward spread rise (no learning signal)", "warning",
-            f"The fraction of groups whose completions all get the same reward goes from {first:.0%} to {last:.0%} "
-            f"over {_span(steps)} (most at step {worst}).",
-            "A group whose rewards agree has zero advantage for every completion: it costs a rollout and teaches "
-            "nothing.",
-            "Make the task harder or the reward finer-grained, raise num_generations or the temperature, or filter "
-            "such groups (dynamic sampling).", steps=[steps[0], worst, steps[-1]])
-    return None
+    return _trend(
+        frame, "zero_std_groups", lambda first, last: last >= 0.5 and last >= first + 0.2, np.argmax,
+        "run_zero_std_rising", "Groups with zero reward spread rise (no learning signal)",
+        "The fraction of groups whose completions all get the same reward goes from {first:.0%} to {last:.0%} "
+        "over {span} (most at step {at}).",
+        "A group whose rewards agree has zero advantage for every completion: it costs a rollout and teaches "
+        "nothing.",
+        "Make the task harder or the reward finer-grained, raise num_generations or the temperature, or filter "
+        "such groups (dynamic sampling).")
 
 
 def _reward_hacking(frame) -> Finding | None:

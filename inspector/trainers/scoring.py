@@ -102,22 +102,6 @@ def backbone_states(backbone: torch.nn.Module, ids: torch.Tensor, attention_mask
 
 
 @torch.no_grad()
-def head_logprobs(
-    lm_head: torch.nn.Module,
-    hidden: torch.Tensor,
-    responses: torch.Tensor,
-    context_length: int,
-    temperature: float = 1.0,
-    chunk: int = 2,
-) -> torch.Tensor:
-    """Response-token logprobs from a causal LM's hidden states (B, T, H): the head is applied only to the
-    positions that predict the response, `chunk` rows at a time, so the (B, G, V) logits never exist whole.
-    Same numbers as `forward_logprobs`. Returns (B, G)."""
-    return head_logprobs_and_entropies(lm_head, hidden, responses, context_length, temperature + 1e-7, chunk,
-                                       entropies=False)[0]
-
-
-@torch.no_grad()
 def head_logprobs_and_entropies(
     lm_head: torch.nn.Module,
     hidden: torch.Tensor,

@@ -39,6 +39,14 @@ class Reader:
         self.problems: list[str] = []
         self.notes: list[str] = []
 
+    def step_files(self, pattern: str, folder: Path | None = None, file_pattern: str | None = None) -> dict[int, Path]:
+        """{step: path} of the files named by `pattern` (its group: the step) in `folder` (the root by default); a
+        root that is one file gives that file alone, matched by `file_pattern` (`pattern` by default)."""
+        if self.root.is_file():
+            found = numbered(self.root.parent, file_pattern or pattern)
+            return {n: p for n, p in found.items() if p.name == self.root.name}
+        return numbered(folder or self.root, pattern)
+
     def problem(self, text: str) -> None:
         if text not in self.problems:
             self.problems.append(text)

@@ -20,7 +20,7 @@ import numpy as np
 
 from ...errors import InputError
 from ...record.run import RunStep
-from ._base import Reader, StepEntry, group_by_prefix, numbered
+from ._base import Reader, StepEntry, group_by_prefix
 
 KEY = b"inspector-run"
 VERSION = 1
@@ -106,14 +106,8 @@ class NativeReader(Reader):
     fields = frozenset({"prompt_ids", "completion_ids", "loss_mask", "tool_mask", "logprobs", "new_logprobs",
                         "ref_logprobs", "advantages", "rewards", "rewards_per_func", "reward_weights", "group", "step"})
 
-    def __init__(self, root: Path, **kw):
-        super().__init__(root, **kw)
-        self.folder, self.only = (self.root.parent, self.root.name) if self.root.is_file() else (self.root, None)
-
     def scan(self) -> dict[int, StepEntry]:
-        files = numbered(self.folder, PATTERN)
-        if self.only:
-            files = {n: p for n, p in files.items() if p.name == self.only}
+        files = self.step_files(PATTERN)
         self.check_gaps(sorted(files))
         return {n: StepEntry((str(p),)) for n, p in files.items() if self.within_limit(str(p))}
 

@@ -32,7 +32,7 @@ import numpy as np
 
 from ...errors import InputError
 from ...record.run import RunStep
-from ._base import Reader, StepEntry, group_by_prefix, numbered
+from ._base import Reader, StepEntry, group_by_prefix
 
 SKYRL_MODULE = "skyrl.backends.skyrl_train.training_batch"
 
@@ -99,13 +99,8 @@ class _PickleReader(Reader):
         super().__init__(root, **kw)
         self.allow_pickle, self.hosted = allow_pickle, hosted
 
-    def _files(self, folder: Path, pattern: str) -> dict[int, Path]:
-        if self.root.is_file():
-            return {n: p for n, p in numbered(self.root.parent, pattern).items() if p.name == self.root.name}
-        return numbered(folder, pattern)
-
     def scan(self) -> dict[int, StepEntry]:
-        files = self._files(self.folder, self.pattern)
+        files = self.step_files(self.pattern, self.folder)
         self.check_gaps(sorted(files))
         return {n: StepEntry((str(p),)) for n, p in files.items() if self.within_limit(str(p))}
 

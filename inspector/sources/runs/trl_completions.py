@@ -21,7 +21,7 @@ import numpy as np
 
 from ...errors import InputError
 from ...record.run import RunStep
-from ._base import Reader, StepEntry, group_by_prefix, numbered
+from ._base import Reader, StepEntry, group_by_prefix
 
 PATTERN = r"completions_(\d+)\.parquet"
 FIXED = ("step", "prompt", "completion", "advantage")
@@ -58,18 +58,9 @@ class TRLCompletionsReader(Reader):
     format = "trl-completions"
     fields = frozenset({"rewards_per_func", "advantages", "group", "prompt_text", "completion_text", "step"})
 
-    def __init__(self, root: Path, **kw):
-        super().__init__(root, **kw)
-        if self.root.is_file():
-            self.folder, self.only = self.root.parent, self.root.name
-        else:
-            self.folder = self.root / "completions" if (self.root / "completions").is_dir() else self.root
-            self.only = None
-
     def scan(self) -> dict[int, StepEntry]:
-        files = numbered(self.folder, r"(?:.*_)?" + PATTERN if self.only else PATTERN)
-        if self.only:
-            files = {n: p for n, p in files.items() if p.name == self.only}
+        folder = self.root / "completions" if (self.root / "completions").is_dir() else self.root
+        files = self.step_files(PATTERN, folder, file_pattern=r"(?:.*_)?" + PATTERN)
         found = {}
         for n, p in files.items():
             if self.within_limit(str(p)) and _footer_ok(str(p)):

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from ...record.run import RunStep
-from ._base import Reader, StepEntry, group_by_prefix, numbered, read_jsonl
+from ._base import Reader, StepEntry, group_by_prefix, read_jsonl
 
 PATTERN = r"(\d+)\.jsonl"
 
@@ -29,14 +29,8 @@ class VerlReader(Reader):
     format = "verl"
     fields = frozenset({"rewards", "group", "prompt_text", "completion_text", "step"})
 
-    def __init__(self, root: Path, **kw):
-        super().__init__(root, **kw)
-        self.folder, self.only = (self.root.parent, self.root.name) if self.root.is_file() else (self.root, None)
-
     def scan(self) -> dict[int, StepEntry]:
-        files = numbered(self.folder, PATTERN)
-        if self.only:
-            files = {n: p for n, p in files.items() if p.name == self.only}
+        files = self.step_files(PATTERN)
         newest = max(files, default=None)
         found = {n: StepEntry((str(p),)) for n, p in files.items()
                  if self.jsonl_done(str(p), newer_exists=n != newest) and self.within_limit(str(p))}
