@@ -110,6 +110,7 @@ def test_grpo_costs_no_model_pass_more_than_ppo(models):
         finally:
             handle.remove()
         counts[trainer] = calls[0]
-        assert r.response_width == 12 and r.entropies is not None
+        assert r.response_width == 12
+        assert (r.entropies is None) == (trainer == "ppo")  # TRL's PPO rollout computes no entropies: nor do we
     print(f"\nbackbone calls per rollout (12 generated tokens): {counts}")
-    assert counts == {"ppo": 13, "grpo": 13}   # 12 generation steps and one recompute (entropies included)
+    assert counts == {"ppo": 13, "grpo": 13}   # 12 generation steps and one recompute (GRPO's entropies included)

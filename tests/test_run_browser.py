@@ -11,12 +11,12 @@ from pathlib import Path
 
 import pytest
 
-from test_browser import LAPTOP, PHONE, open_page, show_tab, wait_plotted
+from test_browser import ARTIFACTS, LAPTOP, PHONE, open_page, show_tab, wait_plotted
 
 pytestmark = [pytest.mark.browser, pytest.mark.integration]
 
 DATA = Path(__file__).parent / "data" / "runs"
-SHOTS = Path(os.environ.get("INSPECTOR_SCREENSHOTS", "/work/notes/run-screenshots"))
+SHOTS = Path(os.environ.get("INSPECTOR_SCREENSHOTS", ARTIFACTS))
 RUN_SHOWN = "() => { const s = document.querySelector('#run-status'); return s && /complete step/.test(s.innerText); }"
 STEP_SHOWN = """n => { const s = document.querySelector('#status-line');
                    return s && s.innerText.includes('Step ' + n + ' of') && /samples? ×/.test(s.innerText); }"""
@@ -98,6 +98,21 @@ def test_a_link_opens_the_run_step_sample_and_tab_it_names(browser, app_url, vie
             box = page.locator("#panel-logprobs .js-plotly-plot").bounding_box()
             assert box["width"] >= 0.8 * viewport["width"], box
         _run_tab(page)
+        if viewport is PHONE:  # one column of trends, each the full width, no title over another
+            page.wait_for_function("() => { const L = document.querySelector('#run-trends .js-plotly-plot').layout;"
+                                   " return L.xaxis2 && L.xaxis2.domain[0] === 0; }", timeout=30_000)
+            boxes = page.evaluate("""() => Array.from(document.querySelectorAll('#run-trends .subplot.xy .nsewdrag'))
+                                       .map((e) => e.getBoundingClientRect()).filter((b) => b.width > 0)
+                                       .map((b) => [b.left, b.top, b.width, b.height])""")
+            titles = page.evaluate("""() => Array.from(document.querySelectorAll('#run-trends .annotation'))
+                                        .map((e) => e.getBoundingClientRect()).map((b) => [b.top, b.bottom])""")
+            legend = page.evaluate("() => document.querySelector('#run-trends .legend').getBoundingClientRect().top")
+            assert len(boxes) >= 4 and all(w >= 0.7 * viewport["width"] for _, _, w, _ in boxes), boxes
+            tops = sorted(t for _, t, _, _ in boxes)
+            assert all(b - a >= min(h for *_, h in boxes) for a, b in zip(tops, tops[1:])), boxes  # stacked, apart
+            spans = sorted(titles)
+            assert all(a[1] <= b[0] + 1 for a, b in zip(spans, spans[1:])), titles  # no title over another
+            assert legend >= max(t + h for _, t, _, h in boxes), (legend, boxes)  # the legend below the last panel
         page.screenshot(path=str(SHOTS / f"run-tab-{viewport['width']}x{viewport['height']}.png"), full_page=True)
     finally:
         page.close()

@@ -244,3 +244,24 @@ def test_summaries_default_to_the_cache_folder(monkeypatch):
 
     monkeypatch.delenv("INSPECTOR_RUN_SUMMARIES")
     assert summary_dir() == cache_dir() / "run-summaries"
+
+
+def test_trl_steps_logging_one_generation_again_are_marked(tmp_path):
+    """TRL 1.16 logs its last generation_batch_size completions at every log (deques never cleared): with
+    steps_per_generation = 3, steps 4 and 5 write step 3's rows again under their own step numbers."""
+    from inspector.views.run_trends import trends_figure
+
+    root = _copy("trl", tmp_path)
+    rows = pd.read_parquet(root / "completions_00003.parquet")
+    for n in (4, 5):
+        rows.assign(step=n).to_parquet(root / f"completions_{n:05d}.parquet")
+    run = open_run(root)
+    assert [run.step(n).repeat_of for n in (1, 2, 3, 4, 5)] == [None, None, None, 3, 3]
+    assert any("same completions as step 3" in note for note in run.step(5).notes)
+    frame = run.summary()
+    assert frame["repeat_of"].tolist()[3:] == [3, 3] and frame["repeat_of"].isna().tolist()[:3] == [True] * 3
+    marker = trends_figure(frame).data[0].marker.symbol
+    assert list(marker) == ["circle"] * 3 + ["circle-open"] * 2
+    rows.assign(step=6, completion=["something else"] * len(rows)).to_parquet(root / "completions_00006.parquet")
+    run.refresh()
+    assert run.step(6).repeat_of is None  # a new generation

@@ -32,14 +32,26 @@ def recorded(tmp_path_factory):
     outputs, loss_inputs = {}, []
     record_run(trainer, folder, on_step=lambda step, out, rpf: outputs.__setitem__(step, (
         {k: v.detach().clone() for k, v in out.items() if torch.is_tensor(v)}, rpf.detach().clone())))
-    compute_loss = trainer._compute_loss
+    compute_loss, logps_and_entropies = trainer._compute_loss, trainer._get_per_token_logps_and_entropies
+    in_loss = []
+
+    def capturing_logps(*args, **kwargs):  # the entropies the loss computes (TRL's compute_entropy=True pass)
+        got = logps_and_entropies(*args, **kwargs)
+        if in_loss and kwargs.get("compute_entropy"):
+            loss_inputs[-1][1]["entropies"] = got[1].detach().clone()
+        return got
 
     def capturing_loss(model, inputs):
         loss_inputs.append((int(trainer.state.global_step) + 1,
                             {k: v.detach().clone() for k, v in inputs.items() if torch.is_tensor(v)}))
-        return compute_loss(model, inputs)
+        in_loss.append(1)
+        try:
+            return compute_loss(model, inputs)
+        finally:
+            in_loss.pop()
 
     trainer._compute_loss = capturing_loss
+    trainer._get_per_token_logps_and_entropies = capturing_logps
     trainer.train()
     return trainer, open_run(folder), outputs, loss_inputs
 
@@ -68,6 +80,7 @@ def test_each_step_equals_the_trainers_tensors(recorded):
             assert step.loss_mask[i].tolist() == out["completion_mask"][i, :L].tolist()
             np.testing.assert_array_equal(step.new_logprobs[i], out["old_per_token_logps"][i, :L].numpy())
             np.testing.assert_array_equal(step.ref_logprobs[i], out["ref_per_token_logps"][i, :L].numpy())
+            assert len(step.entropy[i]) == L and np.isfinite(step.entropy[i]).all() and (step.entropy[i] >= 0).all()
         np.testing.assert_array_equal(step.advantages, out["advantages"].numpy())
         assert list(step.rewards_per_func) == list(trainer.reward_func_names) == ["brevity", "says_yes"]
         for j, name in enumerate(trainer.reward_func_names):
@@ -95,6 +108,8 @@ def test_the_recorded_rows_are_what_the_loss_trained_on(recorded):
             k = hits[0]
             assert float(step.advantages[k]) == float(inputs["advantages"][i])
             np.testing.assert_array_equal(step.new_logprobs[k], inputs["old_per_token_logps"][i, :L].numpy())
+            if global_step == gen:  # the first update on these rows: the entropies the loss computed, before it
+                np.testing.assert_allclose(step.entropy[k], inputs["entropies"][i, :L].numpy(), rtol=0, atol=1e-5)
 
 
 @pytest.mark.integration

@@ -24,7 +24,7 @@ from ..errors import InputError
 FIELD_NAMES = ("prompt_ids", "completion_ids", "loss_mask", "tool_mask", "logprobs", "new_logprobs", "ref_logprobs",
                "advantages", "rewards", "rewards_per_func", "reward_weights", "entropy", "group", "prompt_text",
                "completion_text", "step")
-SUMMARY_VERSION = 2
+SUMMARY_VERSION = 3
 STEP_CACHE = 4  # steps kept in memory
 READ_THREADS = 2  # steps read at once by the summary pass
 
@@ -36,7 +36,9 @@ class RunStep:
     completion tokens), `advantages` (one value per sample, or an array per token), `rewards` (total),
     `rewards_per_func` (name -> values), `group` (group id), `prompt_text` / `completion_text`.
     `columns`: every other per-sample column of the file, by name. `retokenized`: the ids were rebuilt from
-    text with `tokenizer_name` (they may differ from the trainer's)."""
+    text with `tokenizer_name` (they may differ from the trainer's). `repeat_of`: the step whose completions this
+    file logs again (TRL logs its last generation_batch_size completions at every log, so with
+    steps_per_generation or num_iterations > 1 consecutive files hold one generation)."""
 
     step: int
     format: str
@@ -60,6 +62,7 @@ class RunStep:
     retokenized: bool = False
     tokenizer_name: str | None = None
     eos_token_ids: list[int] | None = None
+    repeat_of: int | None = None  # the earlier step whose very completions this step's file holds again
 
     @property
     def samples(self) -> int:
@@ -328,8 +331,11 @@ def step_trends(step: RunStep) -> dict:
     characters when the format has text only), truncated fraction, zero-std groups, advantage spread, entropy
     (over loss-masked tokens), the sampler-trainer gap (mean |trainer - sampler| and mean k3 KL over
     loss-masked tokens) and the dropped fraction (samples TRL 1.16's default sequence_mask correction, cap
-    3.0, would drop). A column is NaN when the format lacks what it needs."""
+    3.0, would drop), and `repeat_of` for a step that logs an earlier step's completions again. A column is NaN
+    when the format lacks what it needs."""
     row: dict = {"step": int(step.step), "samples": int(step.samples)}
+    if step.repeat_of is not None:
+        row["repeat_of"] = int(step.repeat_of)
     rewards = step.rewards
     if rewards is None and step.rewards_per_func:
         w = step.reward_weights or [1.0] * len(step.rewards_per_func)

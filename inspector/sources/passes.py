@@ -136,8 +136,8 @@ def _split(enc, sequences: torch.Tensor, *, stop, pad, eos, attention: str, trai
 
 def _logprob_passes(models: Models, s: _Split, Q: int, temperature: float, say, capture, device, *, trainer: str,
                     timings: dict):
-    """The training-time recompute (`new_logprobs`, with the full-vocabulary `entropies` of the same pass) and
-    the reference's. Returns (the policy's hidden states, new_logprobs, entropies, ref_logprobs, the fields
+    """The training-time recompute (`new_logprobs`, with the full-vocabulary `entropies` of the same pass for a
+    GRPO-family trainer, None for PPO) and the reference's. Returns (the policy's hidden states, new_logprobs, entropies, ref_logprobs, the fields
     `capture` computed from the hidden states); adds the recompute's, the capture's and the reference's times."""
     pad = models.tokenizer.pad_token_id
     t0 = time.perf_counter()
@@ -146,9 +146,12 @@ def _logprob_passes(models: Models, s: _Split, Q: int, temperature: float, say, 
     hidden = backbone_states(policy_backbone, s.query_responses.to(device), s.qr_mask.to(device))
     # TRL 0.x PPO divides by temperature + 1e-7, TRL 1.16 GRPO's fused head by the temperature itself
     divisor = temperature + 1e-7 if trainer == "ppo" else temperature
+    # the full-vocabulary entropies are the GRPO family's (TRL 1.16 logs them and its top_entropy_quantile masks
+    # by them); TRL's PPO rollout computes none, so a PPO rollout is spared their pass over the logits
     new_logprobs, entropies = head_logprobs_and_entropies(
-        models.policy.get_output_embeddings(), hidden, s.responses.to(device), Q, divisor)
-    new_logprobs, entropies = new_logprobs.cpu(), entropies.float().cpu()
+        models.policy.get_output_embeddings(), hidden, s.responses.to(device), Q, divisor, entropies=trainer != "ppo")
+    new_logprobs = new_logprobs.cpu()
+    entropies = entropies.float().cpu() if entropies is not None else None
     timings["recompute"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     captured = capture(hidden, s.responses) if capture else {}

@@ -17,7 +17,11 @@ How: `record_run` wraps two methods of this one trainer object (nothing global i
   `rollout_func`'s logprobs), `old_per_token_logps` (the trainer's logprobs before the update, computed when
   `num_iterations > 1`, `steps_per_generation` does not divide the accumulation, or with vLLM importance
   sampling; otherwise TRL uses the loss's own logprobs and the file has none), `ref_per_token_logps` (beta > 0)
-  and `advantages`.
+  and `advantages`;
+- with `entropy=True` (the default), the policy's full-vocabulary entropy at each completion token, computed by
+  TRL's own `_get_per_token_logps_and_entropies(..., compute_entropy=True)` (1419) on the generation's ids and
+  mask under `torch.no_grad()`: what the first `_compute_loss` on these rows computes (3030), before any update.
+  It costs one forward pass per generation; `entropy=False` leaves it out.
 One file is written per generation, in training mode only (evaluation batches are not recorded), named by the
 optimizer step that first trains on it (`trainer.state.global_step + 1`): with `num_iterations=2` the run holds
 steps 1, 3, 5, ... Reward names and weights are `trainer.reward_func_names` and `trainer.reward_weights`. Only
@@ -53,10 +57,25 @@ def _step_extra(trainer, output: dict) -> dict:
             "temperature": float(getattr(trainer, "temperature", 1.0))}
 
 
-def record_run(trainer, folder, *, on_step=None) -> RunWriter:
+def _entropies(trainer, output: dict):
+    """TRL's own entropies of the completion tokens, on the generation's ids and mask (no gradient)."""
+    import torch
+    from trl.models.utils import disable_gradient_checkpointing
+
+    ids = torch.cat([output["prompt_ids"], output["completion_ids"]], dim=1)
+    mask = torch.cat([output["prompt_mask"], output["completion_mask"]], dim=1)
+    # as TRL computes its old logprobs (grpo_trainer.py:2634): no gradient, checkpointing off for the pass
+    with torch.no_grad(), disable_gradient_checkpointing(trainer.model, trainer.args.gradient_checkpointing_kwargs):
+        _, entropies, _ = trainer._get_per_token_logps_and_entropies(
+            trainer.model, ids, mask, output["completion_ids"].size(1), compute_entropy=True)
+    return entropies
+
+
+def record_run(trainer, folder, *, on_step=None, entropy: bool = True) -> RunWriter:
     """Make `trainer` (a TRL 1.16 GRPOTrainer) write each training generation to `folder` as a run step.
-    `on_step(step, output, rewards_per_func)` is called after each write (for tests and progress). Returns the
-    RunWriter. Call before `trainer.train()`."""
+    `on_step(step, output, rewards_per_func)` is called after each write (for tests and progress); `entropy`: also
+    record the policy's per-token entropy (one forward pass per generation). Returns the RunWriter. Call before
+    `trainer.train()`."""
     writer = RunWriter(Path(folder))
     generate, calculate = trainer._generate_and_score_completions, trainer._calculate_rewards
     captured: dict = {}
@@ -79,7 +98,7 @@ def record_run(trainer, folder, *, on_step=None) -> RunWriter:
             completion_ids=output["completion_ids"], completion_mask=output["completion_mask"],
             tool_mask=output.get("tool_mask"), sampling_logprobs=output.get("sampling_per_token_logps"),
             old_logprobs=output.get("old_per_token_logps"), ref_logprobs=output.get("ref_per_token_logps"),
-            advantages=output["advantages"], rewards_per_func=rewards[start:start + B],
+            entropy=_entropies(trainer, output) if entropy else None, advantages=output["advantages"], rewards_per_func=rewards[start:start + B],
             reward_func_names=list(trainer.reward_func_names),
             reward_weights=[float(w) for w in trainer.reward_weights.tolist()],
             extra=_step_extra(trainer, output))

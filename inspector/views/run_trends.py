@@ -40,8 +40,8 @@ def trend_panels(frame) -> tuple[list[tuple[str, list[str]]], list[str]]:
 
 
 def trends_figure(frame, selected: int | None = None):
-    """A panel per measure with data, two columns, x = step; each point's customdata is its step. None when
-    the frame is empty."""
+    """A panel per measure with data, two columns, x = step; each point's customdata is its step, and a step that
+    logs an earlier step's completions again has an open marker. None when the frame is empty."""
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
 
@@ -52,15 +52,21 @@ def trends_figure(frame, selected: int | None = None):
     fig = make_subplots(rows=rows, cols=2, subplot_titles=[t for t, _ in panels], vertical_spacing=0.32 / max(rows, 1),
                         horizontal_spacing=0.08)
     steps = [int(s) for s in frame["step"]]  # plain lists: the page's script reads a clicked point's step
+    # a step that logs an earlier step's completions again (TRL, steps_per_generation > 1): an open marker
+    repeats = ([int(v) if np.isfinite(v) else None for v in frame["repeat_of"].to_numpy(dtype=float, na_value=np.nan)]
+               if "repeat_of" in frame else [None] * len(steps))
+    symbols = ["circle-open" if m is not None else "circle" for m in repeats]
+    said = [f"<br>the completions of step {m}, logged again" if m is not None else "" for m in repeats]
     for k, (title, cols) in enumerate(panels):
         r, c = k // 2 + 1, k % 2 + 1
         for col in cols:
             name = LABELS.get(col, col.split("/", 1)[-1])
             fig.add_trace(go.Scatter(x=steps, y=[float(v) for v in frame[col]], mode="lines+markers", name=name,
-                                     customdata=steps, legendgroup=title, legendgrouptitle_text=title,
+                                     customdata=steps, text=said, legendgroup=title, legendgrouptitle_text=title,
                                      line={"color": COLORS[cols.index(col) % len(COLORS)]},
-                                     hovertemplate=f"step %{{x}}<br>{html.escape(name)}: %{{y:.4g}}<extra>{html.escape(title)}</extra>",
-                                     marker={"size": 9}), row=r, col=c)
+                                     hovertemplate=f"step %{{x}}<br>{html.escape(name)}: %{{y:.4g}}%{{text}}"
+                                                   f"<extra>{html.escape(title)}</extra>",
+                                     marker={"size": 9, "symbol": symbols}), row=r, col=c)
         if selected is not None:
             fig.add_vline(x=selected, line_dash="dot", line_color="#b45309", row=r, col=c)
         fig.update_xaxes(title_text="step" if k >= len(panels) - 2 else None, row=r, col=c)

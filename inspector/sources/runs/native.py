@@ -1,7 +1,7 @@
 """The inspector's own run format: one Parquet file per step, `step_<N:06d>.parquet`, written by `RunWriter`.
 
 One row per sample: `prompt_ids` (the prompt's real tokens, its mask applied), `completion_ids`, `completion_mask`,
-`tool_mask`, `sampling_logprobs`, `old_logprobs`, `ref_logprobs` (padded rows as the trainer held them),
+`tool_mask`, `sampling_logprobs`, `old_logprobs`, `ref_logprobs`, `entropy` (padded rows as the trainer held them),
 `advantage`, one `reward:<name>` column per reward function (raw, unweighted), and `extra:<key>` for per-sample
 extras. The schema metadata key `inspector-run` holds `{"version", "step", "reward_func_names", "reward_weights",
 "extra"}`. Each file is written to a temporary name and renamed into place, so a file that exists is complete.
@@ -25,7 +25,8 @@ from ._base import Reader, StepEntry, group_by_prefix
 KEY = b"inspector-run"
 VERSION = 1
 PATTERN = r"step_(\d+)\.parquet"
-TOKEN_COLUMNS = ("completion_ids", "completion_mask", "tool_mask", "sampling_logprobs", "old_logprobs", "ref_logprobs")
+TOKEN_COLUMNS = ("completion_ids", "completion_mask", "tool_mask", "sampling_logprobs", "old_logprobs", "ref_logprobs",
+                 "entropy")
 
 
 def _rows(x) -> list | None:
@@ -46,8 +47,8 @@ class RunWriter:
         self.folder.mkdir(parents=True, exist_ok=True)
 
     def write_step(self, step: int, *, prompt_ids, prompt_mask, completion_ids, completion_mask, tool_mask=None,
-                   sampling_logprobs=None, old_logprobs=None, ref_logprobs=None, advantages, rewards_per_func,
-                   reward_func_names, reward_weights, extra: dict | None = None) -> Path:
+                   sampling_logprobs=None, old_logprobs=None, ref_logprobs=None, entropy=None, advantages,
+                   rewards_per_func, reward_func_names, reward_weights, extra: dict | None = None) -> Path:
         import pyarrow as pa
         import pyarrow.parquet as pq
 
@@ -59,7 +60,7 @@ class RunWriter:
             raise InputError(f"rewards_per_func has {rpf.shape[1]} columns for {len(names)} reward_func_names.")
         cols = {"step": [int(step)] * B, "sample": list(range(B)), "prompt_ids": prompts}
         for name, value in zip(TOKEN_COLUMNS, (completion_ids, completion_mask, tool_mask, sampling_logprobs,
-                                               old_logprobs, ref_logprobs)):
+                                               old_logprobs, ref_logprobs, entropy)):
             cols[name] = _rows(value)
         cols["advantage"] = [float(np.asarray(a).reshape(-1)[0]) if np.asarray(a).size == 1 else np.asarray(a).tolist()
                              for a in (_rows(advantages) if hasattr(advantages, "__len__") else [])]
@@ -104,7 +105,8 @@ def _length(ids: np.ndarray, mask: np.ndarray, pad: int | None) -> int:
 class NativeReader(Reader):
     format = "inspector"
     fields = frozenset({"prompt_ids", "completion_ids", "loss_mask", "tool_mask", "logprobs", "new_logprobs",
-                        "ref_logprobs", "advantages", "rewards", "rewards_per_func", "reward_weights", "group", "step"})
+                        "ref_logprobs", "entropy", "advantages", "rewards", "rewards_per_func", "reward_weights",
+                        "group", "step"})
 
     def scan(self) -> dict[int, StepEntry]:
         files = self.step_files(PATTERN)
@@ -129,6 +131,7 @@ class NativeReader(Reader):
         masks = cut("completion_mask", np.int64)
         step.loss_mask = masks if step.tool_mask is None else [m * t for m, t in zip(masks, step.tool_mask)]
         step.logprobs, step.new_logprobs, step.ref_logprobs = cut("sampling_logprobs"), cut("old_logprobs"), cut("ref_logprobs")
+        step.entropy = cut("entropy")
         adv = data.get("advantage")
         step.advantages = None if adv is None else (np.asarray(adv, np.float64) if adv and np.isscalar(adv[0])
                                                     else [np.asarray(a, np.float64)[:L] for a, L in zip(adv, lengths)])

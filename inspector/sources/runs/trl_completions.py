@@ -10,6 +10,9 @@ CommitScheduler pushes the same files to the root of a dataset repo; it is read 
 by tokenizing (they may differ from the trainer's). Not in this format: token ids, masks, logprobs, entropy,
 reward weights (weight 1 is assumed for the total), group ids (consecutive equal prompts form a group). A numeric
 `log_extra` column cannot be told from a reward column; both are read as reward functions.
+The rows are TRL's `_logs` deques (maxlen generation_batch_size, grpo_trainer.py:1088-1095), never cleared by
+`log()`: with steps_per_generation or num_iterations > 1 one generation is logged again under the next steps'
+numbers. Such a step is marked `repeat_of` the step that first logged the same (prompt, completion) rows.
 """
 
 from __future__ import annotations
@@ -58,6 +61,11 @@ class TRLCompletionsReader(Reader):
     format = "trl-completions"
     fields = frozenset({"rewards_per_func", "advantages", "group", "prompt_text", "completion_text", "step"})
 
+    def __init__(self, root: Path, **kw):
+        super().__init__(root, **kw)
+        self._found: dict[int, StepEntry] = {}
+        self._signatures: dict[tuple, str] = {}
+
     def scan(self) -> dict[int, StepEntry]:
         folder = self.root / "completions" if (self.root / "completions").is_dir() else self.root
         files = self.step_files(PATTERN, folder, file_pattern=r"(?:.*_)?" + PATTERN)
@@ -66,7 +74,35 @@ class TRLCompletionsReader(Reader):
             if self.within_limit(str(p)) and _footer_ok(str(p)):
                 found[n] = StepEntry((str(p),))
         self.check_gaps(sorted(files))
+        self._found = found
         return found
+
+    def _rows_signature(self, path: str) -> str | None:
+        """A digest of a file's (prompt, completion) rows, in order; None when they cannot be read."""
+        import hashlib
+
+        import pyarrow.parquet as pq
+
+        st = os.stat(path)
+        key = (path, st.st_mtime_ns, st.st_size)
+        if key not in self._signatures:
+            try:
+                table = pq.read_table(path, columns=["prompt", "completion"])
+            except Exception:  # noqa: BLE001 - a file without those columns repeats nothing
+                return None
+            rows = repr((table.column("prompt").to_pylist(), table.column("completion").to_pylist()))
+            self._signatures[key] = hashlib.sha1(rows.encode()).hexdigest()
+        return self._signatures[key]
+
+    def _repeat_of(self, n: int, path: str) -> int | None:
+        """The first step of the run of files just before `n` whose rows equal step n's, if any."""
+        earlier = sorted(m for m in self._found if m < n)
+        mine, first = self._rows_signature(path), None
+        for m in reversed(earlier):
+            if mine is None or self._rows_signature(self._found[m].paths[0]) != mine:
+                break
+            first = m
+        return first
 
     def read(self, n: int, entry: StepEntry) -> RunStep:
         import pandas as pd
@@ -102,6 +138,12 @@ class TRLCompletionsReader(Reader):
         step.columns = others
         step.notes.append("TRL completions log: the reward columns are raw per-function rewards (TRL does not write "
                           "the reward weights: weight 1 is assumed for the total).")
+        step.repeat_of = self._repeat_of(n, path)
+        if step.repeat_of is not None:
+            step.notes.append(f"Step {n} logs the same completions as step {step.repeat_of}: TRL writes its last "
+                              "generation_batch_size completions at every log, and with steps_per_generation or "
+                              "num_iterations > 1 one generation serves several steps. Its trend points repeat "
+                              f"step {step.repeat_of}'s.")
         return step
 
 
