@@ -16,6 +16,7 @@ DATA = Path(__file__).parent / "data" / "runs"
 @pytest.fixture(autouse=True)
 def _summaries(tmp_path, monkeypatch):
     monkeypatch.setenv("INSPECTOR_RUN_SUMMARIES", str(tmp_path / "summaries"))
+    monkeypatch.setenv("INSPECTOR_RUN_UPLOADS", str(tmp_path / "uploads"))
 
 
 def test_the_example_run_is_small_and_opens():
@@ -35,10 +36,26 @@ def test_a_zip_member_over_the_limit_or_outside_the_folder_is_left_out(tmp_path)
         z.writestr("run/1.jsonl", (DATA / "verl" / "1.jsonl").read_text())
         z.writestr("run/2.jsonl", "x" * 5000)
         z.writestr("../evil.jsonl", "{}")
-    folder, problems = tab._unpack([str(path)], 2000)
-    assert sorted(p.name for p in folder.iterdir()) == ["1.jsonl"]
+    folder, link, problems = tab._unpack([str(path)], 2000)
+    assert sorted(p.name for p in folder.iterdir()) == ["1.jsonl"] and link.startswith("upload:")
     assert not (tmp_path / "evil.jsonl").exists() and not (folder.parent.parent / "evil.jsonl").exists()
     assert any("2.jsonl" in p and "over the upload limit of 2,000" in p for p in problems)
+
+
+def test_an_uploaded_run_has_a_link_that_opens_it_again(tmp_path, monkeypatch):
+    monkeypatch.setenv("INSPECTOR_HOSTED", "1")  # a link to an upload works where local paths are refused
+    files = [str(p) for p in sorted((DATA / "verl").iterdir())]
+    views = tab.open_callback("", files)
+    link = views[0]["link"]
+    assert link.startswith("upload:") and f"the uploaded run `{link}`" in views[1]
+    assert tab.open_callback("", files)[0]["link"] == link  # the same files: the same upload, kept once
+    out = tab.arrival({"run": link, "step": "2"})
+    assert out[0]["link"] == link and out[0]["run"].steps() == views[0]["run"].steps() and out[-2] == 2
+    assert not out[tab.VIEW_OUTPUTS.index("run_problems")]
+    gone = tab.open_callback("upload:" + "0" * 20, None)[tab.VIEW_OUTPUTS.index("run_problems")]
+    assert "is not on this server" in gone and "upload its files again" in gone
+    odd = tab.open_callback("upload:../../etc", None)[tab.VIEW_OUTPUTS.index("run_problems")]
+    assert "is not on this server" in odd
 
 
 def test_a_run_that_cannot_open_says_why_and_keeps_the_screen():

@@ -142,18 +142,73 @@ def layout(p: dict) -> None:
 
 # ---- opening -------------------------------------------------------------------------------------------------
 
-def _unpack(files, limit: int) -> tuple[Path, list[str]]:
-    """Uploaded files (a zip, or the run's files) in a fresh folder; members over `limit` bytes are left out."""
-    folder = Path(tempfile.mkdtemp(prefix="inspector-run-"))
+UPLOADS_KEPT_SECONDS = 24 * 3600
+UPLOAD_PREFIX = "upload:"
+
+
+def uploads_dir() -> Path:
+    """Where uploaded runs are kept, one folder per upload named by its contents' digest, so that a link can name
+    one (`?run=upload:<id>`) while this server keeps it (a day)."""
+    return Path(os.environ.get("INSPECTOR_RUN_UPLOADS", Path(tempfile.gettempdir()) / "inspector-run-uploads"))
+
+
+def _digest(paths: list[Path]) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    for path in sorted(paths, key=lambda p: p.name):
+        h.update(path.name.encode() + b"\0")
+        with open(path, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                h.update(block)
+    return h.hexdigest()[:20]
+
+
+def _prune_uploads(base: Path) -> None:
+    cutoff = time.time() - UPLOADS_KEPT_SECONDS
+    for d in base.iterdir() if base.is_dir() else ():
+        try:
+            if d.stat().st_mtime < cutoff:
+                shutil.rmtree(d, ignore_errors=True)
+        except OSError:
+            pass
+
+
+def _unpack(files, limit: int) -> tuple[Path, str, list[str]]:
+    """Uploaded files (a zip, or the run's files) in the folder of their digest; members over `limit` bytes are left
+    out. Returns (the run's folder, its link source `upload:<id>`, problems)."""
+    paths = [Path(f if isinstance(f, str) else f.name) for f in files]
+    key = _digest(paths)
+    base = uploads_dir()
+    base.mkdir(parents=True, exist_ok=True)
+    _prune_uploads(base)
+    root = base / key
+    if not (root / ".complete").is_file():
+        work = Path(tempfile.mkdtemp(prefix=f".{key}-", dir=base))
+        problems = _unpack_into(work, paths, limit)
+        (work / ".problems").write_text("\n".join(problems))
+        (work / ".complete").touch()
+        shutil.rmtree(root, ignore_errors=True)
+        os.replace(work, root)
+    os.utime(root)  # opened again: kept a day from now
+    problems = [m for m in (root / ".problems").read_text().splitlines() if m]
+    return _run_folder(root), UPLOAD_PREFIX + key, problems
+
+
+def _run_folder(root: Path) -> Path:
+    inner = [d for d in root.iterdir() if not d.name.startswith(".")]
+    return inner[0] if len(inner) == 1 and inner[0].is_dir() else root  # a zip of the run's folder
+
+
+def _unpack_into(folder: Path, paths: list[Path], limit: int) -> list[str]:
     problems = []
-    for f in files:
-        path = Path(f if isinstance(f, str) else f.name)
+    for path in paths:
         if path.suffix == ".zip":
             try:
                 with zipfile.ZipFile(path) as z:
                     for m in z.infolist():
                         name = Path(m.filename)
-                        if m.is_dir() or name.is_absolute() or ".." in name.parts:
+                        if m.is_dir() or name.is_absolute() or ".." in name.parts or name.name.startswith("."):
                             continue
                         if m.file_size > limit:
                             problems.append(f"{m.filename}: {m.file_size:,} bytes, over the upload limit of {limit:,}; "
@@ -171,20 +226,29 @@ def _unpack(files, limit: int) -> tuple[Path, list[str]]:
             problems.append(f"{path.name}: over the upload limit of {limit:,} bytes; left out.")
         else:
             shutil.copy2(path, folder / path.name)
-    inner = [d for d in folder.iterdir()]
-    if len(inner) == 1 and inner[0].is_dir():
-        folder = inner[0]  # a zip of the run's folder
-    return folder, problems
+    return problems
+
+
+def _uploaded(text: str) -> Path:
+    key = text[len(UPLOAD_PREFIX):]
+    root = uploads_dir() / key
+    if not (len(key) == 20 and all(ch in "0123456789abcdef" for ch in key) and (root / ".complete").is_file()):
+        raise InputError(f"The uploaded run {text[:40]!r} is not on this server (an upload is kept a day after it was "
+                         "last opened): upload its files again.")
+    os.utime(root)
+    return _run_folder(root)
 
 
 def _source(text: str, files) -> tuple[object, str | None, list[str]]:
     """What to open: (run, link source or None, problems from unpacking)."""
     text = (text or "").strip()
     if files:
-        folder, problems = _unpack(files if isinstance(files, list) else [files], Limits.from_env().max_upload_bytes)
-        return open_run(folder, hosted=hosted()), None, problems
+        folder, link, problems = _unpack(files if isinstance(files, list) else [files], Limits.from_env().max_upload_bytes)
+        return open_run(folder, hosted=hosted()), link, problems
     if not text or text == EXAMPLE_KEY:
         return open_run(EXAMPLE_RUN), EXAMPLE_KEY, []
+    if text.startswith(UPLOAD_PREFIX):
+        return open_run(_uploaded(text), hosted=hosted()), text, []
     if hosted() and (text.startswith((".", "/", "~")) or Path(text).expanduser().exists()):
         raise InputError("Local paths are refused on a hosted deployment: upload the run's files (or a zip), or give "
                          "a Hub dataset id.")
@@ -204,7 +268,8 @@ def run_views(run, link: str | None, problems: list[str], selected: int | None =
     all_problems = list(problems) + list(run.problems)
     findings = run_findings(run) if len(frame) else []
     selected = selected if selected in steps else (steps[-1] if steps else None)
-    name = "the example run (recorded from TRL 1.16 on the default model)" if link == EXAMPLE_KEY else f"`{run.source}`"
+    name = ("the example run (recorded from TRL 1.16 on the default model)" if link == EXAMPLE_KEY
+            else f"the uploaded run `{link}`" if (link or "").startswith(UPLOAD_PREFIX) else f"`{run.source}`")
     status = (f"**Run** {name} · format `{run.format}` · {len(steps)} complete step(s)"
               + (f" ({steps[0]} to {steps[-1]})" if steps else "") + ("  \n" + " ".join(run.notes) if run.notes else ""))
     note = ("**Some files were left out; the rest of the run is open:**\n" + "\n".join(f"- {m}" for m in all_problems)
@@ -276,7 +341,9 @@ def step_views(state, step, want, sample, policy, request: gr.Request = None):
     trainer = r.trainer  # the step's own trainer (RunStep.to_rollout sets it)
     pick = want if want not in (None, "") else sample
     i = int(pick) if str(pick).isdigit() and int(pick) < r.batch_size else 0
-    where = "the example run" if state.get("link") == EXAMPLE_KEY else f"run `{run.source}`"
+    link = state.get("link") or ""
+    where = ("the example run" if link == EXAMPLE_KEY else f"the uploaded run `{link}`" if link.startswith(UPLOAD_PREFIX)
+             else f"run `{run.source}`")
     origin = f"**Step {n}** of {where} ({run.format}, opened from the Run tab)"
     summary = "A run's step: the trainer's own tensors, no model needed to show it."
     views = rollout_views(r, summary, session_of(request), origin, i)
