@@ -56,24 +56,51 @@ def app_url(models):
     demo.close()
 
 
+_BOOTING: dict = {}  # logprobs mode -> a vLLM server launched at collection, booting while other tests run
+VLLM_FIXTURES = {"vllm_processed": "processed_logprobs", "vllm_raw": "raw_logprobs"}
+
+
+def pytest_collection_modifyitems(session, config, items):
+    """Launch the vLLM servers the collected tests need now, without waiting: each boots (a minute or more on this
+    CPU) while the tests before the engine's run, and its fixture waits for it to answer."""
+    from inspector.sources.serving import launch_vllm
+
+    wanted = {mode for item in items for name, mode in VLLM_FIXTURES.items() if name in getattr(item, "fixturenames", ())}
+    for mode in sorted(wanted):
+        if not os.environ.get(f"INSPECTOR_TEST_VLLM_{mode.upper()}") and mode not in _BOOTING:
+            try:
+                _BOOTING[mode] = launch_vllm(logprobs_mode=mode)
+            except Exception as exc:  # noqa: BLE001 - the fixture starts it again and reports what fails
+                _BOOTING[mode] = exc
+
+
+def pytest_sessionfinish(session, exitstatus):
+    for server in _BOOTING.values():
+        if not isinstance(server, Exception):
+            server.stop()
+
+
 def _vllm(request, mode: str) -> str:
     """A real vLLM CPU server (its own environment, built by scripts/vllm_env.sh) serving the default policy,
-    started once per session per logprobs mode, stopped by its process id when the session ends."""
-    from inspector.sources.serving import start_vllm
+    once per session per logprobs mode (launched at collection), stopped by its process id when the session ends."""
+    from inspector.sources.serving import start_vllm, wait_healthy
 
     running = os.environ.get(f"INSPECTOR_TEST_VLLM_{mode.upper()}")  # a server already up (local iterations)
     if running:
         return running
-    server = start_vllm(logprobs_mode=mode)
-    request.addfinalizer(server.stop)
-    return server.url
+    booting = _BOOTING.get(mode)
+    if booting is None or isinstance(booting, Exception):
+        server = start_vllm(logprobs_mode=mode)
+        request.addfinalizer(server.stop)
+        return server.url
+    return wait_healthy(booting).url
 
 
 @pytest.fixture(scope="session")
 def vllm_processed(request):
-    return _vllm(request, "processed_logprobs")
+    return _vllm(request, VLLM_FIXTURES["vllm_processed"])
 
 
 @pytest.fixture(scope="session")
 def vllm_raw(request):
-    return _vllm(request, "raw_logprobs")
+    return _vllm(request, VLLM_FIXTURES["vllm_raw"])

