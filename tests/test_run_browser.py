@@ -101,7 +101,7 @@ def test_a_link_opens_the_run_step_sample_and_tab_it_names(browser, app_url, vie
         if viewport is PHONE:  # one column of trends, each the full width, no title over another
             page.wait_for_function("() => { const L = document.querySelector('#run-trends .js-plotly-plot').layout;"
                                    " return L.xaxis2 && L.xaxis2.domain[0] === 0; }", timeout=30_000)
-            boxes = page.evaluate("""() => Array.from(document.querySelectorAll('#run-trends .subplot.xy .nsewdrag'))
+            boxes = page.evaluate("""() => Array.from(document.querySelectorAll('#run-trends .draglayer .nsewdrag'))
                                        .map((e) => e.getBoundingClientRect()).filter((b) => b.width > 0)
                                        .map((b) => [b.left, b.top, b.width, b.height])""")
             titles = page.evaluate("""() => Array.from(document.querySelectorAll('#run-trends .annotation'))
