@@ -2,7 +2,8 @@
 
 - verl 0.9.1: `RayPPOTrainer._write_generations` (verl/trainer/ppo/ray_trainer.py:453-477) lifted with `ast` from
   the wheel in ~/.cache/rollout-inspector/wheels, fed `tokenizer.batch_decode(..., skip_special_tokens=True)` texts
-  as `_log_rollout_data` (514-546) does.
+  as `_log_rollout_data` (514-546) does; and the TransferQueue trainer's own `_write_generations`
+  (verl/trainer/ppo/v1/trainer_base.py:1226-1260), fed and sorted by uid as its `_log_rollout_data` (1297-1340).
 - NeMo-RL 7ea279abfbeb698b092856d0dab61e7cf39bc909: `Logger.log_batched_dict_as_jsonl` (nemo_rl/utils/logger.py:
   1071-1096) lifted with `ast`, over a dict whose `make_microbatch_iterator(1)` slices `v[i:i+1]` as
   `BatchedDataDict.slice` does (nemo_rl/distributed/batched_data_dict.py:885-1015); `log_data` keys as grpo.py:3629-3654.
@@ -17,7 +18,7 @@ Token ids come from the default policy's tokenizer (chat-templated prompts, comp
 advantages and rewards are seeded numbers. Sources are read from bare git mirrors (`--mirrors`, each
 `<owner>+<name>/repo`) at the commits above.
 
-    HF_HUB_OFFLINE=1 python scripts/build_run_fixtures.py --mirrors DIR
+    HF_HUB_OFFLINE=1 python scripts/build_run_fixtures.py --mirrors DIR [--only verl verl_v1 ...]
 """
 
 from __future__ import annotations
@@ -101,6 +102,38 @@ def build_verl(tok, out: Path) -> None:
         scores = [float(len(c) % 3) for _, _, _, c in rows]
         extra = {"acc": [s > 0 for s in scores], "request_id": [f"r{step}-{i}" for i in range(len(rows))]}
         write(inputs, outputs, ["4", "4", "blue", "blue"], scores, extra, str(out / "verl"), step)
+
+
+def build_verl_v1(tok, out: Path) -> None:
+    """verl 0.9.1's TransferQueue trainer (verl/trainer/ppo/v1/trainer_base.py): its own `_write_generations`
+    (1226-1260), lifted, fed as its `_log_rollout_data` (1297-1340) feeds it: rows in the order the keys come back,
+    sorted by the key `{uid}_{session_id}_{index}` (verl/trainer/ppo/v1/agent_loop_tq.py:178-193) split with
+    `rsplit("_", 2)`, and the keys as the one extra column `uid`. The dataset uids hold underscores."""
+    import numpy as np
+
+    with zipfile.ZipFile(WHEEL) as z:
+        text = z.read("verl/trainer/ppo/v1/trainer_base.py").decode()
+    write = lift(text, {"_write_generations"}, {"os": os, "json": json, "np": np}, cls="PPOTrainer")["_write_generations"]
+    uids = ["gsm8k_train_17", "gsm8k_train_4"]  # dataset uids (the trainer draws uuid4s when the data has none)
+    for step in (1, 2):
+        rows = samples(tok, step)
+        keys = [f"{uids[i // G]}_{i % G}_0" for i in range(len(rows))]
+        order = [3, 0, 2, 1]  # the order TransferQueue hands the keys back: not the prompts' order
+        rows, keys = [rows[i] for i in order], [keys[i] for i in order]
+        inputs = [tok.decode(p, skip_special_tokens=True) for p, *_ in rows]
+        outputs = [tok.decode(c, skip_special_tokens=True) for _, c, *_ in rows]
+        scores = [float(len(c) % 3) for *_, c in rows]
+        gts = [None] * len(rows)  # no reward_model field in this batch
+        sort_keys = []
+        for key in keys:
+            parts = key.rsplit("_", 2)
+            if len(parts) == 3:
+                sort_keys.append((parts[0], int(parts[1]), int(parts[2])))
+            else:
+                sort_keys.append((key, 0, 0))
+        idx = sorted(range(len(sort_keys)), key=lambda i: sort_keys[i])
+        write([inputs[i] for i in idx], [outputs[i] for i in idx], [gts[i] for i in idx], [scores[i] for i in idx],
+              {"uid": [keys[i] for i in idx]}, str(out / "verl_v1"), step)
 
 
 class _Sliced(dict):
@@ -260,23 +293,29 @@ def build_slime(tok, mirrors: Path, out: Path) -> None:
         torch.save(ns["_build_dump_payload"]([shard], rollout_id=step, writer_rank=0), folder / f"{step}.pt")
 
 
+BUILDERS = {"verl": (build_verl, False), "verl_v1": (build_verl_v1, False), "nemo_rl": (build_nemo, True),
+            "prime_rl": (build_prime, True), "skyrl": (build_skyrl, True), "slime": (build_slime, True)}
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--mirrors", type=Path, required=True, help="folder of bare mirrors, <owner>+<name>/repo")
+    ap.add_argument("--mirrors", type=Path, help="folder of bare mirrors, <owner>+<name>/repo (NeMo-RL, prime-rl, "
+                    "SkyRL, slime)")
     ap.add_argument("--out", type=Path, default=OUT)
+    ap.add_argument("--only", nargs="+", choices=sorted(BUILDERS), help="build these fixtures alone")
     args = ap.parse_args()
     from inspector.weights import converted_default_policy
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(converted_default_policy())
-    for name in ("verl", "nemo_rl", "prime_rl", "skyrl", "slime"):
-        shutil.rmtree(args.out / name, ignore_errors=True)
+    names = args.only or list(BUILDERS)
+    if args.mirrors is None and set(names) - {"verl", "verl_v1"}:
+        ap.error("--mirrors is needed for " + ", ".join(sorted(set(names) - {"verl", "verl_v1"})))
     args.out.mkdir(parents=True, exist_ok=True)
-    build_verl(tok, args.out)
-    build_nemo(tok, args.mirrors, args.out)
-    build_prime(tok, args.mirrors, args.out)
-    build_skyrl(tok, args.mirrors, args.out)
-    build_slime(tok, args.mirrors, args.out)
+    for name in names:
+        shutil.rmtree(args.out / name, ignore_errors=True)
+        build, needs_mirrors = BUILDERS[name]
+        build(tok, args.mirrors, args.out) if needs_mirrors else build(tok, args.out)
     total = sum(p.stat().st_size for p in args.out.rglob("*") if p.is_file())
     print(f"wrote {args.out} ({total / 1024:.0f} KiB)")
     return 0

@@ -177,3 +177,14 @@ def test_unknown_source_and_step():
         open_run("/nonexistent/run")
     with pytest.raises(InputError, match="step 9 is not in this run"):
         open_run(DATA / "verl").step(9)
+
+
+def test_verl_v1_groups_by_the_uid_sample_part():
+    """verl's TransferQueue trainer writes `uid` = `{uid}_{session_id}_{index}`, rows sorted by it; a dataset uid may
+    hold "_" itself, so the sample part is what is left of the last two."""
+    rows = [json.loads(x) for x in (DATA / "verl_v1/1.jsonl").read_text().splitlines()]
+    step = open_run(DATA / "verl_v1").step(1)
+    assert step.columns["uid"] == [r["uid"] for r in rows] == ["gsm8k_train_17_0_0", "gsm8k_train_17_1_0",
+                                                                "gsm8k_train_4_0_0", "gsm8k_train_4_1_0"]
+    assert step.group.tolist() == [0, 0, 1, 1] and any("uid's sample part" in n for n in step.notes)
+    assert step.rewards.tolist() == [r["score"] for r in rows]

@@ -58,8 +58,10 @@ class VerlReader(Reader):
         for k in dict.fromkeys(keys):
             step.columns[k] = [r.get(k) for r in rows]
         uids = step.columns.get("uid")
-        if uids and all(isinstance(u, str) and "_" in u for u in uids):
-            step.group = group_by_prefix([u.split("_")[0] for u in uids])
+        if uids and all(isinstance(u, str) and u.count("_") >= 2 for u in uids):
+            # `{uid}_{session_id}_{index}` (v1/agent_loop_tq.py:178-193); the dataset's uid may hold "_" itself:
+            # split from the right, as the trainer's own sort does (v1/trainer_base.py:1316-1324)
+            step.group = group_by_prefix([u.rsplit("_", 2)[0] for u in uids])
         else:
             step.group = group_by_prefix(step.prompt_text)
         step.notes.append("verl generation dump: `score` is the summed token-level score; groups are "
