@@ -17,6 +17,33 @@ def pytest_configure(config):
 
 
 @pytest.fixture(scope="session")
+def policy_copy(tmp_path_factory):
+    """A factory: `policy_copy(name, **changes)` is a copy of the default policy's folder (weights linked, the other
+    files copied) named `name`, whose generation_config.json gets `changes`."""
+    import json
+    import shutil
+    from pathlib import Path
+
+    from inspector.models import DEFAULT_POLICY
+    from inspector.weights import resolve_source
+
+    def make(name: str, **changes) -> Path:
+        source = Path(resolve_source(DEFAULT_POLICY))
+        folder = tmp_path_factory.mktemp(name) / name
+        folder.mkdir()
+        for path in source.iterdir():
+            if path.name.endswith(".safetensors"):
+                (folder / path.name).symlink_to(path)
+            elif path.is_file():
+                shutil.copy(path, folder / path.name)
+        config = json.loads((folder / "generation_config.json").read_text())
+        (folder / "generation_config.json").write_text(json.dumps(config | changes))
+        return folder
+
+    return make
+
+
+@pytest.fixture(scope="session")
 def models():
     from inspector import load_models
 

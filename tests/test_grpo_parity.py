@@ -7,9 +7,6 @@ weights (the gradient of TRL's loss with respect to its per-token logprobs) and 
 
 from __future__ import annotations
 
-import json
-import os
-import shutil
 
 import pytest
 import torch
@@ -24,23 +21,6 @@ pytestmark = pytest.mark.integration
 PROMPTS = ["Write a long story about the sea.", "What is 2 + 2? Answer with one number."]
 G, TOKENS, TEMPERATURE = 2, 16, 0.9
 FUNCS = [r_length, r_has_e, r_prompt]
-
-
-def _copy_with_eos(tmp_path_factory, eos_ids: list[int]):
-    """A copy of the default policy whose generation_config.json lists several EOS ids."""
-    from inspector.weights import converted_default_policy
-
-    source = converted_default_policy()
-    folder = tmp_path_factory.mktemp("two-eos") / "SmolLM2-two-eos"
-    folder.mkdir()
-    for name in os.listdir(source):
-        if name.endswith(".safetensors"):
-            os.symlink(os.path.join(source, name), folder / name)
-        elif os.path.isfile(os.path.join(source, name)):
-            shutil.copy(os.path.join(source, name), folder / name)
-    config = json.loads((folder / "generation_config.json").read_text())
-    (folder / "generation_config.json").write_text(json.dumps(config | {"eos_token_id": eos_ids}))
-    return folder
 
 
 def _trl_trainer(path, tmp, generation_eos=None):
@@ -214,7 +194,7 @@ def test_custom_stop_token_with_pad_equal_to_eos(models, tmp_path_factory):
     assert (s.completion_mask[rows, ends[rows] + 1] == 0).all() and (s.token_weights[rows, ends[rows] + 1] == 0).all()
 
 
-def test_a_model_with_two_eos_ids(tmp_path_factory):
+def test_a_model_with_two_eos_ids(tmp_path_factory, policy_copy):
     from inspector import load_models
 
     from inspector.weights import converted_default_policy
@@ -222,7 +202,7 @@ def test_a_model_with_two_eos_ids(tmp_path_factory):
 
     tok = AutoTokenizer.from_pretrained(str(converted_default_policy()))
     other = tok.convert_tokens_to_ids(",")
-    folder = _copy_with_eos(tmp_path_factory, [tok.eos_token_id, other])
+    folder = policy_copy("SmolLM2-two-eos", eos_token_id=[tok.eos_token_id, other])  # several EOS ids
     models = load_models(str(folder))
     r = _rollout(models, seed=0)
     assert r.eos_token_ids == [tok.eos_token_id, other]

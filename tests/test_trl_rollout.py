@@ -4,9 +4,6 @@ rollout logprobs, and the PPO step fed them; the model's own generation settings
 from __future__ import annotations
 
 import dataclasses
-import json
-import os
-import shutil
 
 import pytest
 import torch
@@ -93,24 +90,10 @@ def test_no_stop_token_generates_every_token(models):
 
 
 @pytest.fixture(scope="module")
-def penalised(tmp_path_factory):
+def penalised(policy_copy):
     """The default policy's folder, its weights linked, with repetition_penalty 1.3 and no_repeat_ngram_size 3
     in its generation_config.json."""
-    from inspector.models import DEFAULT_POLICY
-    from inspector.weights import resolve_source
-
-    source = resolve_source(DEFAULT_POLICY)
-    folder = tmp_path_factory.mktemp("penalised") / "SmolLM2-penalised"
-    folder.mkdir()
-    for name in os.listdir(source):
-        if name.endswith(".safetensors"):
-            os.symlink(os.path.join(source, name), folder / name)
-        elif os.path.isfile(os.path.join(source, name)):
-            shutil.copy(os.path.join(source, name), folder / name)
-    config = json.loads((folder / "generation_config.json").read_text())
-    config |= {"repetition_penalty": 1.3, "no_repeat_ngram_size": 3}
-    (folder / "generation_config.json").write_text(json.dumps(config))
-    return load_models(str(folder))
+    return load_models(str(policy_copy("SmolLM2-penalised", repetition_penalty=1.3, no_repeat_ngram_size=3)))
 
 
 def _count_backbone_calls(model) -> tuple[list[int], object]:
