@@ -4,12 +4,13 @@ Each measurement runs in a fresh subprocess (models loaded, code paths warmed up
 its peak RSS growth sampled every 2 ms), and the sides alternate: bare, inspect, trl, bare, inspect, ...
 The median of the repetitions is reported, with the machine it ran on.
 
-    python benchmarks/bench_inspection.py [--reps 3] [--batch 8] [--tokens 128]
+    python benchmarks/bench_inspection.py [--reps 3] [--batch 8] [--tokens 128] [--greedy]
 
 The inspect side also prints the time of each pass after generation (recompute, reference, value, reward,
 decoding, diagnostics, PPO step, views), so one can see where the time over bare generate goes.
 
-Sides, on the same prompts, seed and sampling settings (temperature 0.7, top_k 0, top_p 1.0):
+Sides, on the same prompts, seed and sampling settings (temperature 0.7, top_k 0, top_p 1.0; `--greedy`: greedy
+decoding, as the inspection goal is stated):
 - bare: `model.generate` with nothing kept (the physical floor);
 - inspect: `run_rollout` (generation with the per-token capture, the recompute, value and reward passes),
   the diagnostics, the PPO step and every view the page builds;
@@ -82,7 +83,7 @@ class PeakRSS:
         return self.peak - self.base
 
 
-def child(side: str, batch: int, tokens: int) -> dict:
+def child(side: str, batch: int, tokens: int, greedy: bool = False) -> dict:
     """One measurement (runs inside the subprocess)."""
     sys.path.insert(0, str(ROOT))
     import torch
@@ -97,7 +98,9 @@ def child(side: str, batch: int, tokens: int) -> dict:
     models = load_models()
     tok = models.tokenizer
     prompts = PROMPTS[:batch]
-    settings = dict(max_new_tokens=tokens, do_sample=True, temperature=0.7, top_k=0, top_p=1.0, seed=0)
+    sampling = dict(do_sample=False) if greedy else dict(do_sample=True, temperature=0.7, top_k=0, top_p=1.0)
+    temperature = 1.0 if greedy else 0.7  # what the trainer divides the logits by
+    settings = dict(max_new_tokens=tokens, seed=0, **sampling)
 
     def bare():
         enc = encode_prompts(tok, prompts)
@@ -106,9 +109,8 @@ def child(side: str, batch: int, tokens: int) -> dict:
         with torch.no_grad():
             out = models.policy.generate(
                 input_ids=torch.masked_fill(enc.queries, ~mask, 0), attention_mask=mask.long(),
-                generation_config=GenerationConfig(max_new_tokens=tokens, do_sample=True, temperature=0.7, top_k=0,
-                                                   top_p=1.0, pad_token_id=tok.pad_token_id,
-                                                   eos_token_id=tok.eos_token_id),
+                generation_config=GenerationConfig(max_new_tokens=tokens, pad_token_id=tok.pad_token_id,
+                                                   eos_token_id=tok.eos_token_id, **sampling),
             )
         return out.shape[1] - enc.queries.shape[1]
 
@@ -152,9 +154,8 @@ def child(side: str, batch: int, tokens: int) -> dict:
         with torch.no_grad():
             output = models.policy.generate(
                 input_ids=torch.masked_fill(queries, ~mask, 0), attention_mask=mask.long(),
-                generation_config=GenerationConfig(max_new_tokens=tokens, do_sample=True, temperature=0.7, top_k=0,
-                                                   top_p=1.0, pad_token_id=pad, eos_token_id=tok.eos_token_id,
-                                                   return_dict_in_generate=True, output_scores=True),
+                generation_config=GenerationConfig(max_new_tokens=tokens, pad_token_id=pad, eos_token_id=tok.eos_token_id,
+                                                   return_dict_in_generate=True, output_scores=True, **sampling),
             )
             responses = output.sequences[:, context_length:]
             query_responses = torch.cat((queries, responses), 1)
@@ -166,7 +167,7 @@ def child(side: str, batch: int, tokens: int) -> dict:
                 input_ids=torch.masked_fill(query_responses, ~qr_mask, 0), attention_mask=qr_mask,
                 position_ids=qr_mask.cumsum(1) - qr_mask.long(), return_dict=True,
             )
-            ref_logits = ref_out.logits[:, context_length - 1 : -1] / (0.7 + 1e-7)
+            ref_logits = ref_out.logits[:, context_length - 1 : -1] / (temperature + 1e-7)
             ref_logprobs = torch.log_softmax(ref_logits, -1).gather(-1, responses.unsqueeze(-1)).squeeze(-1)
             del ref_out, ref_logits
             postprocessed = truncate_response(tok.eos_token_id, pad, responses)
@@ -301,6 +302,7 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--tokens", type=int, default=128)
     p.add_argument("--skip-cold", action="store_true")
+    p.add_argument("--greedy", action="store_true", help="greedy decoding instead of sampling at temperature 0.7")
     p.add_argument("--child", nargs="+")
     args = p.parse_args()
     if args.child:
@@ -310,16 +312,17 @@ def main() -> None:
         elif kind == "views":
             print(json.dumps(views_at_scale()))
         else:
-            print(json.dumps(child(kind, int(rest[0]), int(rest[1]))))
+            print(json.dumps(child(kind, int(rest[0]), int(rest[1]), rest[2:] == ["greedy"])))
         return
 
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
           f"{os.sysconf('SC_PHYS_PAGES') * os.sysconf('SC_PAGE_SIZE') / 2**30:.0f} GiB, Python {platform.python_version()}")
-    print(f"batch {args.batch} x {args.tokens} new tokens, {args.reps} repetitions, sides alternating\n")
+    print(f"batch {args.batch} x {args.tokens} new tokens, {'greedy' if args.greedy else 'sampled at T = 0.7'}, "
+          f"{args.reps} repetitions, sides alternating\n")
     results: dict[str, list[dict]] = {"bare": [], "inspect": [], "trl": []}
     for rep in range(args.reps):
         for side in results:
-            res = run_child(side, args.batch, args.tokens)
+            res = run_child(side, args.batch, args.tokens, *(["greedy"] if args.greedy else []))
             results[side].append(res)
             print(f"  rep {rep + 1} {side:8s} {res['seconds']:7.2f} s  peak +{res['peak_growth_mb']:7.1f} MB  "
                   f"({res['width']} tokens)", flush=True)

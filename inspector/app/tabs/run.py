@@ -188,8 +188,13 @@ def _unpack(files, limit: int) -> tuple[Path, str, list[str]]:
         problems = _unpack_into(work, paths, limit)
         (work / ".problems").write_text("\n".join(problems))
         (work / ".complete").touch()
-        shutil.rmtree(root, ignore_errors=True)
-        os.replace(work, root)
+        shutil.rmtree(root, ignore_errors=True)  # an unfinished earlier unpacking
+        try:
+            os.replace(work, root)
+        except OSError:  # the same files unpacked at the same moment by another session: keep theirs
+            shutil.rmtree(work, ignore_errors=True)
+            if not (root / ".complete").is_file():
+                raise
     os.utime(root)  # opened again: kept a day from now
     problems = [m for m in (root / ".problems").read_text().splitlines() if m]
     return _run_folder(root), UPLOAD_PREFIX + key, problems
