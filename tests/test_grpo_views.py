@@ -1,4 +1,4 @@
-"""The GRPO views on a real GRPO-shaped rollout of the default models: 3 arithmetic prompts x 4 completions at a
+"""The GRPO views on a real rollout of the default models made for GRPO: 3 arithmetic prompts x 4 completions at a
 low temperature, scored by the exact-answer reward (groups 1 and 2 have equal rewards: zero std)."""
 
 from __future__ import annotations
@@ -29,7 +29,9 @@ pytestmark = pytest.mark.integration
 def grpo_rollout(models):
     from inspector import run_rollout
 
-    return run_rollout(models, arithmetic_prompts(3), samples_per_prompt=4, max_new_tokens=16, temperature=0.3, seed=0)
+    # made for GRPO (its masks and entropies): at T = 0.3, seed 1, group 0 is mixed and groups 1 and 2 zero-std
+    return run_rollout(models, arithmetic_prompts(3), samples_per_prompt=4, max_new_tokens=16, temperature=0.3, seed=1,
+                       trainer="grpo")
 
 
 @pytest.fixture(scope="module")
