@@ -87,12 +87,15 @@ _BOOTING: dict = {}  # logprobs mode -> a vLLM server launched at collection, bo
 VLLM_FIXTURES = {"vllm_processed": "processed_logprobs", "vllm_raw": "raw_logprobs"}
 
 
-def pytest_collection_modifyitems(session, config, items):
-    """Launch the vLLM servers the collected tests need now, without waiting: each boots (a minute or more on this
-    CPU) while the tests before the engine's run, and its fixture waits for it to answer."""
+def pytest_collection_finish(session):
+    """Launch the vLLM servers the selected tests need (after -k / -m deselection), without waiting: each boots (a
+    minute or more on this CPU) while the tests before the engine's run, and its fixture waits for it to answer."""
     from inspector.sources.serving import launch_vllm
 
-    wanted = {mode for item in items for name, mode in VLLM_FIXTURES.items() if name in getattr(item, "fixturenames", ())}
+    if session.config.option.collectonly:
+        return
+    wanted = {mode for item in session.items for name, mode in VLLM_FIXTURES.items()
+              if name in getattr(item, "fixturenames", ())}
     for mode in sorted(wanted):
         if not os.environ.get(f"INSPECTOR_TEST_VLLM_{mode.upper()}") and mode not in _BOOTING:
             try:

@@ -110,11 +110,11 @@ def wait_done(page, previous_status: str, fresh: bool = False) -> None:
     page.wait_for_function(IDLE, timeout=300_000)  # the panels after the status: as long as the run may take
 
 
-def run_and_wait(page, previous_status: str = "") -> str:
+def run_and_wait(page) -> str:
     """Press Run and wait for the new rollout's status. The status to see replaced is read once the page is idle and
     the status itself settled (no progress overlaid on it), right before the click: settings changed just before can
     re-render the status, and a status read earlier, or read with gradio's progress on it, would let the old status
-    pass for the new rollout. `previous_status` is kept for the callers' reading; the settled one is what counts."""
+    pass for the new rollout."""
     page.wait_for_function(IDLE, timeout=60_000)
     page.wait_for_function(f"() => {{ const s = document.querySelector('#status-line'); return s && ({SETTLED})(s.innerText); }}",
                            timeout=60_000)
@@ -339,14 +339,13 @@ def test_an_empty_prompt_box_keeps_the_results(page):
 
 
 def test_truncation_shows_where_value_and_reward_inputs_differ(page):
-    previous = page.inner_text("#status-line")
     page.fill("#prompts textarea", "Write three short sentences about dogs.\nWrite two short sentences about rain.")
     if not page.locator("#stop-choice").is_visible():
         page.get_by_text("Generation settings", exact=True).click()  # the accordion starts closed
     page.get_by_label("Custom token").check()
     page.locator("#compare-masks input").check()
     page.fill("#stop-custom textarea, #stop-custom input", ".")
-    run_and_wait(page, previous)
+    run_and_wait(page)
     show_tab(page, "value-reward")
     page.wait_for_selector("#panel-value-reward .tok-truncated", state="attached", timeout=60_000)  # at least one
     counts(page, '#panel-diagnostics [data-code="mask_changes_reward"]', 1)

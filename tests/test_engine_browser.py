@@ -27,7 +27,7 @@ def test_the_mismatch_tab_shows_a_raw_logprobs_server(browser, app_url, vllm_raw
         settings_open(page)
         page.fill(ENGINE_FIELD, vllm_raw)
         page.get_by_label("Tokenizer's true mask").check()
-        status = run_and_wait(page, page.inner_text("#status-line"))
+        status = run_and_wait(page)
         batch = int(re.search(r"(\d+) samples ×", status).group(1))
         show_tab(page, "mismatch")
         wait_plotted(page, "#panel-mismatch-plot")
@@ -68,7 +68,7 @@ def test_an_engine_failure_is_a_message_and_the_page_keeps_serving(browser, app_
         # the same page, the field cleared: an in-process rollout runs
         page.fill(ENGINE_FIELD, "")
         page.fill("#prompts textarea", "Name a fruit.")
-        run_and_wait(page, page.inner_text("#status-line"))
+        run_and_wait(page)
         shows(page, "#status-line", re.compile(r"(?<!\d)1 samples? ×"))
     finally:
         page.close()

@@ -43,7 +43,7 @@ def test_the_grpo_tab_shows_groups_token_weights_and_a_zero_std_group(browser, a
         page.locator("#reward-funcs").get_by_label("sentiment reward model").uncheck()
         page.fill("#prompts textarea", "\n".join(PROMPTS))  # again: the example shown on arrival may refill it
         assert page.input_value("#prompts textarea") == "\n".join(PROMPTS)
-        run_and_wait(page, page.inner_text("#status-line"))
+        run_and_wait(page)
         shows(page, "#status-line", "12 samples × 16 tokens")
         show_tab(page, "grpo")
         page.wait_for_selector("#panel-grpo-groups [data-group='2']", timeout=120_000)

@@ -87,7 +87,11 @@ def record_run(trainer, folder, *, on_step=None, entropy: bool = True) -> RunWri
     def generate_and_score(*args, **kwargs):
         captured.clear()
         output = generate(*args, **kwargs)
-        if not trainer.model.training or not trainer.accelerator.is_main_process:
+        if not trainer.model.training:
+            return output
+        # on every process, as TRL runs its own passes: a sharded model (ZeRO-3, FSDP) forwards on all or none
+        entropies = _entropies(trainer, output) if entropy else None
+        if not trainer.accelerator.is_main_process:
             return output
         rewards = captured["rewards_per_func"]
         B = output["completion_ids"].size(0)
@@ -98,7 +102,7 @@ def record_run(trainer, folder, *, on_step=None, entropy: bool = True) -> RunWri
             completion_ids=output["completion_ids"], completion_mask=output["completion_mask"],
             tool_mask=output.get("tool_mask"), sampling_logprobs=output.get("sampling_per_token_logps"),
             old_logprobs=output.get("old_per_token_logps"), ref_logprobs=output.get("ref_per_token_logps"),
-            entropy=_entropies(trainer, output) if entropy else None, advantages=output["advantages"], rewards_per_func=rewards[start:start + B],
+            entropy=entropies, advantages=output["advantages"], rewards_per_func=rewards[start:start + B],
             reward_func_names=list(trainer.reward_func_names),
             reward_weights=[float(w) for w in trainer.reward_weights.tolist()],
             extra=_step_extra(trainer, output))

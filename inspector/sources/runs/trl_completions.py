@@ -77,8 +77,9 @@ class TRLCompletionsReader(Reader):
         self._found = found
         return found
 
-    def _rows_signature(self, path: str) -> str | None:
-        """A digest of a file's (prompt, completion) rows, in order; None when they cannot be read."""
+    def _rows_signature(self, path: str, table=None) -> str | None:
+        """A digest of a file's (prompt, completion) rows, in order (from `table` when the file was just read);
+        None when they cannot be read."""
         import hashlib
 
         import pyarrow.parquet as pq
@@ -87,17 +88,17 @@ class TRLCompletionsReader(Reader):
         key = (path, st.st_mtime_ns, st.st_size)
         if key not in self._signatures:
             try:
-                table = pq.read_table(path, columns=["prompt", "completion"])
+                table = table if table is not None else pq.read_table(path, columns=["prompt", "completion"])
+                rows = repr((table.column("prompt").to_pylist(), table.column("completion").to_pylist()))
             except Exception:  # noqa: BLE001 - a file without those columns repeats nothing
                 return None
-            rows = repr((table.column("prompt").to_pylist(), table.column("completion").to_pylist()))
             self._signatures[key] = hashlib.sha1(rows.encode()).hexdigest()
         return self._signatures[key]
 
-    def _repeat_of(self, n: int, path: str) -> int | None:
-        """The first step of the run of files just before `n` whose rows equal step n's, if any."""
+    def _repeat_of(self, n: int, path: str, table) -> int | None:
+        """The first step of the run of files just before `n` whose rows equal step n's (read as `table`), if any."""
         earlier = sorted(m for m in self._found if m < n)
-        mine, first = self._rows_signature(path), None
+        mine, first = self._rows_signature(path, table), None
         for m in reversed(earlier):
             if mine is None or self._rows_signature(self._found[m].paths[0]) != mine:
                 break
@@ -105,10 +106,11 @@ class TRLCompletionsReader(Reader):
         return first
 
     def read(self, n: int, entry: StepEntry) -> RunStep:
-        import pandas as pd
+        import pyarrow.parquet as pq
 
         path = entry.paths[0]
-        df = pd.read_parquet(path)
+        table = pq.read_table(path)
+        df = table.to_pandas()
         name = Path(path).name
         step = RunStep(step=n, format=self.format)
         missing = [c for c in ("prompt", "completion") if c not in df.columns]
@@ -138,7 +140,7 @@ class TRLCompletionsReader(Reader):
         step.columns = others
         step.notes.append("TRL completions log: the reward columns are raw per-function rewards (TRL does not write "
                           "the reward weights: weight 1 is assumed for the total).")
-        step.repeat_of = self._repeat_of(n, path)
+        step.repeat_of = self._repeat_of(n, path, table)
         if step.repeat_of is not None:
             step.notes.append(f"Step {n} logs the same completions as step {step.repeat_of}: TRL writes its last "
                               "generation_batch_size completions at every log, and with steps_per_generation or "
