@@ -99,7 +99,8 @@ def pytest_collection_finish(session):
     for mode in sorted(wanted):
         if not os.environ.get(f"INSPECTOR_TEST_VLLM_{mode.upper()}") and mode not in _BOOTING:
             try:
-                _BOOTING[mode] = launch_vllm(logprobs_mode=mode)
+                # at a lower priority: booting must not slow the page tests that run meanwhile
+                _BOOTING[mode] = launch_vllm(logprobs_mode=mode, niceness=10)
             except Exception as exc:  # noqa: BLE001 - the fixture starts it again and reports what fails
                 _BOOTING[mode] = exc
 
