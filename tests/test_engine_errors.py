@@ -330,3 +330,28 @@ def test_the_page_gives_the_message_and_keeps_serving(serve, tokenizer, models, 
     monkeypatch.delenv("INSPECTOR_MAX_TIME")
     r = run_callback("", "", "", "", "Say hi.", *settings.values(), engine_url="")[0]
     assert r.batch_size == 2 and r.engine["engine"] == "transformers.generate"
+
+
+def test_a_server_launched_niced_is_lowered_with_its_scheduler_group(tmp_path):
+    """A server booting beside other work runs at the niceness asked for, and so does its session's scheduler group:
+    under Linux's autogroups a new session's nice values weigh only inside that group, which would take half the CPU
+    from the page it boots beside."""
+    from inspector.sources.serving import launch_vllm
+
+    stand_in = tmp_path / "python"
+    stand_in.write_text("#!/bin/sh\nexec sleep 60\n")
+    stand_in.chmod(0o755)
+    server = launch_vllm(tmp_path, python=str(stand_in), niceness=10)
+    try:
+        time.sleep(0.5)
+        import os
+
+        # os.nice adds to the niceness this process runs at (10 more, at most 19); the group's value is absolute
+        assert os.getpriority(os.PRIO_PROCESS, server.process.pid) == min(19, os.getpriority(os.PRIO_PROCESS, 0) + 10)
+        group = f"/proc/{server.process.pid}/autogroup"
+        if os.path.exists(group):
+            assert open(group).read().split()[-1] == "10"
+    finally:
+        server.stop()
+        server.log_path.unlink(missing_ok=True)
+    assert server.process.poll() is not None

@@ -73,6 +73,22 @@ class Server:
             pass
 
 
+def _lowered(niceness: int):
+    """What the child runs before the server: a lower CPU priority. It is a new session, which Linux (autogroups on,
+    its default) schedules as a group of its own that weighs as much as every other group, whatever its processes'
+    nice values: so the group's own nice value is set too."""
+
+    def lower() -> None:
+        os.nice(niceness)
+        try:
+            with open("/proc/self/autogroup", "w") as fh:
+                fh.write(str(niceness))
+        except OSError:  # no autogroups (another kernel, or they are off): the nice value alone is what counts
+            pass
+
+    return lower
+
+
 def launch_vllm(model_dir: str | Path | None = None, *, logprobs_mode: str = "processed_logprobs",
                 dtype: str = "float32", served_model_name: str | None = None, port: int | None = None,
                 python: str | None = None, extra_args: list[str] | None = None, niceness: int = 0) -> Server:
@@ -108,7 +124,7 @@ def launch_vllm(model_dir: str | Path | None = None, *, logprobs_mode: str = "pr
     with open(log, "wb") as fh:
         process = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                    env=env, start_new_session=True, cwd=tempfile.gettempdir(),
-                                   preexec_fn=(lambda: os.nice(niceness)) if niceness else None)
+                                   preexec_fn=_lowered(niceness) if niceness else None)
     return Server(process, f"http://127.0.0.1:{port}", log, logprobs_mode)
 
 
