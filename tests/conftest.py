@@ -3,17 +3,25 @@
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 
 import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads: see inspector/__init__.py
+# what the apps a session launches write (gradio's files, uploaded runs) goes to a folder of the session's own, which
+# goes with it: two sessions at once (scripts/test.sh) never share one, and nothing is left in /tmp
+_SESSION_TMP = tempfile.mkdtemp(prefix="inspector-tests-")
+os.environ.setdefault("GRADIO_TEMP_DIR", os.path.join(_SESSION_TMP, "gradio"))
+os.environ.setdefault("INSPECTOR_RUN_UPLOADS", os.path.join(_SESSION_TMP, "run-uploads"))
 
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "integration: runs the real default models")
     config.addinivalue_line("markers", "browser: drives the real app in headless Chromium")
     config.addinivalue_line("markers", "slow: minutes (builds an environment); CI runs it too")
+    config.addinivalue_line("markers", "vllm: needs a real vLLM server (marked at collection, from its fixtures)")
 
 
 @pytest.fixture(scope="session")
@@ -87,6 +95,25 @@ _BOOTING: dict = {}  # logprobs mode -> a vLLM server launched at collection, bo
 VLLM_FIXTURES = {"vllm_processed": "processed_logprobs", "vllm_raw": "raw_logprobs"}
 
 
+def _needs_vllm(item) -> bool:
+    return any(name in getattr(item, "fixturenames", ()) for name in VLLM_FIXTURES)
+
+
+@pytest.hookimpl(tryfirst=True)  # before -m deselects: `-m vllm` / `-m "not vllm"` select on the marker added here
+def pytest_collection_modifyitems(session, config, items):
+    """Marks the tests that need a vLLM server `vllm`, and orders the modules: first those that time nothing against
+    a page, then the page in Chromium (which waits with timeouts), then those that need a vLLM server, which boot
+    meanwhile at a low priority. A module keeps its order (the sort is stable and the key is its module's), so its
+    module-scoped fixtures are set up once."""
+    stage: dict = {}
+    for item in items:
+        if _needs_vllm(item):
+            item.add_marker(pytest.mark.vllm)
+        rank = 2 if _needs_vllm(item) else 1 if item.get_closest_marker("browser") else 0
+        stage[item.module] = max(stage.get(item.module, 0), rank)
+    items.sort(key=lambda item: stage[item.module])
+
+
 def pytest_collection_finish(session):
     """Launch the vLLM servers the selected tests need (after -k / -m deselection), without waiting: each boots (a
     minute or more on this CPU) while the tests before the engine's run, and its fixture waits for it to answer."""
@@ -109,6 +136,7 @@ def pytest_sessionfinish(session, exitstatus):
     for server in _BOOTING.values():
         if not isinstance(server, Exception):
             server.stop()
+    shutil.rmtree(_SESSION_TMP, ignore_errors=True)
 
 
 def _vllm(request, mode: str) -> str:
