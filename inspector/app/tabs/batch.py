@@ -33,10 +33,12 @@ def wire(p: dict) -> None:
                          api_visibility="private")
 
 
-def compare_view(r: Rollout | None, a, b) -> str:
-    """Two picked samples side by side."""
+def compare_view(r: Rollout | None, a, b):
+    """Two picked samples side by side. While a picker (or the session's rollout) is not yet set, what is shown stays:
+    a new rollout sets both pickers at once and draws its pair itself (`compare_choices`), and the pickers' change
+    events that follow may run in either order, the first with the other picker still unset."""
     if r is None or a is None or b is None:
-        return ""
+        return gr.update()
     a, b = int(a), int(b)
     if not (0 <= a < r.batch_size and 0 <= b < r.batch_size):
         return ""
@@ -50,4 +52,4 @@ def compare_choices(r: Rollout | None):
         return gr.update(), gr.update(), gr.update()
     choices = sample_choices(r)
     b = min(1, r.batch_size - 1)
-    return gr.update(choices=choices, value=0), gr.update(choices=choices, value=b), compare_view(r, 0, b)
+    return gr.update(choices=choices, value=0), gr.update(choices=choices, value=b), compare_html(r, 0, b)
