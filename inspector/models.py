@@ -23,7 +23,8 @@ import torch
 
 from .errors import ModelLoadError
 from .limits import Limits
-from .weights import DEFAULT_POLICY, DEFAULT_REWARD, HEAD_FILE, check_allowed, offline, resolve_source
+from .weights import (DEFAULT_POLICY, DEFAULT_REWARD, HEAD_FILE, check_allowed, import_transformers, offline,
+                      resolve_source)
 
 NO_VALUE = "none"
 """The value model name that means no value model: every value is 0 (noted in the record and the PPO panel)."""
@@ -107,6 +108,7 @@ def _place(model: torch.nn.Module, device: str, device_map) -> torch.nn.Module:
 
 def _load_causal_lm(name: str, device: str, dtype, trust_remote_code: bool, progress=None,
                     role: str = "policy", device_map=None):
+    import_transformers()
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     source = resolve_source(name, progress)
@@ -135,6 +137,7 @@ def _load_causal_lm(name: str, device: str, dtype, trust_remote_code: bool, prog
 def _builtin_reward(device: str, dtype, progress=None, device_map=None):
     """The default reward model: the policy's backbone (shared, not copied) and the trained sentiment head."""
     from safetensors.torch import load_file
+    import_transformers()
     from transformers import AutoConfig, AutoModelForSequenceClassification
 
     if not HEAD_FILE.is_file():
@@ -159,6 +162,7 @@ def _builtin_reward(device: str, dtype, progress=None, device_map=None):
 def _load_classifier(role: str, name: str, device: str, dtype, trust_remote_code: bool, progress=None, device_map=None):
     if name == DEFAULT_REWARD:
         return _builtin_reward(device, dtype, progress, device_map)
+    import_transformers()
     from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
     source = resolve_source(name, progress)
@@ -431,6 +435,7 @@ def value_vocabulary_message(policy: str, value: str) -> str:
 
 
 def _tokenizer_only(name: str):
+    import_transformers()
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(resolve_source(name))

@@ -28,6 +28,23 @@ HEAD_FILE = Path(__file__).parent / "assets" / "sentiment_head.safetensors"
 _convert_lock = threading.Lock()  # the one-time GGUF conversion
 
 
+_TRANSFORMERS_LOCK = threading.Lock()
+_TRANSFORMERS_NAMES = ("AutoConfig", "AutoModelForCausalLM", "AutoModelForSequenceClassification", "AutoTokenizer",
+                       "GenerationConfig", "LogitsProcessorList")
+
+
+def import_transformers() -> None:
+    """Import transformers and resolve the names the inspector takes from it, once, under a lock. transformers resolves
+    its names lazily, and two threads resolving them at once (the page's events when it first opens) can get a module
+    that is half imported: "cannot import name 'AutoTokenizer' from 'transformers'". The page imports transformers
+    only when it first needs it, so every first use goes through here."""
+    with _TRANSFORMERS_LOCK:
+        import transformers
+
+        for name in _TRANSFORMERS_NAMES:
+            getattr(transformers, name)
+
+
 def cache_dir() -> Path:
     """Where converted models live: $INSPECTOR_CACHE_DIR, or ~/.cache/rollout-inspector."""
     return Path(os.environ.get("INSPECTOR_CACHE_DIR", Path.home() / ".cache" / "rollout-inspector"))
@@ -57,6 +74,7 @@ def converted_default_policy(progress=None) -> Path | None:
         if (target / "model.safetensors").is_file():
             return target
         try:
+            import_transformers()
             from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
         except ImportError as exc:  # pragma: no cover - transformers is a hard dependency
             raise ModelLoadError(f"transformers is missing: {exc}") from exc
