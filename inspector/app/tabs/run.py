@@ -37,7 +37,7 @@ REFRESH_SECONDS = 5.0
 VIEW_OUTPUTS = ["run_state", "run_status", "run_trends", "run_lacks", "run_findings", "run_problems", "run_step",
                 "cmp_a", "cmp_b", "cmp_prompt", "cmp_out"]
 
-RUN_JS = """
+RUN_JS = r"""
 () => {
   // A click on a point of a trend chart picks its step (through the hidden #run-click box).
   // On a narrow screen the server's two-column trend figure becomes one column, every panel the full width,
@@ -188,7 +188,8 @@ def _unpack(files, limit: int) -> tuple[Path, str, list[str]]:
         problems = _unpack_into(work, paths, limit)
         (work / ".problems").write_text("\n".join(problems))
         (work / ".complete").touch()
-        shutil.rmtree(root, ignore_errors=True)  # an unfinished earlier unpacking
+        if root.exists() and not (root / ".complete").is_file():  # an unfinished earlier unpacking, never a
+            shutil.rmtree(root, ignore_errors=True)                # finished one another session just put there
         try:
             os.replace(work, root)
         except OSError:  # the same files unpacked at the same moment by another session: keep theirs
