@@ -29,6 +29,7 @@ _convert_lock = threading.Lock()  # the one-time GGUF conversion
 
 
 _TRANSFORMERS_LOCK = threading.Lock()
+_transformers_imported = False
 _TRANSFORMERS_NAMES = ("AutoConfig", "AutoModelForCausalLM", "AutoModelForSequenceClassification", "AutoTokenizer",
                        "GenerationConfig", "LogitsProcessorList")
 
@@ -37,12 +38,17 @@ def import_transformers() -> None:
     """Import transformers and resolve the names the inspector takes from it, once, under a lock. transformers resolves
     its names lazily, and two threads resolving them at once (the page's events when it first opens) can get a module
     that is half imported: "cannot import name 'AutoTokenizer' from 'transformers'". The page imports transformers
-    only when it first needs it, so every first use goes through here."""
+    only when it first needs it; its first uses (the model and tokenizer loads) go through here."""
+    global _transformers_imported
+    if _transformers_imported:  # every later call (each model or tokenizer load) returns here, with no lock taken
+        return
     with _TRANSFORMERS_LOCK:
-        import transformers
+        if not _transformers_imported:
+            import transformers
 
-        for name in _TRANSFORMERS_NAMES:
-            getattr(transformers, name)
+            for name in _TRANSFORMERS_NAMES:
+                getattr(transformers, name)
+            _transformers_imported = True
 
 
 def cache_dir() -> Path:
