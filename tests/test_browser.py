@@ -205,6 +205,23 @@ def test_every_tab_keeps_its_label_and_shows_its_own_heading(browser, app_url):
         page.close()
 
 
+def test_a_tab_picked_while_the_page_arrives_is_kept(browser, app_url):
+    """The link names a tab; the visitor picks another before the page's arrival has ended: when it ends (the
+    link's tab handed to the page's script), the page stays on the visitor's tab."""
+    page = browser.new_page(viewport=LAPTOP)
+    try:
+        page.goto(app_url + "/?tab=ppo")
+        page.click("#tab-logprobs-button", timeout=60_000)  # as soon as the tab bar is there
+        assert not page.input_value("#arrival-tab textarea"), "the arrival ended before the click: nothing checked"
+        has_value(page, "#arrival-tab textarea", "ppo")  # the arrival's result
+        page.wait_for_function(IDLE, timeout=60_000)
+        page.wait_for_timeout(1_000)  # the arrival's last step runs in the browser, a moment after its result
+        assert page.get_attribute("#tab-logprobs-button", "aria-selected") == "true"
+        assert page.locator("#heading-logprobs").is_visible() and not page.locator("#heading-ppo").is_visible()
+    finally:
+        page.close()
+
+
 def test_a_deep_link_lands_on_the_named_sample(browser, app_url):
     page = open_page(browser, app_url + "/?example=short-answers-pad-eos&sample=2")
     try:

@@ -73,9 +73,25 @@ def test_a_hosted_deployment_refuses_local_paths(monkeypatch):
 
 def test_a_links_step_and_tab_and_a_step_that_is_not_there():
     out = tab.arrival({"run": "example", "step": "3", "sample": "1", "tab": "logprobs"})
-    assert out[-4]["active"] and out[-3]["selected"] == "logprobs" and out[-2] == 3 and out[-1] == "1"
+    assert out[-4]["active"] and out[-3] == "logprobs" and out[-2] == 3 and out[-1] == "1"
     out = tab.arrival({"run": "example", "step": "999"})
     assert "999" in out[tab.VIEW_OUTPUTS.index("run_problems")] and out[-2] is None
+
+
+def test_the_arrival_reads_the_link_the_page_was_opened_with():
+    """The page rewrites its address as the visitor picks tabs and steps, so the arrival's run step takes the link
+    kept by the page's first event (`landing`), not the address of its own request, and hands the link's tab to
+    the page's script (which leaves a tab the visitor picked meanwhile)."""
+    import collections
+    import inspect
+
+    p = collections.defaultdict(object)
+    event = tab.arrival_event(p)
+    assert event["inputs"] == [p["landing"]] and list(inspect.signature(event["fn"]).parameters) == ["landing"]
+    assert event["outputs"][-2] is p["arrival_tab"] and p["tabs"] not in event["outputs"]
+    out = event["fn"]({"run": "example", "step": "3", "tab": "logprobs"})
+    assert out[-2] == "logprobs" and out[tab.VIEW_OUTPUTS.index("run_step")]["value"] == 3
+    assert tab.arrival_tab_event(p)["inputs"] == [p["arrival_tab"]] and "inspectorTabPicked" in tab.ARRIVAL_TAB_JS
 
 
 def test_a_step_becomes_the_pages_rollout_and_two_steps_side_by_side():

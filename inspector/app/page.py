@@ -70,6 +70,9 @@ def _overview(p: dict) -> None:
         p["fresh"] = gr.Button("Run a fresh one", size="sm", scale=0, min_width=150, visible=False, elem_id="run-fresh")
     p["diagnostics"] = gr.HTML(elem_id="panel-diagnostics")
     p["sample"] = gr.Dropdown(choices=[], value=None, label="Sample", elem_id="sample-picker")
+    # the tab a link names, for the script that selects it (a box: the script reads it in the browser)
+    p["arrival_tab"] = gr.Textbox("", elem_id="arrival-tab", elem_classes="run-hidden", show_label=False,
+                                  container=False)
 
 
 def _tabs(p: dict) -> None:
@@ -119,17 +122,20 @@ def _wire(p: dict) -> None:
 
 
 def _arrival(p: dict, demo: gr.Blocks) -> None:
-    """On arrival: the saved example the link names, shown at once (no model, no queue behind a running rollout)."""
+    """On arrival: the saved example the link names, shown at once (no model, no queue behind a running rollout);
+    then the run, its step and the tab the link names. Every step reads the link as the page was opened with it
+    (`landing`), never the address of the moment: the page rewrites its address as the visitor picks tabs and
+    steps, and a later step of the arrival would take the visitor's own last pick for the link's."""
     def arrive(request: gr.Request):
-        return (*arrival_views(dict(request.query_params) if request else {}, session_of(request)),
-                gr.update(visible=True))
+        landing = dict(request.query_params) if request else {}
+        return (*arrival_views(landing, session_of(request)), gr.update(visible=True), landing)
 
     ppo_views = ppo.event(p)
     demo.load(arrive, None, [p[n] for n in ROLLOUT_OUTPUTS] + [p["prompts"], p["example_set"], p["run_message"],
-                                                             p["fresh"]],
+                                                             p["fresh"], p["landing"]],
               concurrency_limit=None, api_visibility="private").then(
         ppo_views["fn"], ppo_views["inputs"], ppo_views["outputs"], concurrency_limit=None, api_visibility="private").then(
-        **run.arrival_event(p))
+        **run.arrival_event(p)).then(**run.arrival_tab_event(p))
 
 
 def build_app() -> gr.Blocks:
@@ -142,7 +148,8 @@ def build_app() -> gr.Blocks:
         )
         # the session's state, outside the tabs (see `_tabs`)
         p: dict = {"session_rollout": gr.State(None, time_to_live=SESSION_TTL),
-                   "grpo_state": gr.State(None, time_to_live=SESSION_TTL)}
+                   "grpo_state": gr.State(None, time_to_live=SESSION_TTL),
+                   "landing": gr.State(None)}  # the query of the link the page was opened with
         with gr.Row(equal_height=False, elem_id="page-row"):
             with gr.Column(scale=1, min_width=300, elem_id="controls"):
                 left_column(p)

@@ -82,10 +82,11 @@ RUN_JS = r"""
     });
   };
   new MutationObserver(hook).observe(document.body, {childList: true, subtree: true});
-  // The address follows the tab picked.
+  // The address follows the tab picked; a tab the visitor picked is never taken back by the arrival's.
   document.addEventListener('click', (e) => {
     const b = e.target.closest && e.target.closest('[role=tab]');
     if (!b || !b.id || !b.id.startsWith('tab-')) return;
+    if (e.isTrusted) window.inspectorTabPicked = true;
     const u = new URL(window.location.href);
     u.searchParams.set('tab', b.id.replace(/^tab-/, '').replace(/-button$/, ''));
     window.history.replaceState(null, '', u);
@@ -445,7 +446,8 @@ def _mark_step(state, step):
 
 def arrival(query: dict):
     """On arrival: the run the link names (`run`; the example run otherwise), its `step` opened in every tab when
-    the link names one, and the `tab` it names selected. Returns VIEW_OUTPUTS, the timer, the tabs, a note."""
+    the link names one, and the `tab` it names (the Run tab for a link to a run or a step). Returns VIEW_OUTPUTS, the
+    timer, the tab to select ("" for none), the step and the sample the link names."""
     source = query.get("run") or ""
     notes = []
     try:
@@ -469,13 +471,14 @@ def arrival(query: dict):
     if notes:
         views[VIEW_OUTPUTS.index("run_problems")] = "**Link:** " + " ".join(notes)
     tab = query.get("tab") or (ID if query.get("run") or step is not None else None)
-    return (*views, gr.update(active=True), gr.update(selected=tab) if tab else gr.skip(), step, query.get("sample"))
+    return (*views, gr.update(active=True), tab or "", step, query.get("sample"))
 
 
 def arrival_event(p: dict) -> dict:
-    """The `.then` of the page's arrival: the run, then (through the step picker) the step the link names."""
-    def arrive(request: gr.Request):
-        views = arrival(dict(request.query_params) if request else {})
+    """The `.then` of the page's arrival: the run, then (through the step picker) the step the link names, from
+    the link the page was opened with (`landing`)."""
+    def arrive(landing):
+        views = arrival(dict(landing or {}))
         step, sample = views[-2], views[-1]
         want = int(sample) if step is not None and str(sample or "").isdigit() else None
         out = list(views[:-2])
@@ -483,10 +486,28 @@ def arrival_event(p: dict) -> dict:
             out[VIEW_OUTPUTS.index("run_step")] = gr.update(choices=out[0]["run"].steps(), value=step)
         return (*out, want)
 
-    return dict(fn=arrive, inputs=None,
-                outputs=[*[p[n] for n in VIEW_OUTPUTS], p["run_timer"], p["tabs"], p["run_want_sample"]],
+    return dict(fn=arrive, inputs=[p["landing"]],
+                outputs=[*[p[n] for n in VIEW_OUTPUTS], p["run_timer"], p["arrival_tab"], p["run_want_sample"]],
                 concurrency_limit=None, api_visibility="private")
 
 
-__all__ = ["LABEL", "ID", "HEADING", "layout", "wire", "arrival_event", "RUN_JS", "EXAMPLE_RUN", "open_callback",
+ARRIVAL_TAB_JS = """
+(tab) => {
+  // The tab the link names, unless the visitor has picked a tab since the page opened: the arrival ends a moment
+  // after the page shows, and must not take the visitor back from the tab they went to.
+  if (tab && !window.inspectorTabPicked) {
+    const button = document.getElementById('tab-' + tab + '-button');
+    if (button) button.click();
+  }
+  return [];
+}
+"""
+
+
+def arrival_tab_event(p: dict) -> dict:
+    """The last `.then` of the arrival: the link's tab selected in the browser (see ARRIVAL_TAB_JS)."""
+    return dict(fn=None, inputs=[p["arrival_tab"]], outputs=None, js=ARRIVAL_TAB_JS)
+
+
+__all__ = ["LABEL", "ID", "HEADING", "layout", "wire", "arrival_event", "arrival_tab_event", "RUN_JS", "EXAMPLE_RUN", "open_callback",
            "step_views", "side_by_side"]
