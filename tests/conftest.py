@@ -130,47 +130,6 @@ def pytest_collection_finish(session):
                 _BOOTING[mode] = launch_vllm(logprobs_mode=mode, niceness=10)
             except Exception as exc:  # noqa: BLE001 - the fixture starts it again and reports what fails
                 _BOOTING[mode] = exc
-    if any(not isinstance(server, Exception) for server in _BOOTING.values()):
-        _one_thread_while_booting()
-
-
-_SINGLE: dict = {}  # what the tests ran with before the servers booted, set back once they answer
-
-
-def _one_thread_while_booting() -> None:
-    """While a server boots, the tests' torch (and that of the processes they start) runs one thread. Two torch
-    threads on the two cores beside a booting server wait, in every parallel region, for the core the server holds:
-    measured, the first six modules took 8 min 23 s beside one booting server, 5 min 34 s with none."""
-    import torch
-
-    _SINGLE.update(threads=torch.get_num_threads(), omp=os.environ.get("OMP_NUM_THREADS"))
-    torch.set_num_threads(1)
-    os.environ["OMP_NUM_THREADS"] = "1"
-
-
-def _answers(server) -> bool:
-    import urllib.request
-
-    if server.process.poll() is not None:
-        return True  # exited: its fixture says why
-    try:
-        with urllib.request.build_opener(urllib.request.ProxyHandler({})).open(server.url + "/health", timeout=0.5) as r:
-            return r.status == 200
-    except OSError:
-        return False
-
-
-def pytest_runtest_setup(item):
-    """Before each test, until every booting server answers: are they up? Then the tests get their threads back."""
-    if _SINGLE and all(isinstance(s, Exception) or _answers(s) for s in _BOOTING.values()):
-        import torch
-
-        torch.set_num_threads(_SINGLE.pop("threads"))
-        omp = _SINGLE.pop("omp")
-        if omp is None:
-            os.environ.pop("OMP_NUM_THREADS", None)
-        else:
-            os.environ["OMP_NUM_THREADS"] = omp
 
 
 def pytest_sessionfinish(session, exitstatus):
