@@ -214,8 +214,7 @@ def test_a_tab_picked_while_the_page_arrives_is_kept(browser, app_url):
         page.click("#tab-logprobs-button", timeout=60_000)  # as soon as the tab bar is there
         assert not page.input_value("#arrival-tab textarea"), "the arrival ended before the click: nothing checked"
         has_value(page, "#arrival-tab textarea", "ppo")  # the arrival's result
-        page.wait_for_function(IDLE, timeout=60_000)
-        page.wait_for_timeout(1_000)  # the arrival's last step runs in the browser, a moment after its result
+        page.wait_for_selector("html[data-arrival=done]", state="attached", timeout=60_000)  # and its script ran
         assert page.get_attribute("#tab-logprobs-button", "aria-selected") == "true"
         assert page.locator("#heading-logprobs").is_visible() and not page.locator("#heading-ppo").is_visible()
     finally:

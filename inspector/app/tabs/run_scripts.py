@@ -78,6 +78,7 @@ ARRIVAL_TAB_JS = """
     const button = document.getElementById('tab-' + tab + '-button');
     if (button) button.click();
   }
+  document.documentElement.dataset.arrival = 'done';  // the page's arrival has ended (a mark tests can wait on)
   return [];
 }
 """
