@@ -386,9 +386,11 @@ def open_file(page, path) -> None:
     if page.locator("#upload input[type=file]").count() == 0:  # a file opened before: clear it first
         page.locator("#upload button[aria-label='Clear']").click()
     page.set_input_files("#upload input[type=file]", str(path))
-    # the file travels to the server first: click only once the component shows it
-    page.wait_for_function("name => document.querySelector('#upload').innerText.includes(name)", arg=path.name,
-                           timeout=60_000)
+    # the file travels to the server first: click only once the component lists it. By the row's aria-label, not by
+    # the text: gradio draws the name as a stem and an extension, and a narrow column wraps them onto two lines
+    # ("completions\n.csv", seen in a full run).
+    page.wait_for_function("name => Array.from(document.querySelectorAll('#upload td.filename'))"
+                           ".some(td => td.getAttribute('aria-label') === name)", arg=path.name, timeout=60_000)
     page.click("#import")
     wait_done(page, previous)
     shows(page, "#status-line", path.name)  # the opened file's own status, not the one before it
